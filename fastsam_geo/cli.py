@@ -1,0 +1,446 @@
+"""The ``fastsam-geo`` command line: the only module that prints or shows progress bars."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from fastsam_geo import __version__
+from fastsam_geo.errors import FastSAMGeoError
+
+log = logging.getLogger("fastsam_geo")
+
+
+class _Group(click.Group):
+    """Turn fastsam-geo errors into one line on stderr (a traceback only with -v)."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except FastSAMGeoError as exc:
+            if ctx.obj and ctx.obj.get("verbose", 0) > 0:
+                raise
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="fastsam-geo")
+@click.option("-v", "--verbose", count=True, help="More logging (-vv for debug); tracebacks on errors.")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors; no progress bar.")
+@click.pass_context
+def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
+    """Building footprints from georeferenced imagery with FastSAM.
+
+    \b
+    Examples:
+      fastsam-geo sample scene.tif --size 2048 --seed 7
+      fastsam-geo train a.tif b.tif --labels footprints.gpkg -o weights/my.pt
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["verbose"] = verbose
+    ctx.obj["quiet"] = quiet
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
+
+
+@main.command(short_help="Write a synthetic scene (GeoTIFF + truth GeoPackage).")
+@click.argument("output", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--size", default=2048, show_default=True, help="Width and height in pixels.")
+@click.option("--seed", default=0, show_default=True, help="Random seed: the same seed gives the same scene.")
+@click.option("--pixel-size", default=0.5, show_default=True, help="Ground resolution in metres.")
+@click.option("--crs", default="EPSG:32633", show_default=True, help="Projected CRS of the scene.")
+@click.option("--density", default=0.7, show_default=True, help="Building density, 0-1.")
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+def sample(output: Path, size: int, seed: int, pixel_size: float, crs: str, density: float, overwrite: bool) -> None:
+    """Write a seeded synthetic aerial scene to OUTPUT and its building footprints to
+    OUTPUT_buildings.gpkg (layer "buildings").
+
+    \b
+    Example:
+      fastsam-geo sample sample_tiles/town.tif --size 1024 --seed 1
+    """
+    from fastsam_geo.synthetic import write_scene
+
+    if output.exists() and not overwrite:
+        raise click.UsageError(f"{output} exists; add --overwrite to replace it.")
+    scene = write_scene(output, size, seed=seed, pixel_size=pixel_size, crs=crs, density=density)
+    click.echo(f"{scene.raster}: {size} x {size} px, {len(scene.truth)} buildings", err=True)
+
+
+@main.command(short_help="Fine-tune FastSAM on rasters and building footprints.")
+@click.argument("rasters", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--labels", required=True, multiple=True, help="Footprint vectors (one file, or one per raster).")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to write the trained .pt.",
+)
+@click.option(
+    "--base",
+    default="yolov8n-seg.yaml",
+    show_default=True,
+    help="Checkpoint to fine-tune (e.g. FastSAM-s.pt) or a model yaml to train from scratch.",
+)
+@click.option("--epochs", default=50, show_default=True)
+@click.option(
+    "--imgsz",
+    default=512,
+    show_default=True,
+    help="Training crop size in pixels (same ground resolution as the rasters).",
+)
+@click.option("--batch", default=8, show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:0, mps.")
+@click.option("--workers", default=2, show_default=True, help="Data-loader workers.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--hours", type=float, default=None, help="Stop after this many hours (ultralytics' time budget).")
+@click.option(
+    "--work-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Dataset and run folder (default: beside OUTPUT).",
+)
+def train(
+    rasters: tuple[str, ...],
+    labels: tuple[str, ...],
+    output: Path,
+    base: str,
+    epochs: int,
+    imgsz: int,
+    batch: int,
+    device: str,
+    workers: int,
+    seed: int,
+    hours: float | None,
+    work_dir: Path | None,
+) -> None:
+    """Build a YOLO-seg dataset from RASTERS and --labels footprints, fine-tune BASE with
+    ultralytics, and write the best weights to --output. The result loads as --weights.
+
+    \b
+    Example:
+      fastsam-geo train town1.tif town2.tif --labels truth.gpkg -o weights/town.pt --epochs 30
+    """
+    from fastsam_geo.train import train as run_train
+
+    lab: object = labels[0] if len(labels) == 1 else list(labels)
+    result = run_train(
+        list(rasters),
+        lab,
+        output,
+        base=base,
+        epochs=epochs,
+        imgsz=imgsz,
+        batch=batch,
+        device=device,
+        workers=workers,
+        seed=seed,
+        time_hours=hours,
+        work_dir=work_dir,
+    )
+    click.echo(
+        f"{result.weights}: {result.epochs} epochs in {result.seconds:.0f} s "
+        f"({result.dataset.images} crops, {result.dataset.instances} buildings)",
+        err=True,
+    )
+
+
+class _Progress:
+    """A one-line progress display on stderr: tiles done, rate, time left."""
+
+    def __init__(self, label: str, enabled: bool) -> None:
+        self.label = label
+        self.enabled = enabled and sys.stderr is not None
+        self.t0 = time.perf_counter()
+        self.last = 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        if done < total and now - self.last < 0.2:
+            return
+        self.last = now
+        elapsed = now - self.t0
+        rate = done / elapsed if elapsed > 0 else 0.0
+        left = (total - done) / rate if rate > 0 else float("nan")
+        width = 24
+        filled = int(width * done / max(total, 1))
+        bar = "#" * filled + "-" * (width - filled)
+        eta = f"{left:5.0f}s left" if left == left else "  ?s left"
+        click.echo(f"\r{self.label} [{bar}] {done}/{total} tiles {rate:5.2f} tiles/s {eta}", err=True, nl=False)
+        if done >= total:
+            click.echo("", err=True)
+
+
+def _floats(text: str, n: tuple[int, ...], what: str) -> list[float]:
+    try:
+        vals = [float(v) for v in text.replace(" ", "").split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: {what} must be comma-separated numbers") from None
+    if len(vals) not in n:
+        raise click.BadParameter(f"{text!r}: {what} takes {' or '.join(map(str, n))} numbers")
+    return vals
+
+
+@main.command(short_help="Extract building polygons from a raster.")
+@click.argument("raster", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("output", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-w", "--weights", default=None, help="FastSAM weights (.pt); default: weights/ or $FASTSAM_GEO_WEIGHTS.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:0, mps.")
+@click.option("--batch-size", default=4, show_default=True, help="Tiles per forward pass.")
+@click.option("--tile-size", default=1024, show_default=True, help="Tile size in pixels (also the inference size).")
+@click.option("--overlap", default=128, show_default=True, help="Tile overlap in pixels.")
+@click.option(
+    "--bands", default=None, help="Three band numbers read as RGB, e.g. 4,3,2 (default from colour interpretation)."
+)
+@click.option(
+    "--stretch",
+    type=click.Choice(["auto", "none", "percentile"]),
+    default="auto",
+    show_default=True,
+    help="auto: 8-bit as is, other dtypes stretched with global 2-98 % percentiles.",
+)
+@click.option("--conf", default=0.25, show_default=True, help="Minimum mask confidence.")
+@click.option("--iou", default=0.7, show_default=True, help="NMS IoU threshold of the segmenter.")
+@click.option(
+    "--point",
+    "points",
+    multiple=True,
+    metavar="X,Y[,LABEL]",
+    help="Point prompt in --prompt-crs; LABEL 1 = building (default), 0 = background. Repeatable.",
+)
+@click.option(
+    "--box", "boxes", multiple=True, metavar="XMIN,YMIN,XMAX,YMAX", help="Box prompt in --prompt-crs. Repeatable."
+)
+@click.option("--prompt-crs", default=None, help="CRS of --point/--box (default: the raster's), e.g. EPSG:4326.")
+@click.option(
+    "--prompts",
+    "prompt_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Vector file of prompts: points (field 'label') and polygons (used as boxes).",
+)
+@click.option("--text", default=None, help='Text prompt scored with CLIP, e.g. "building".')
+@click.option("--text-threshold", default=None, type=float, help="Keep every mask whose CLIP score is above this.")
+@click.option("--top-k", default=None, type=int, help="Keep the k masks with the best CLIP scores.")
+@click.option("--clip-model", default="ViT-B-32", show_default=True, help="open_clip model name.")
+@click.option("--clip-weights", default=None, help="open_clip checkpoint file or pretrained tag.")
+@click.option("--no-filter", is_flag=True, help="Keep every mask (no building filter) in everything mode.")
+@click.option("--min-area", default=12.0, show_default=True, help="Building filter: minimum area in m².")
+@click.option("--max-area", default=20000.0, show_default=True, help="Building filter: maximum area in m².")
+@click.option("--regularize", is_flag=True, help="Square the outlines (right angles; holes kept; bad fits refused).")
+@click.option("--simplify", default=1.0, show_default=True, help="Simplification tolerance in pixels.")
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+@click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON on stdout.")
+@click.pass_context
+def extract(
+    ctx: click.Context,
+    raster: Path,
+    output: Path,
+    weights: str | None,
+    device: str,
+    batch_size: int,
+    tile_size: int,
+    overlap: int,
+    bands: str | None,
+    stretch: str,
+    conf: float,
+    iou: float,
+    points: tuple[str, ...],
+    boxes: tuple[str, ...],
+    prompt_crs: str | None,
+    prompt_file: Path | None,
+    text: str | None,
+    text_threshold: float | None,
+    top_k: int | None,
+    clip_model: str,
+    clip_weights: str | None,
+    no_filter: bool,
+    min_area: float,
+    max_area: float,
+    regularize: bool,
+    simplify: float,
+    overwrite: bool,
+    as_json: bool,
+) -> None:
+    """Extract building polygons from RASTER (GeoTIFF, COG, VRT) into OUTPUT (.gpkg, .geojson, .fgb).
+
+    Without prompts every object is segmented and a building filter keeps the
+    building-like ones. Prompts narrow it down: --point/--box in map coordinates, a
+    --prompts vector file, or --text scored with CLIP.
+
+    \b
+    Examples:
+      fastsam-geo extract ortho.tif buildings.gpkg
+      fastsam-geo extract ortho.tif b.gpkg --point 500120.5,4649880.0 --point 500200,4649800,0
+      fastsam-geo extract ortho.tif b.gpkg --box 500100,4649860,500140,4649900 --prompt-crs EPSG:32633
+      fastsam-geo extract ortho.tif b.gpkg --text building --text-threshold 0.22 --clip-weights clip.pt
+    """
+    from fastsam_geo.pipeline import BuildingFilter, extract_buildings
+
+    prompts = _build_prompts(points, boxes, prompt_crs, prompt_file, text, text_threshold, top_k)
+    scorer = None
+    if prompts is not None and prompts.text:
+        from fastsam_geo.textprompt import ClipScorer
+
+        scorer = ClipScorer(clip_model, clip_weights, device="cpu" if device == "auto" else device)
+    band_list = [int(b) for b in _floats(bands, (1, 3), "--bands")] if bands else None
+    quiet = ctx.obj.get("quiet", False)
+    summary = extract_buildings(
+        raster,
+        output,
+        weights=weights,
+        prompts=prompts,
+        tile_size=tile_size,
+        overlap=overlap,
+        bands=band_list,
+        stretch=stretch,
+        device=device,
+        batch_size=batch_size,
+        conf=conf,
+        iou=iou,
+        building_filter=BuildingFilter(min_area_m2=min_area, max_area_m2=max_area, enabled=not no_filter),
+        text_scorer=scorer,
+        simplify_px=simplify,
+        regularize=regularize,
+        overwrite=overwrite,
+        progress=_Progress(raster.name, not quiet),
+    )
+    if not quiet:
+        click.echo(
+            f"{summary.output}: {summary.buildings} buildings ({summary.seam_merged} joined across seams) "
+            f"from {summary.tiles_processed} tiles in {summary.seconds:.1f} s"
+            + (f"; {summary.tiles_failed} tiles failed" if summary.tiles_failed else ""),
+            err=True,
+        )
+    if as_json:
+        click.echo(json.dumps(summary.as_dict(), indent=2))
+
+
+def _build_prompts(
+    points: tuple[str, ...],
+    boxes: tuple[str, ...],
+    prompt_crs: str | None,
+    prompt_file: Path | None,
+    text: str | None,
+    text_threshold: float | None,
+    top_k: int | None,
+) -> object:
+    if not (points or boxes or prompt_file or text):
+        return None
+    from fastsam_geo.prompts import BoxPrompt, PointPrompt, Prompts, read_prompt_file
+
+    if prompt_file is not None:
+        base = read_prompt_file(prompt_file)
+        pts, bxs, crs = list(base.points), list(base.boxes), base.crs
+    else:
+        pts, bxs, crs = [], [], prompt_crs
+    for p in points:
+        v = _floats(p, (2, 3), "--point")
+        pts.append(PointPrompt(v[0], v[1], int(v[2]) if len(v) == 3 else 1))
+    for b in boxes:
+        v = _floats(b, (4,), "--box")
+        bxs.append(BoxPrompt(min(v[0], v[2]), min(v[1], v[3]), max(v[0], v[2]), max(v[1], v[3])))
+    kw: dict[str, object] = {"points": tuple(pts), "boxes": tuple(bxs), "text": text, "crs": crs}
+    if text_threshold is not None:
+        kw["text_threshold"] = text_threshold
+    if top_k is not None:
+        kw["text_top_k"] = top_k
+    return Prompts(**kw)
+
+
+@main.command(short_help="Score predicted footprints against the truth (F1, seam score).")
+@click.argument("pred", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("truth", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--iou", "iou_threshold", default=0.5, show_default=True, help="IoU for a match (SpaceNet: 0.5).")
+@click.option(
+    "--raster",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The raster PRED came from: with --tile-size/--overlap it gives the tile seams for the seam score.",
+)
+@click.option("--tile-size", default=1024, show_default=True)
+@click.option("--overlap", default=128, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the scores as JSON.")
+def evaluate(
+    pred: Path, truth: Path, iou_threshold: float, raster: Path | None, tile_size: int, overlap: int, as_json: bool
+) -> None:
+    """Building F1 of PRED against TRUTH (SpaceNet rule: one-to-one matches at IoU >= 0.5),
+    precision, recall, mean IoU, and the seam score (share of truth buildings crossing a
+    tile seam that come out as exactly one polygon; needs --raster).
+
+    \b
+    Example:
+      fastsam-geo evaluate buildings.gpkg truth.gpkg --raster ortho.tif --tile-size 1024 --overlap 128
+    """
+    from fastsam_geo.evaluate import evaluate as run_eval
+    from fastsam_geo.evaluate import seam_lines
+    from fastsam_geo.raster import RasterSource
+    from fastsam_geo.tiling import TileGrid
+
+    seams = None
+    if raster is not None:
+        with RasterSource(raster) as src:
+            grid = TileGrid(src.info.width, src.info.height, tile_size, overlap, src.info.transform)
+        seams = seam_lines(grid)
+    scores = run_eval(pred, truth, iou_threshold=iou_threshold, seams=seams)
+    if as_json:
+        click.echo(json.dumps(scores.as_dict(), indent=2))
+        return
+    seam = "n/a" if scores.seam_score is None else f"{scores.seam_score:.3f} ({scores.seam_single}/{scores.seam_total})"
+    click.echo(
+        f"F1 {scores.f1:.3f}  precision {scores.precision:.3f}  recall {scores.recall:.3f}  "
+        f"mean IoU {scores.mean_iou:.3f}  TP {scores.tp} FP {scores.fp} FN {scores.fn}  seam score {seam}"
+    )
+
+
+@main.command(short_help="Describe a raster: size, CRS, bands, tiles, device, weights.")
+@click.argument("raster", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--tile-size", default=1024, show_default=True)
+@click.option("--overlap", default=128, show_default=True)
+@click.option("-w", "--weights", default=None, help="Weights to resolve (default lookup otherwise).")
+def info(raster: Path, tile_size: int, overlap: int, weights: str | None) -> None:
+    """What RASTER is, how it would be tiled, and which device and weights would be used.
+
+    \b
+    Example:
+      fastsam-geo info ortho.tif --tile-size 1024
+    """
+    from fastsam_geo.raster import RasterSource
+    from fastsam_geo.tiling import TileGrid
+
+    with RasterSource(raster) as src:
+        i = src.info
+        grid = TileGrid(i.width, i.height, tile_size, overlap, i.transform)
+        stretch = (
+            "none (8-bit)" if src.stretch is None else f"global percentiles lo={src.stretch.lo} hi={src.stretch.hi}"
+        )
+    click.echo(f"raster:   {i.path}")
+    click.echo(f"size:     {i.width} x {i.height} px, {i.count} band(s) {i.dtype}, RGB from bands {i.bands}")
+    click.echo(
+        f"crs:      {i.crs.to_string()}  pixel {i.res[0]:g} x {i.res[1]:g}  nodata {i.nodata}  overviews {i.overviews}"
+    )
+    click.echo(f"stretch:  {stretch}")
+    click.echo(f"tiles:    {len(grid)} ({grid.shape[0]} x {grid.shape[1]}) of {tile_size} px, overlap {overlap}")
+    try:
+        from fastsam_geo.weights import resolve_weights
+
+        w = resolve_weights(weights)
+        click.echo(f"weights:  {w}")
+    except FastSAMGeoError as exc:
+        click.echo(f"weights:  not found ({exc})")
+    try:
+        import torch
+
+        dev = "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
+        click.echo(f"device:   {dev} (torch {torch.__version__}, {torch.get_num_threads()} threads)")
+    except ImportError:
+        click.echo("device:   torch not installed")

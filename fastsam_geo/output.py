@@ -1,0 +1,187 @@
+"""Write building polygons: GeoPackage (default), GeoJSON or FlatGeobuf, never half-written.
+
+:class:`VectorWriter` appends final polygons to a staging GeoPackage beside the output
+as they arrive (memory stays flat), and only :meth:`VectorWriter.commit` moves the
+result into place (``os.replace``), so a failed or cancelled run never leaves a half
+file where the output should be. GeoPackage outputs also get a ``fastsam_geo_tiles``
+table (the tile ledger) and a ``fastsam_geo_metadata`` table (parameters, weights and
+their sha256, so a result can be traced to the exact model file).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pyogrio
+import shapely
+from pyproj import CRS, Transformer
+
+from fastsam_geo.errors import OutputError
+
+DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON", ".fgb": "FlatGeobuf"}
+LAYER = "buildings"
+
+
+def driver_for(path: str | os.PathLike[str]) -> str:
+    """The OGR driver for an output path, from its extension.
+
+    >>> driver_for("out/buildings.gpkg"), driver_for("b.fgb")
+    ('GPKG', 'FlatGeobuf')
+    """
+    ext = Path(path).suffix.lower()
+    if ext not in DRIVERS:
+        raise OutputError(f"{path}: unknown output format {ext or '(no extension)'!r}; use .gpkg, .geojson or .fgb.")
+    return DRIVERS[ext]
+
+
+def check_output(path: str | os.PathLike[str], overwrite: bool = False) -> Path:
+    """Refuse an output that exists (without ``overwrite``) or whose folder is not writable."""
+    out = Path(path)
+    driver_for(out)
+    if out.exists() and not overwrite:
+        raise OutputError(f"{out} exists; pass --overwrite (overwrite=True) to replace it.")
+    folder = out.parent if str(out.parent) else Path(".")
+    if not folder.is_dir():
+        raise OutputError(f"{folder}: output folder does not exist; create it first (mkdir -p {folder}).")
+    if not os.access(folder, os.W_OK):
+        raise OutputError(f"{folder}: output folder is not writable; choose another output path.")
+    return out
+
+
+def local_equal_area(lon: float, lat: float) -> CRS:
+    """Lambert azimuthal equal-area CRS centred on ``(lon, lat)``: true areas nearby."""
+    return CRS.from_proj4(f"+proj=laea +lat_0={lat:.6f} +lon_0={lon:.6f} +datum=WGS84 +units=m +no_defs")
+
+
+def area_m2(geoms: np.ndarray | Sequence[object], crs: CRS | str | object) -> np.ndarray:
+    """True area in square metres, whatever the CRS (geographic CRSs included).
+
+    Geometries are projected to a Lambert equal-area CRS centred on their extent. A
+    10 m UTM square on the central meridian covers 100.08 m² on the ground (UTM's
+    scale factor there is 0.9996):
+
+    >>> sq = shapely.box(500000, 4649900, 500010, 4649910)
+    >>> float(area_m2(np.array([sq]), "EPSG:32633")[0].round(2))
+    100.08
+    """
+    geoms = np.asarray(geoms, dtype=object)
+    if geoms.size == 0:
+        return np.zeros(0)
+    src = CRS.from_user_input(crs)
+    xmin, ymin, xmax, ymax = shapely.total_bounds(geoms)
+    to_ll = Transformer.from_crs(src, "EPSG:4326", always_xy=True)
+    lon, lat = to_ll.transform((xmin + xmax) / 2, (ymin + ymax) / 2)
+    proj = Transformer.from_crs(src, local_equal_area(lon, lat), always_xy=True)
+    projected = shapely.transform(geoms, lambda xy: np.column_stack(proj.transform(xy[:, 0], xy[:, 1])))
+    return shapely.area(projected)
+
+
+class VectorWriter:
+    """Incremental, atomic writer of the ``buildings`` layer.
+
+    >>> import tempfile
+    >>> d = tempfile.mkdtemp()
+    >>> with VectorWriter(f"{d}/b.gpkg", "EPSG:32633") as w:
+    ...     n = w.write(np.array([shapely.box(500000, 4649900, 500010, 4649910)]), {"score": [0.9]})
+    ...     path = w.commit()
+    >>> df = gpd.read_file(path, layer="buildings")
+    >>> int(df.id[0]), float(df.area_m2[0]), df.crs.to_epsg()
+    (1, 100.08, 32633)
+    """
+
+    def __init__(
+        self,
+        output: str | os.PathLike[str],
+        crs: object,
+        *,
+        overwrite: bool = False,
+        layer: str = LAYER,
+    ) -> None:
+        self.output = check_output(output, overwrite)
+        self.driver = driver_for(self.output)
+        self.crs = CRS.from_user_input(crs)
+        self.layer = layer
+        self.count = 0
+        self._staging = self.output.with_name(f".{self.output.name}.{uuid.uuid4().hex[:8]}.partial.gpkg")
+        self._done = False
+
+    def __enter__(self) -> VectorWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if not self._done:
+            self.abort()
+
+    @property
+    def staging_path(self) -> Path:
+        """Where polygons go until :meth:`commit`."""
+        return self._staging
+
+    def write(self, geoms: np.ndarray, columns: Mapping[str, Sequence[object] | np.ndarray]) -> int:
+        """Append polygons with their attribute columns; ``id`` and ``area_m2`` are added here."""
+        geoms = np.asarray(geoms, dtype=object)
+        n = len(geoms)
+        if n == 0:
+            return 0
+        data: dict[str, object] = {"id": np.arange(self.count + 1, self.count + n + 1, dtype=np.int64)}
+        data.update({k: list(v) if not isinstance(v, np.ndarray) else v for k, v in columns.items()})
+        data["area_m2"] = np.round(area_m2(geoms, self.crs), 2)
+        gdf = gpd.GeoDataFrame(data, geometry=list(geoms), crs=self.crs)
+        pyogrio.write_dataframe(
+            gdf,
+            self._staging,
+            layer=self.layer,
+            driver="GPKG",
+            append=self._staging.exists(),
+            geometry_type="Polygon",
+            promote_to_multi=False,
+        )
+        self.count += n
+        return n
+
+    def commit(
+        self,
+        tables: Mapping[str, pd.DataFrame] | None = None,
+        empty_schema: Mapping[str, str] | None = None,
+    ) -> Path:
+        """Finish: add tables (GeoPackage only), convert if needed, move into place."""
+        try:
+            if not self._staging.exists():
+                schema = {"id": "int64", **dict(empty_schema or {}), "area_m2": "float64"}
+                empty = gpd.GeoDataFrame({k: pd.Series(dtype=v) for k, v in schema.items()}, geometry=[], crs=self.crs)
+                pyogrio.write_dataframe(empty, self._staging, layer=self.layer, driver="GPKG", geometry_type="Polygon")
+            if self.driver == "GPKG":
+                for name, table in (tables or {}).items():
+                    pyogrio.write_dataframe(table, self._staging, layer=name, driver="GPKG", append=False)
+                final_tmp = self._staging
+            else:
+                final_tmp = self.output.with_name(f".{self.output.name}.{uuid.uuid4().hex[:8]}.tmp{self.output.suffix}")
+                gdf = pyogrio.read_dataframe(self._staging, layer=self.layer)
+                pyogrio.write_dataframe(gdf, final_tmp, layer=self.layer, driver=self.driver, geometry_type="Polygon")
+            os.replace(final_tmp, self.output)
+        except Exception:
+            self.abort()
+            raise
+        self._done = True
+        if self._staging.exists():
+            self._staging.unlink()
+        return self.output
+
+    def abort(self) -> None:
+        """Drop the staging file: nothing is left where the output should be."""
+        self._done = True
+        for p in (
+            self._staging,
+            Path(f"{self._staging}-journal"),
+            Path(f"{self._staging}-wal"),
+            Path(f"{self._staging}-shm"),
+        ):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()

@@ -1,0 +1,307 @@
+"""Open, validate and read rasters as 8-bit RGB windows.
+
+A :class:`RasterSource` wraps a rasterio dataset (GeoTIFF, COG, VRT: anything GDAL
+reads) and answers one question: the 8-bit RGB pixels and the nodata mask of a window.
+
+- Bands: 3 are chosen (default: the bands whose colour interpretation is red, green,
+  blue, else 1, 2, 3); 1 band is replicated to grey RGB.
+- Stretch: 8-bit imagery passes through unchanged (``stretch="auto"``); any other dtype
+  is stretched with *global* per-band percentiles computed once from overviews or a
+  sample of windows, never per tile (per-tile statistics make seams in brightness).
+- Nodata: the dataset mask (nodata value, alpha band or internal mask) and NaNs.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import rasterio
+from rasterio.enums import ColorInterp, Resampling
+from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.windows import Window
+
+from fastsam_geo.errors import RasterError
+
+StretchMode = Literal["auto", "none", "percentile"]
+
+
+@dataclass(frozen=True)
+class Stretch:
+    """Per-band linear stretch ``(value - lo) / (hi - lo) * 255``, clipped to 0-255.
+
+    >>> s = Stretch(lo=(0.0,), hi=(1000.0,))
+    >>> s.apply(np.array([[[0, 500, 2000]]], np.float32)).tolist()
+    [[[0, 128, 255]]]
+    """
+
+    lo: tuple[float, ...]
+    hi: tuple[float, ...]
+
+    def apply(self, data: np.ndarray) -> np.ndarray:
+        """Stretch a ``bands x H x W`` array to uint8."""
+        lo = np.asarray(self.lo, np.float32)[:, None, None]
+        hi = np.asarray(self.hi, np.float32)[:, None, None]
+        scale = np.float32(255.0) / np.maximum(hi - lo, np.float32(1e-12))
+        out = (data.astype(np.float32) - lo) * scale
+        out = np.nan_to_num(out, nan=0.0, posinf=255.0, neginf=0.0)
+        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def choose_bands(
+    count: int, colorinterp: Sequence[ColorInterp] = (), bands: Sequence[int] | None = None
+) -> tuple[int, int, int]:
+    """The three 1-based band indexes to read as RGB.
+
+    >>> choose_bands(1)
+    (1, 1, 1)
+    >>> choose_bands(4, [ColorInterp.blue, ColorInterp.green, ColorInterp.red, ColorInterp.undefined])
+    (3, 2, 1)
+    >>> choose_bands(8)
+    (1, 2, 3)
+    >>> choose_bands(4, bands=(4, 3, 2))
+    (4, 3, 2)
+    """
+    if bands is not None:
+        chosen = tuple(int(b) for b in bands)
+        if len(chosen) == 1:
+            chosen = chosen * 3
+        if len(chosen) != 3:
+            raise RasterError(f"bands={list(bands)}: give 1 or 3 band numbers, e.g. --bands 1,2,3.")
+        bad = [b for b in chosen if not 1 <= b <= count]
+        if bad:
+            raise RasterError(
+                f"Band {bad[0]} does not exist: the raster has {count} band(s), numbered 1 to {count}."
+            )
+        return chosen  # type: ignore[return-value]
+    if count < 3:
+        return (1, 1, 1)
+    ci = list(colorinterp)
+    if all(c in ci for c in (ColorInterp.red, ColorInterp.green, ColorInterp.blue)):
+        red, green, blue = (ci.index(c) + 1 for c in (ColorInterp.red, ColorInterp.green, ColorInterp.blue))
+        return (red, green, blue)
+    return (1, 2, 3)
+
+
+@dataclass(frozen=True)
+class RasterInfo:
+    """What a raster is, in the terms a GIS user checks first."""
+
+    path: str
+    width: int
+    height: int
+    count: int
+    dtype: str
+    crs: rasterio.crs.CRS
+    transform: rasterio.Affine
+    bounds: tuple[float, float, float, float]
+    res: tuple[float, float]
+    nodata: float | None
+    bands: tuple[int, int, int]
+    overviews: int
+
+    @property
+    def is_geographic(self) -> bool:
+        """True when the CRS is in degrees (e.g. EPSG:4326)."""
+        return bool(self.crs.is_geographic)
+
+
+def _open(path: str | os.PathLike[str]) -> rasterio.io.DatasetReader:
+    spath = os.fspath(path)
+    if "://" not in spath and not spath.startswith("/vsi") and not Path(spath).exists():
+        raise RasterError(f"{spath}: no such file; check the path.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            return rasterio.open(spath)
+    except RasterioIOError as exc:
+        reason = str(exc).split("\n")[0]
+        raise RasterError(
+            f"{spath}: cannot be read as a raster ({reason}); give a GeoTIFF, COG or VRT."
+        ) from None
+
+
+def validate(ds: rasterio.io.DatasetReader, path: str) -> None:
+    """Raise :class:`RasterError` naming the broken rule when ``ds`` cannot be tiled."""
+    if ds.width == 0 or ds.height == 0 or ds.count == 0:
+        raise RasterError(f"{path}: raster is empty ({ds.width} x {ds.height} px, {ds.count} bands).")
+    if ds.crs is None:
+        raise RasterError(
+            f"{path}: raster has no CRS; assign one, e.g. `gdal_edit.py -a_srs EPSG:32633 {path}`."
+        )
+    t = ds.transform
+    if t.is_identity:
+        raise RasterError(
+            f"{path}: raster has no geotransform (not georeferenced); georeference it, "
+            f"e.g. `gdal_edit.py -a_ullr ULX ULY LRX LRY {path}`."
+        )
+    if t.b != 0 or t.d != 0:
+        raise RasterError(
+            f"{path}: raster transform is rotated; warp it north-up first, "
+            f"e.g. `gdalwarp {path} north_up.tif`."
+        )
+    if t.a <= 0 or t.e >= 0:
+        raise RasterError(
+            f"{path}: raster is not north-up (pixel size {t.a}, {t.e}); warp it first, "
+            f"e.g. `gdalwarp {path} north_up.tif`."
+        )
+
+
+class RasterSource:
+    """A validated raster read as 8-bit RGB windows.
+
+    Use it as a context manager; :meth:`read` is the only pixel access.
+
+    Args:
+        path: GeoTIFF, COG or VRT path (any GDAL path, ``/vsicurl/`` included).
+        bands: three 1-based band numbers (or one, replicated); default from colour
+            interpretation, else 1, 2, 3.
+        stretch: ``"auto"`` (8-bit unchanged, other dtypes percentile-stretched),
+            ``"percentile"`` (always) or ``"none"`` (clip to 0-255).
+        percentiles: low and high percentiles of the global stretch.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        bands: Sequence[int] | None = None,
+        stretch: StretchMode = "auto",
+        percentiles: tuple[float, float] = (2.0, 98.0),
+    ) -> None:
+        self.path = os.fspath(path)
+        self._ds = _open(self.path)
+        try:
+            validate(self._ds, self.path)
+            try:
+                self.bands = choose_bands(self._ds.count, self._ds.colorinterp, bands)
+            except RasterError as exc:
+                # choose_bands does not know the file: name it, as every raster error does.
+                raise RasterError(f"{self.path}: {exc}") from None
+            dtype = self._ds.dtypes[self.bands[0] - 1]
+            if stretch not in ("auto", "none", "percentile"):
+                raise RasterError(f"{self.path}: stretch={stretch!r}: use 'auto', 'none' or 'percentile'.")
+            self.stretch: Stretch | None
+            if stretch == "percentile" or (stretch == "auto" and dtype != "uint8"):
+                self.stretch = self._global_stretch(percentiles)
+            else:
+                self.stretch = None
+        except Exception:
+            self._ds.close()
+            raise
+        ds = self._ds
+        self.info = RasterInfo(
+            path=self.path,
+            width=ds.width,
+            height=ds.height,
+            count=ds.count,
+            dtype=dtype,
+            crs=ds.crs,
+            transform=ds.transform,
+            bounds=tuple(ds.bounds),
+            res=ds.res,
+            nodata=ds.nodata,
+            bands=self.bands,
+            overviews=len(ds.overviews(1)),
+        )
+
+    # -------------------------------------------------------------- context manager
+    def __enter__(self) -> RasterSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the underlying dataset."""
+        self._ds.close()
+
+    @property
+    def dataset(self) -> rasterio.io.DatasetReader:
+        """The open rasterio dataset (read-only use)."""
+        return self._ds
+
+    # -------------------------------------------------------------- statistics
+    def _stats_sample(self, max_side: int = 1024) -> np.ma.MaskedArray:
+        """A small, whole-raster sample: a decimated read (overviews when present),
+        or for big rasters without overviews an 8 x 8 grid of 128 px windows."""
+        ds = self._ds
+        idx = list(dict.fromkeys(self.bands))
+        big = ds.width * ds.height > 4096 * 4096
+        if not big or ds.overviews(1):
+            scale = max(ds.width, ds.height) / max_side
+            shape = (len(idx), max(1, int(ds.height / max(scale, 1))), max(1, int(ds.width / max(scale, 1))))
+            return ds.read(idx, out_shape=shape, masked=True, resampling=Resampling.nearest)
+        parts = []
+        for fy in np.linspace(0, 1, 8, endpoint=False) + 1 / 16:
+            for fx in np.linspace(0, 1, 8, endpoint=False) + 1 / 16:
+                win = Window(int(fx * (ds.width - 128)), int(fy * (ds.height - 128)), 128, 128)
+                parts.append(ds.read(idx, window=win, masked=True))
+        return np.ma.concatenate(parts, axis=2)
+
+    def _global_stretch(self, percentiles: tuple[float, float]) -> Stretch:
+        sample = self._stats_sample()
+        idx = list(dict.fromkeys(self.bands))
+        lo_by_band: dict[int, float] = {}
+        hi_by_band: dict[int, float] = {}
+        for k, b in enumerate(idx):
+            band = sample[k]
+            vals = band.compressed().astype(np.float64)
+            vals = vals[np.isfinite(vals)]
+            if vals.size == 0:
+                raise RasterError(
+                    f"{self.path}: band {b} has no valid pixels (all nodata); "
+                    "check the nodata value or the file."
+                )
+            lo, hi = np.percentile(vals, percentiles)
+            if hi <= lo:
+                hi = lo + 1.0
+            lo_by_band[b], hi_by_band[b] = float(lo), float(hi)
+        return Stretch(
+            lo=tuple(lo_by_band[b] for b in self.bands),
+            hi=tuple(hi_by_band[b] for b in self.bands),
+        )
+
+    # -------------------------------------------------------------- pixels
+    def read(self, window: Window) -> tuple[np.ndarray, np.ndarray | None]:
+        """RGB pixels (``H x W x 3`` uint8) and nodata (``H x W`` bool, True = no data) of ``window``.
+
+        The nodata mask is None when the window holds no nodata pixel.
+        """
+        ds = self._ds
+        uniq = list(dict.fromkeys(self.bands))
+        try:
+            data = ds.read(uniq, window=window)
+            valid = ds.dataset_mask(window=window) > 0
+        except RasterioIOError as exc:
+            reason = str(exc).split("\n")[0]
+            raise RasterError(
+                f"{self.path}: cannot read window {window!r} ({reason}); "
+                "the file may be truncated or corrupt."
+            ) from None
+        if np.issubdtype(data.dtype, np.floating):
+            valid &= np.isfinite(data).all(axis=0)
+        pos = {b: i for i, b in enumerate(uniq)}
+        data = data[[pos[b] for b in self.bands]]
+        if self.stretch is not None:
+            rgb = self.stretch.apply(data)
+        elif data.dtype == np.uint8:
+            rgb = data
+        else:
+            rgb = np.clip(np.nan_to_num(data.astype(np.float32)), 0, 255).astype(np.uint8)
+        nodata = ~valid
+        rgb = np.ascontiguousarray(rgb.transpose(1, 2, 0))
+        if nodata.any():
+            rgb[nodata] = 0
+            return rgb, nodata
+        return rgb, None
+
+
+def open_raster(path: str | os.PathLike[str], **kwargs: object) -> RasterSource:
+    """Open and validate a raster: ``with open_raster("ortho.tif") as src: ...``."""
+    return RasterSource(path, **kwargs)  # type: ignore[arg-type]

@@ -1,0 +1,224 @@
+"""Fine-tune FastSAM (a YOLOv8-seg model) on GeoTIFFs and building footprints.
+
+``build_dataset`` turns rasters + footprint vectors into a YOLO-seg dataset: crops read
+through the same :class:`~fastsam_geo.raster.RasterSource` as inference (same bands, same
+stretch), polygons clipped to each crop and written in normalised pixel coordinates
+(holes bridged into the exterior ring, as YOLO-seg labels have no holes).
+``train`` runs ultralytics on it; the result loads back with ``FastSAMSegmenter``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import geopandas as gpd
+import numpy as np
+import shapely
+from shapely.geometry import Polygon
+from shapely.geometry.polygon import orient
+
+from fastsam_geo.errors import FastSAMGeoError, RasterError
+from fastsam_geo.raster import RasterSource
+from fastsam_geo.tiling import TileGrid
+
+
+def bridge_holes(poly: Polygon) -> np.ndarray:
+    """One ring for a polygon with holes: each hole joined to the exterior by a zero-width cut.
+
+    YOLO-seg labels are single rings; filled with cv2's rule the cut leaves the hole open.
+
+    >>> from shapely.geometry import box
+    >>> ring = bridge_holes(Polygon(box(0, 0, 10, 10).exterior.coords, [box(4, 4, 6, 6).exterior.coords]))
+    >>> ring.shape
+    (12, 2)
+    """
+    poly = orient(poly, 1.0)
+    ring = np.asarray(poly.exterior.coords)[:-1]
+    for hole in poly.interiors:
+        h = np.asarray(hole.coords)[:-1]
+        d = ((ring[:, None, :] - h[None, :, :]) ** 2).sum(-1)
+        i, j = np.unravel_index(int(d.argmin()), d.shape)
+        h_loop = np.concatenate([h[j:], h[: j + 1]])
+        ring = np.concatenate([ring[: i + 1], h_loop, ring[i:]])
+    return ring
+
+
+@dataclass
+class DatasetSummary:
+    """What :func:`build_dataset` wrote."""
+
+    data_yaml: Path
+    images: int
+    instances: int
+    val_images: int
+
+
+def _read_labels(labels: str | os.PathLike[str] | gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+    if isinstance(labels, gpd.GeoDataFrame):
+        return labels
+    path = Path(labels)
+    if not path.exists():
+        raise FastSAMGeoError(
+            f"{path}: footprint file not found; give a GeoPackage, GeoJSON or Shapefile of building polygons."
+        )
+    gdf = gpd.read_file(path)
+    if gdf.crs is None:
+        raise FastSAMGeoError(f"{path}: footprints have no CRS; set one (e.g. ogr2ogr -a_srs EPSG:XXXX).")
+    return gdf
+
+
+def build_dataset(
+    rasters: Sequence[str | os.PathLike[str]],
+    labels: str | os.PathLike[str] | gpd.GeoDataFrame | Sequence[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str],
+    *,
+    crop: int = 512,
+    stride: int | None = None,
+    val_fraction: float = 0.15,
+    seed: int = 0,
+    min_area_px: float = 12.0,
+) -> DatasetSummary:
+    """Write a YOLO-seg dataset (images/, labels/, data.yaml) from rasters and footprints.
+
+    ``labels`` is one footprint file for all rasters, or one per raster.
+    """
+    out = Path(out_dir)
+    if isinstance(labels, (str, os.PathLike, gpd.GeoDataFrame)):
+        label_list = [labels] * len(rasters)
+    else:
+        label_list = list(labels)
+        if len(label_list) != len(rasters):
+            raise FastSAMGeoError(
+                f"{len(rasters)} rasters but {len(label_list)} label files: give one label file, or one per raster."
+            )
+    for split in ("train", "val"):
+        (out / "images" / split).mkdir(parents=True, exist_ok=True)
+        (out / "labels" / split).mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    n_img = n_inst = n_val = 0
+    cache: dict[int, gpd.GeoDataFrame] = {}
+    for r_i, (raster, lab) in enumerate(zip(rasters, label_list, strict=True)):
+        key = id(lab)
+        if key not in cache:
+            cache[key] = _read_labels(lab)
+        with RasterSource(raster) as src:
+            gdf = cache[key].to_crs(src.info.crs)
+            geoms = gdf.geometry.values
+            tree = shapely.STRtree(geoms)
+            step = stride or crop * 3 // 4
+            grid = TileGrid(src.info.width, src.info.height, crop, crop - step, src.info.transform)
+            for spec in grid:
+                img, nodata = src.read(spec.window)
+                if nodata is not None and nodata.mean() > 0.5:
+                    continue
+                left, bottom, right, top = grid.window_bounds(spec.index)
+                win_box = shapely.box(left, bottom, right, top)
+                hits = tree.query(win_box, predicate="intersects")
+                inv = ~spec.transform
+                mat = [inv.a, inv.b, inv.d, inv.e, inv.c, inv.f]
+                lines = []
+                h, w = img.shape[:2]
+                for g in shapely.intersection(geoms[hits], win_box):
+                    g = shapely.affinity.affine_transform(g, mat)
+                    for part in shapely.get_parts(g):
+                        if not isinstance(part, Polygon) or part.area < min_area_px:
+                            continue
+                        ring = bridge_holes(part) / np.array([w, h], np.float64)
+                        ring = np.clip(ring, 0, 1)
+                        lines.append("0 " + " ".join(f"{v:.6f}" for v in ring.ravel()))
+                split = "val" if rng.random() < val_fraction else "train"
+                name = f"{Path(raster).stem}_{r_i:03d}_{spec.id}"
+                cv2.imwrite(str(out / "images" / split / f"{name}.png"), img[:, :, ::-1])
+                (out / "labels" / split / f"{name}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
+                n_img += 1
+                n_val += split == "val"
+                n_inst += len(lines)
+    if n_img == 0:
+        raise RasterError("No training crops: every crop was nodata; check the rasters.")
+    if n_val == 0:  # ultralytics needs a validation set: move one crop.
+        first = sorted((out / "images" / "train").glob("*.png"))[0]
+        shutil.move(first, out / "images" / "val" / first.name)
+        lab = out / "labels" / "train" / f"{first.stem}.txt"
+        shutil.move(lab, out / "labels" / "val" / lab.name)
+        n_val = 1
+    yaml = out / "data.yaml"
+    yaml.write_text(f"path: {out.resolve()}\ntrain: images/train\nval: images/val\nnames:\n  0: building\n")
+    return DatasetSummary(data_yaml=yaml, images=n_img, instances=n_inst, val_images=n_val)
+
+
+@dataclass
+class TrainResult:
+    """Where the trained weights went, and how long it took."""
+
+    weights: Path
+    seconds: float
+    epochs: int
+    dataset: DatasetSummary
+
+
+def train(
+    rasters: Sequence[str | os.PathLike[str]],
+    labels: str | os.PathLike[str] | gpd.GeoDataFrame | Sequence[str | os.PathLike[str]],
+    output: str | os.PathLike[str],
+    *,
+    base: str = "yolov8n-seg.yaml",
+    epochs: int = 50,
+    imgsz: int = 512,
+    batch: int = 8,
+    device: str = "cpu",
+    workers: int = 2,
+    seed: int = 0,
+    time_hours: float | None = None,
+    work_dir: str | os.PathLike[str] | None = None,
+    threads: int | None = None,
+) -> TrainResult:
+    """Build the dataset, fine-tune ``base`` with ultralytics, copy the best weights to ``output``.
+
+    ``base`` is a FastSAM/YOLOv8-seg checkpoint to fine-tune (``FastSAM-s.pt``) or a model
+    yaml to train from scratch (``yolov8n-seg.yaml``; no download needed).
+    """
+    from fastsam_geo.segment import set_torch_threads
+
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    from ultralytics import YOLO
+
+    set_torch_threads(threads)
+    work = Path(work_dir) if work_dir else Path(output).with_suffix("").parent / "train_work"
+    ds = build_dataset(rasters, labels, work / "dataset", crop=imgsz, seed=seed)
+    model = YOLO(base, task="segment")
+    t0 = time.perf_counter()
+    kwargs: dict[str, object] = {
+        "data": str(ds.data_yaml),
+        "epochs": epochs,
+        "imgsz": imgsz,
+        "batch": batch,
+        "device": device,
+        "workers": workers,
+        "seed": seed,
+        "deterministic": True,
+        "plots": False,
+        "project": str((work / "runs").resolve()),
+        "name": "train",
+        "exist_ok": True,
+        "single_cls": True,
+        "amp": device != "cpu",
+        "verbose": False,
+        "patience": 0,
+    }
+    if time_hours:
+        kwargs["time"] = time_hours
+    model.train(**kwargs)
+    seconds = time.perf_counter() - t0
+    best = Path(model.trainer.best)
+    if not best.exists():
+        best = Path(model.trainer.last)
+    out = Path(output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(best, out)
+    return TrainResult(weights=out, seconds=seconds, epochs=int(model.trainer.epochs), dataset=ds)
