@@ -27,8 +27,10 @@ import cv2
 import geopandas as gpd
 import numpy as np
 import rasterio
+import rasterio.features
 import shapely
 from affine import Affine
+from rasterio.enums import MergeAlg
 from rasterio.windows import Window
 from shapely.affinity import affine_transform, rotate, translate
 from shapely.geometry import Polygon, box
@@ -253,28 +255,39 @@ def _fractal(x0: int, y0: int, w: int, h: int, seed: int, scales: Sequence[float
 
 
 # --------------------------------------------------------------------------- rendering
-def _cv_pts(poly: Polygon, x0: float, y0: float) -> list[np.ndarray]:
-    """Exterior and holes as cv2 fixed-point contours (shift=4); pixel centres at +0.5."""
-    rings = [poly.exterior, *poly.interiors]
-    out = []
-    for ring in rings:
-        xy = np.asarray(ring.coords)[:-1]
-        pts = np.round((xy - (x0 + 0.5, y0 + 0.5)) * 16).astype(np.int32)
-        out.append(pts.reshape(-1, 1, 2))
-    return out
-
-
 def _fill(mask: np.ndarray, poly: Polygon, x0: float, y0: float) -> None:
+    """Burn 1 into ``mask`` where pixel centres fall inside ``poly`` (GDAL's rule, exact)."""
     if poly.is_empty:
         return
-    geoms = poly.geoms if hasattr(poly, "geoms") else [poly]
-    for g in geoms:
-        if isinstance(g, Polygon) and not g.is_empty:
-            cv2.fillPoly(mask, _cv_pts(g, x0, y0), 1, lineType=cv2.LINE_8, shift=4)
+    rasterio.features.rasterize([(poly, 1)], out=mask, transform=Affine.translation(x0, y0), merge_alg=MergeAlg.replace)
+
+
+def _disc(mask: np.ndarray, cx: float, cy: float, r: float, x0: int, y0: int) -> None:
+    """Burn 1 into ``mask`` where pixel centres are within ``r`` of ``(cx, cy)``."""
+    h, w = mask.shape
+    c0, c1 = max(int(cx - r - x0) - 1, 0), min(int(cx + r - x0) + 2, w)
+    r0, r1 = max(int(cy - r - y0) - 1, 0), min(int(cy + r - y0) + 2, h)
+    if c1 <= c0 or r1 <= r0:
+        return
+    xs = np.arange(c0, c1) + x0 + 0.5 - cx
+    ys = np.arange(r0, r1) + y0 + 0.5 - cy
+    mask[r0:r1, c0:c1] |= ((xs[None, :] ** 2 + ys[:, None] ** 2) <= r * r).astype(mask.dtype)
 
 
 def render_block(plan: ScenePlan, window: Window, tree_index: shapely.STRtree | None = None) -> np.ndarray:
-    """Render the ``3 x h x w`` uint8 pixels of one window of a planned scene."""
+    """Render the ``3 x h x w`` uint8 pixels of one window of a planned scene.
+
+    Rendered with a margin and cropped, so the pixels do not depend on how the scene is
+    cut into blocks.
+    """
+    m = 2
+    big = Window(
+        int(window.col_off) - m, int(window.row_off) - m, int(window.width) + 2 * m, int(window.height) + 2 * m
+    )
+    return _render(plan, big, tree_index)[:, m:-m, m:-m]
+
+
+def _render(plan: ScenePlan, window: Window, tree_index: shapely.STRtree | None) -> np.ndarray:
     x0, y0 = int(window.col_off), int(window.row_off)
     w, h = int(window.width), int(window.height)
     seed = plan.seed
@@ -338,10 +351,8 @@ def render_block(plan: ScenePlan, window: Window, tree_index: shapely.STRtree | 
         tree_mask = np.zeros((h, w), np.uint8)
         tree_shadow = np.zeros((h, w), np.uint8)
         for cx, cy, r in plan.trees[idx]:
-            centre = (int(round((cx - x0 - 0.5) * 16)), int(round((cy - y0 - 0.5) * 16)))
-            sh = (int(round((cx + sx * r - x0 - 0.5) * 16)), int(round((cy + sy * r - y0 - 0.5) * 16)))
-            cv2.circle(tree_shadow, sh, int(r * 16), 1, -1, shift=4)
-            cv2.circle(tree_mask, centre, int(r * 16), 1, -1, shift=4)
+            _disc(tree_shadow, cx + sx * r, cy + sy * r, r, x0, y0)
+            _disc(tree_mask, cx, cy, r, x0, y0)
         ts = tree_shadow.astype(bool) & ~tree_mask.astype(bool)
         img[ts] *= 0.55
         tm = tree_mask.astype(bool)
