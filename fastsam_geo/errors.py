@@ -32,6 +32,10 @@ class OutputError(FastSAMGeoError, OSError):
     """The output cannot be written (exists without overwrite, folder not writable...)."""
 
 
+class EvaluationError(FastSAMGeoError, ValueError):
+    """Footprint layers cannot be scored: missing file, unreadable, no CRS..."""
+
+
 class DependencyError(FastSAMGeoError, ImportError):
     """An optional dependency is missing; the message names the pip extra to install."""
 

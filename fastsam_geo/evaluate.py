@@ -1,0 +1,297 @@
+"""Score predicted building footprints against ground truth (SpaceNet-style).
+
+- :func:`match_buildings`: one-to-one matching of predictions to truth by IoU, candidate
+  pairs from one bulk :class:`shapely.STRtree` query, greedy by descending IoU.
+- :func:`evaluate`: precision, recall, F1 and mean IoU of two footprint layers, plus the
+  *seam score*: the share of truth buildings crossing a tile seam that come out as
+  exactly one polygon (the number that shows whether seam stitching works).
+- :func:`seam_lines`: the internal core boundaries of a :class:`~fastsam_geo.tiling.TileGrid`
+  in map coordinates, the seams to give :func:`evaluate`.
+
+Pure numpy / shapely / geopandas: no model is needed to score a result.
+
+    >>> from shapely.geometry import box
+    >>> truth = gpd.GeoDataFrame(geometry=[box(0, 0, 10, 10), box(20, 0, 30, 10)], crs="EPSG:32633")
+    >>> pred = gpd.GeoDataFrame(geometry=[box(0, 0, 10, 9), box(50, 50, 60, 60)], crs="EPSG:32633")
+    >>> s = evaluate(pred, truth)
+    >>> s.tp, s.fp, s.fn, s.f1
+    (1, 1, 1, 0.5)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import shapely
+from shapely.geometry import LineString
+from shapely.geometry.base import BaseGeometry
+
+from fastsam_geo.errors import EvaluationError
+from fastsam_geo.tiling import TileGrid
+
+#: Share of a truth building's area that a second prediction may cover before the
+#: building counts as split (seam score).
+SPLIT_COVER = 0.10
+
+Footprints = gpd.GeoDataFrame | gpd.GeoSeries | str | os.PathLike[str]
+
+
+# --------------------------------------------------------------------------- matching
+def _as_geometry_array(geoms: Sequence[BaseGeometry | None] | np.ndarray | gpd.GeoSeries) -> np.ndarray:
+    """A 1-D object array of geometries; invalid polygons repaired so that overlays cannot fail."""
+    if isinstance(geoms, (gpd.GeoSeries, gpd.GeoDataFrame)):
+        arr = np.asarray(geoms.geometry.values, dtype=object)
+    else:
+        arr = np.empty(len(geoms), dtype=object)
+        arr[:] = list(geoms)
+    arr = arr.reshape(-1)
+    bad = ~shapely.is_valid(arr) & ~shapely.is_missing(arr)
+    if bad.any():
+        arr = arr.copy()
+        arr[bad] = shapely.make_valid(arr[bad])
+    return arr
+
+
+def _pairs(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """All intersecting (pred, truth) pairs: indices, intersection areas and IoUs (vectorised)."""
+    if len(pred) == 0 or len(truth) == 0:
+        empty_i = np.zeros(0, np.int64)
+        return empty_i, empty_i, np.zeros(0), np.zeros(0)
+    pi, ti = shapely.STRtree(truth).query(pred, predicate="intersects")
+    inter = shapely.area(shapely.intersection(pred[pi], truth[ti]))
+    union = shapely.area(pred[pi]) + shapely.area(truth[ti]) - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = np.where(union > 0, inter / union, 0.0)
+    return pi.astype(np.int64), ti.astype(np.int64), inter, iou
+
+
+def _greedy(
+    pi: np.ndarray, ti: np.ndarray, iou: np.ndarray, iou_threshold: float
+) -> list[tuple[int, int, float]]:
+    keep = iou >= iou_threshold
+    pi, ti, iou = pi[keep], ti[keep], iou[keep]
+    # Descending IoU; ties broken by prediction then truth index, so results are deterministic.
+    order = np.lexsort((ti, pi, -iou))
+    used_p: set[int] = set()
+    used_t: set[int] = set()
+    out: list[tuple[int, int, float]] = []
+    for k in order:
+        p, t = int(pi[k]), int(ti[k])
+        if p in used_p or t in used_t:
+            continue
+        used_p.add(p)
+        used_t.add(t)
+        out.append((p, t, float(iou[k])))
+    return out
+
+
+def match_buildings(
+    pred_geoms: Sequence[BaseGeometry | None] | np.ndarray | gpd.GeoSeries,
+    truth_geoms: Sequence[BaseGeometry | None] | np.ndarray | gpd.GeoSeries,
+    iou_threshold: float = 0.5,
+) -> list[tuple[int, int, float]]:
+    """One-to-one matches ``(pred_index, truth_index, iou)`` with ``iou >= iou_threshold``.
+
+    Candidate pairs come from one bulk ``STRtree(truth).query(pred, predicate="intersects")``;
+    they are taken greedily by descending IoU, each prediction and each truth at most once
+    (the SpaceNet rule). Both inputs must be in the same CRS. The list is sorted by
+    descending IoU.
+
+    >>> from shapely.geometry import box
+    >>> truth = [box(0, 0, 10, 10), box(20, 0, 30, 10)]
+    >>> pred = [box(0, 0, 10, 8), box(0, 0, 10, 10), box(21, 0, 31, 10), box(40, 0, 50, 10)]
+    >>> [(p, t, round(iou, 3)) for p, t, iou in match_buildings(pred, truth)]
+    [(1, 0, 1.0), (2, 1, 0.818)]
+    >>> match_buildings([], truth)
+    []
+    """
+    pred = _as_geometry_array(pred_geoms)
+    truth = _as_geometry_array(truth_geoms)
+    pi, ti, _, iou = _pairs(pred, truth)
+    return _greedy(pi, ti, iou, iou_threshold)
+
+
+# --------------------------------------------------------------------------- seams
+def seam_lines(grid: TileGrid) -> list[LineString]:
+    """The internal core boundaries of ``grid`` as lines in map coordinates.
+
+    One vertical line per internal column boundary and one horizontal line per internal row
+    boundary, each spanning the whole raster; the raster border is not a seam.
+
+    >>> grid = TileGrid(1000, 600, tile_size=256, overlap=32)
+    >>> [line.wkt for line in seam_lines(grid)][:1], len(seam_lines(grid))
+    (['LINESTRING (240 0, 240 600)'], 6)
+    >>> seam_lines(TileGrid(100, 100, tile_size=256, overlap=32))
+    []
+    """
+    t = grid.transform
+    lines: list[LineString] = []
+    for col in grid.col_cores[1:, 0]:
+        lines.append(LineString([t * (float(col), 0.0), t * (float(col), float(grid.height))]))
+    for row in grid.row_cores[1:, 0]:
+        lines.append(LineString([t * (0.0, float(row)), t * (float(grid.width), float(row))]))
+    return lines
+
+
+def _seam_counts(
+    pred: np.ndarray,
+    truth: np.ndarray,
+    seams: Sequence[BaseGeometry],
+    pi: np.ndarray,
+    ti: np.ndarray,
+    inter: np.ndarray,
+    iou: np.ndarray,
+    iou_threshold: float,
+) -> tuple[int, int]:
+    """``(crossing, single)``: truth buildings crossing a seam, and those found as one polygon."""
+    seam_arr = _as_geometry_array(list(seams))
+    if len(seam_arr) == 0 or len(truth) == 0:
+        return 0, 0
+    # query(truth) returns (truth index, seam index) pairs.
+    crossing = np.unique(shapely.STRtree(seam_arr).query(truth, predicate="intersects")[0])
+    if crossing.size == 0:
+        return 0, 0
+    t_area = shapely.area(truth)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cover = np.where(t_area[ti] > 0, inter / t_area[ti], 0.0)
+    n = len(truth)
+    hits = np.bincount(ti[iou >= iou_threshold], minlength=n)
+    # A prediction "covers" a truth when it overlaps more than SPLIT_COVER of its area; the one
+    # matching prediction covers it too (IoU >= 0.5 implies > 10%), so single means exactly one.
+    covers = np.bincount(ti[(cover > SPLIT_COVER) | (iou >= iou_threshold)], minlength=n)
+    single = (hits[crossing] == 1) & (covers[crossing] == 1)
+    return int(crossing.size), int(single.sum())
+
+
+# --------------------------------------------------------------------------- scores
+@dataclass
+class Scores:
+    """Detection scores of one prediction layer against truth.
+
+    ``seam_score`` is ``seam_single / seam_total``: the share of truth buildings crossing a
+    tile seam that come out as exactly one polygon; None when no seam was given or no truth
+    building crosses one.
+    """
+
+    tp: int
+    fp: int
+    fn: int
+    precision: float
+    recall: float
+    f1: float
+    mean_iou: float
+    seam_total: int = 0
+    seam_single: int = 0
+    seam_score: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The scores as a plain dict (JSON-ready).
+
+        >>> Scores(1, 0, 0, 1.0, 1.0, 1.0, 0.9).as_dict()["f1"]
+        1.0
+        """
+        return asdict(self)
+
+
+def _ratio(num: float, den: float) -> float:
+    return float(num) / float(den) if den else 0.0
+
+
+def scores_from_counts(tp: int, fp: int, fn: int, mean_iou: float = 0.0) -> Scores:
+    """Precision, recall and F1 from counts; zero (never a division error) when undefined.
+
+    >>> s = scores_from_counts(3, 1, 2)
+    >>> round(s.precision, 3), round(s.recall, 3), round(s.f1, 3)
+    (0.75, 0.6, 0.667)
+    >>> scores_from_counts(0, 0, 0).f1
+    0.0
+    """
+    precision = _ratio(tp, tp + fp)
+    recall = _ratio(tp, tp + fn)
+    f1 = _ratio(2 * precision * recall, precision + recall)
+    return Scores(tp, fp, fn, precision, recall, f1, float(mean_iou))
+
+
+def _load(data: Footprints, role: str) -> gpd.GeoDataFrame:
+    if isinstance(data, gpd.GeoSeries):
+        data = gpd.GeoDataFrame(geometry=data)
+    if isinstance(data, gpd.GeoDataFrame):
+        frame = data
+        name = f"{role} footprints"
+    elif isinstance(data, (str, os.PathLike)):
+        path = Path(data)
+        name = str(path)
+        if not path.exists():
+            raise EvaluationError(f"{path}: no such {role} file; check the path.")
+        try:
+            frame = gpd.read_file(path)
+        except Exception as exc:
+            reason = str(exc).split("\n")[0]
+            raise EvaluationError(
+                f"{path}: cannot be read as a {role} vector layer ({reason}); give a GeoPackage, "
+                "GeoJSON, FlatGeobuf or Shapefile."
+            ) from None
+    else:
+        raise EvaluationError(
+            f"{role}: expected a GeoDataFrame, GeoSeries or a vector file path, got {type(data).__name__}."
+        )
+    if frame.crs is None:
+        raise EvaluationError(
+            f"{name}: {role} layer has no CRS; set one, e.g. `frame.set_crs('EPSG:32633')` or "
+            f"`ogr2ogr -a_srs EPSG:32633 fixed.gpkg {name}`."
+        )
+    geoms = frame.geometry
+    keep = ~(geoms.isna() | geoms.is_empty)
+    return frame.loc[keep.to_numpy()]
+
+
+def evaluate(
+    pred: Footprints,
+    truth: Footprints,
+    *,
+    iou_threshold: float = 0.5,
+    seams: Sequence[BaseGeometry] | None = None,
+) -> Scores:
+    """Score predicted footprints against truth footprints.
+
+    Args:
+        pred: predicted footprints: a GeoDataFrame / GeoSeries or a vector file path.
+            Reprojected to the truth CRS when the two differ.
+        truth: ground-truth footprints, same forms.
+        iou_threshold: a prediction and a truth building match when their IoU reaches this.
+        seams: tile seams (e.g. :func:`seam_lines`) in the truth CRS; enables the seam score.
+
+    Null and empty geometries are ignored. Raises :class:`EvaluationError` (a
+    :class:`~fastsam_geo.errors.FastSAMGeoError`) when a file is missing or unreadable or a
+    layer has no CRS.
+
+    >>> from shapely.geometry import box
+    >>> truth = gpd.GeoSeries([box(0, 0, 10, 10)], crs="EPSG:32633")
+    >>> halves = gpd.GeoSeries([box(0, 0, 5, 10), box(5, 0, 10, 10)], crs="EPSG:32633")
+    >>> evaluate(halves, truth, seams=[LineString([(5, -5), (5, 20)])]).seam_score
+    0.0
+    >>> evaluate(truth, truth, seams=[LineString([(5, -5), (5, 20)])]).seam_score
+    1.0
+    """
+    truth_df = _load(truth, "truth")
+    pred_df = _load(pred, "prediction")
+    if not pred_df.crs.equals(truth_df.crs):
+        pred_df = pred_df.to_crs(truth_df.crs)
+    p = _as_geometry_array(pred_df.geometry)
+    t = _as_geometry_array(truth_df.geometry)
+    pi, ti, inter, iou = _pairs(p, t)
+    matches = _greedy(pi, ti, iou, iou_threshold)
+    tp = len(matches)
+    mean_iou = float(np.mean([m[2] for m in matches])) if matches else 0.0
+    out = scores_from_counts(tp, len(p) - tp, len(t) - tp, mean_iou)
+    if seams is not None:
+        total, single = _seam_counts(p, t, seams, pi, ti, inter, iou, iou_threshold)
+        out.seam_total, out.seam_single = total, single
+        out.seam_score = _ratio(single, total) if total else None
+    return out

@@ -1,0 +1,324 @@
+"""Scoring footprints against truth: matching, counts, reprojection, the seam score, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import shapely
+from affine import Affine
+from shapely.geometry import LineString, Polygon, box
+
+from fastsam_geo.errors import FastSAMGeoError
+from fastsam_geo.evaluate import Scores, evaluate, match_buildings, seam_lines
+from fastsam_geo.synthetic import plan_scene, truth_frame
+from fastsam_geo.tiling import TileGrid
+
+pytestmark = pytest.mark.filterwarnings("ignore:Use `@` matmul:PendingDeprecationWarning")
+
+CRS = "EPSG:32633"
+X0, Y0 = 500000.0, 4650000.0
+UTM = Affine(0.5, 0.0, X0, 0.0, -0.5, Y0)
+
+
+def frame(geoms: list, crs: str | None = CRS) -> gpd.GeoDataFrame:
+    return gpd.GeoDataFrame({"id": np.arange(len(geoms))}, geometry=geoms, crs=crs)
+
+
+def sq(x: float, y: float, size: float = 10.0) -> Polygon:
+    """A square building with its lower-left corner at ``(X0 + x, Y0 - 100 + y)``."""
+    return box(X0 + x, Y0 - 100 + y, X0 + x + size, Y0 - 100 + y + size)
+
+
+TRUTH = [sq(0, 0), sq(20, 0), sq(40, 0), sq(60, 0), sq(0, 30, 16)]
+
+
+# --------------------------------------------------------------------------- matching and counts
+def test_perfect_prediction() -> None:
+    s = evaluate(frame(TRUTH), frame(TRUTH))
+    assert (s.tp, s.fp, s.fn) == (5, 0, 0)
+    assert s.precision == s.recall == s.f1 == 1.0
+    assert s.mean_iou == pytest.approx(1.0)
+    assert s.seam_score is None and s.seam_total == 0
+
+
+def test_shifted_missing_and_extra_predictions() -> None:
+    pred = [
+        sq(2, 0),  # shifted 2 m: IoU 80 / 120 = 0.667 -> match
+        sq(25, 0),  # shifted 5 m: IoU 50 / 150 = 0.333 -> FP (and truth 1 is an FN)
+        sq(40, 0),  # exact
+        # truth 3 and 4 missing
+        sq(200, 200),  # extra, far away
+        sq(60, 12),  # extra, near truth 3 but not touching it
+    ]
+    s = evaluate(frame(pred), frame(TRUTH))
+    assert (s.tp, s.fp, s.fn) == (2, 3, 3)
+    assert s.precision == pytest.approx(2 / 5)
+    assert s.recall == pytest.approx(2 / 5)
+    assert s.f1 == pytest.approx(2 / 5)
+    assert s.mean_iou == pytest.approx((80 / 120 + 1.0) / 2)
+    matches = match_buildings(pred, TRUTH)
+    assert [(p, t) for p, t, _ in matches] == [(2, 2), (0, 0)]
+    assert matches[1][2] == pytest.approx(80 / 120)
+
+
+def test_iou_threshold_is_inclusive_and_configurable() -> None:
+    truth = [box(0, 0, 10, 10)]
+    half = [box(0, 0, 10, 5)]  # IoU exactly 0.5
+    assert [(p, t) for p, t, _ in match_buildings(half, truth, iou_threshold=0.5)] == [(0, 0)]
+    assert match_buildings(half, truth, iou_threshold=0.51) == []
+    shifted = [box(2, 0, 12, 10)]  # IoU 0.667
+    assert evaluate(frame(shifted), frame(truth), iou_threshold=0.7).tp == 0
+    assert evaluate(frame(shifted), frame(truth), iou_threshold=0.6).tp == 1
+
+
+def test_matching_is_one_to_one() -> None:
+    truth = [sq(0, 0)]
+    pred = [sq(1, 0), sq(0, 0)]  # both IoU >= 0.5 with the one truth building
+    s = evaluate(frame(pred), frame(truth))
+    assert (s.tp, s.fp, s.fn) == (1, 1, 0)
+    # The best pair wins whatever the input order.
+    assert match_buildings(pred, truth) == [(1, 0, 1.0)]
+    assert match_buildings(pred[::-1], truth) == [(0, 0, 1.0)]
+    # One big prediction over two truth buildings matches at most one of them.
+    truth2 = [box(0, 0, 10, 10), box(10, 0, 20, 10)]
+    big = [box(0, 0, 20, 10)]
+    assert len(match_buildings(big, truth2, iou_threshold=0.5)) == 1
+
+
+def test_greedy_takes_pairs_by_descending_iou() -> None:
+    truth = [box(0, 0, 10, 10), box(12, 0, 22, 10)]
+    pred = [
+        box(1, 0, 11, 10),  # IoU 0.818 with truth 0 (listed first, but the exact one wins)
+        box(0, 0, 10, 10),  # IoU 1.0 with truth 0
+        box(11, 0, 21, 10),  # IoU 0.818 with truth 1
+    ]
+    got = [(p, t, round(iou, 3)) for p, t, iou in match_buildings(pred, truth)]
+    assert got == [(1, 0, 1.0), (2, 1, 0.818)]
+
+
+def test_invalid_and_null_geometries_do_not_break_scoring() -> None:
+    bowtie = Polygon([(X0, Y0 - 100), (X0 + 10, Y0 - 90), (X0 + 10, Y0 - 100), (X0, Y0 - 90)])
+    assert not bowtie.is_valid
+    pred = frame([bowtie, None, sq(20, 0), Polygon()])
+    s = evaluate(pred, frame(TRUTH[:2]))
+    # Null and empty predictions are ignored; the bow-tie (two triangles) has IoU 0.5 with truth 0.
+    assert (s.tp, s.fp, s.fn) == (2, 0, 0)
+
+
+# --------------------------------------------------------------------------- empty inputs
+def test_empty_inputs() -> None:
+    empty = frame([])
+    s = evaluate(empty, frame(TRUTH))
+    assert (s.tp, s.fp, s.fn) == (0, 0, 5)
+    assert s.precision == s.recall == s.f1 == s.mean_iou == 0.0
+    s = evaluate(frame(TRUTH), empty)
+    assert (s.tp, s.fp, s.fn) == (0, 5, 0)
+    assert s.f1 == 0.0
+    s = evaluate(empty, empty, seams=[LineString([(X0, Y0), (X0, Y0 - 100)])])
+    assert (s.tp, s.fp, s.fn, s.f1) == (0, 0, 0, 0.0)
+    assert s.seam_total == 0 and s.seam_score is None
+    assert match_buildings([], []) == []
+    assert match_buildings(TRUTH, []) == []
+
+
+def test_scores_as_dict() -> None:
+    d = evaluate(frame(TRUTH), frame(TRUTH), seams=[]).as_dict()
+    assert set(d) == {
+        "tp",
+        "fp",
+        "fn",
+        "precision",
+        "recall",
+        "f1",
+        "mean_iou",
+        "seam_total",
+        "seam_single",
+        "seam_score",
+    }
+    assert d["tp"] == 5 and d["seam_score"] is None
+    assert isinstance(evaluate(frame(TRUTH), frame(TRUTH)), Scores)
+
+
+# --------------------------------------------------------------------------- CRS and files
+def test_prediction_in_another_crs_is_reprojected() -> None:
+    truth = frame(TRUTH)
+    pred = truth.to_crs("EPSG:4326")
+    assert pred.crs.to_epsg() == 4326
+    s = evaluate(pred, truth)
+    assert (s.tp, s.fp, s.fn) == (5, 0, 0)
+    assert s.mean_iou > 0.999
+
+
+def test_files_are_read(tmp_path: Path) -> None:
+    truth_path = tmp_path / "truth.gpkg"
+    pred_path = tmp_path / "pred.geojson"
+    frame(TRUTH).to_file(truth_path, layer="buildings", driver="GPKG")
+    frame([sq(2, 0), sq(40, 0)]).to_crs("EPSG:4326").to_file(pred_path, driver="GeoJSON")
+    s = evaluate(pred_path, str(truth_path))
+    assert (s.tp, s.fp, s.fn) == (2, 0, 3)
+
+
+def test_missing_file_raises(tmp_path: Path) -> None:
+    truth_path = tmp_path / "truth.gpkg"
+    frame(TRUTH).to_file(truth_path, driver="GPKG")
+    with pytest.raises(FastSAMGeoError, match=r"no_such_pred\.gpkg") as info:
+        evaluate(tmp_path / "no_such_pred.gpkg", truth_path)
+    assert "\n" not in str(info.value)
+    with pytest.raises(FastSAMGeoError, match=r"missing_truth\.gpkg"):
+        evaluate(truth_path, tmp_path / "missing_truth.gpkg")
+
+
+def test_file_without_crs_raises(tmp_path: Path) -> None:
+    truth_path = tmp_path / "truth.gpkg"
+    frame(TRUTH).to_file(truth_path, driver="GPKG")
+    no_crs = tmp_path / "no_crs_pred.gpkg"
+    with pytest.warns(UserWarning, match="crs"):
+        frame(TRUTH, crs=None).to_file(no_crs, driver="GPKG")
+    with pytest.raises(FastSAMGeoError, match=r"no_crs_pred\.gpkg.*no CRS") as info:
+        evaluate(no_crs, truth_path)
+    assert isinstance(info.value, ValueError)
+    assert "\n" not in str(info.value)
+    with pytest.raises(FastSAMGeoError, match="no CRS"):
+        evaluate(frame(TRUTH), frame(TRUTH, crs=None))
+
+
+def test_unreadable_file_raises(tmp_path: Path) -> None:
+    junk = tmp_path / "junk_pred.gpkg"
+    junk.write_text("not a geopackage")
+    with pytest.raises(FastSAMGeoError, match=r"junk_pred\.gpkg") as info:
+        evaluate(junk, frame(TRUTH))
+    assert "\n" not in str(info.value)
+
+
+# --------------------------------------------------------------------------- seams
+def test_seam_lines_of_a_grid() -> None:
+    # 200 x 100 px, tiles of 128 with 28 overlap: columns start at 0 and 72, the core boundary
+    # lies at column 100; one row only, so no horizontal seam.
+    grid = TileGrid(200, 100, tile_size=128, overlap=28, transform=UTM)
+    lines = seam_lines(grid)
+    assert [list(line.coords) for line in lines] == [[(X0 + 50.0, Y0), (X0 + 50.0, Y0 - 50.0)]]
+    # 1000 x 600 px with 256 / 32: column cuts 240, 464, 688, 836 and row cuts 240, 412.
+    grid = TileGrid(1000, 600, tile_size=256, overlap=32, transform=UTM)
+    lines = seam_lines(grid)
+    xs = [line.coords[0][0] - X0 for line in lines[:4]]
+    ys = [Y0 - line.coords[0][1] for line in lines[4:]]
+    assert xs == [120.0, 232.0, 344.0, 418.0]
+    assert ys == [120.0, 206.0]
+    for line in lines[:4]:  # vertical, spanning the raster
+        (x_a, y_a), (x_b, y_b) = line.coords
+        assert x_a == x_b and (y_a, y_b) == (Y0, Y0 - 300.0)
+    for line in lines[4:]:  # horizontal
+        (x_a, y_a), (x_b, y_b) = line.coords
+        assert y_a == y_b and (x_a, x_b) == (X0, X0 + 500.0)
+    assert seam_lines(TileGrid(100, 100, tile_size=256, overlap=32, transform=UTM)) == []
+
+
+SEAM = [LineString([(X0 + 50.0, Y0), (X0 + 50.0, Y0 - 200.0)])]
+ON_SEAM = box(X0 + 40, Y0 - 30, X0 + 60, Y0 - 10)  # 20 x 20, crosses x = X0 + 50
+OFF_SEAM = box(X0, Y0 - 30, X0 + 10, Y0 - 20)
+
+
+def test_building_split_at_a_seam_scores_zero_and_merged_scores_one() -> None:
+    truth = frame([ON_SEAM, OFF_SEAM])
+    left = box(X0 + 40, Y0 - 30, X0 + 50, Y0 - 10)
+    right = box(X0 + 50, Y0 - 30, X0 + 60, Y0 - 10)
+    split = evaluate(frame([left, right, OFF_SEAM]), truth, seams=SEAM)
+    assert (split.seam_total, split.seam_single, split.seam_score) == (1, 0, 0.0)
+    assert (split.tp, split.fp, split.fn) == (2, 1, 0)  # a half has IoU 0.5: one TP, one FP
+    merged = evaluate(frame([ON_SEAM, OFF_SEAM]), truth, seams=SEAM)
+    assert (merged.seam_total, merged.seam_single, merged.seam_score) == (1, 1, 1.0)
+    # Only the off-seam building found: the seam building is missed, not single.
+    missed = evaluate(frame([OFF_SEAM]), truth, seams=SEAM)
+    assert (missed.seam_total, missed.seam_single, missed.seam_score) == (1, 0, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("sliver_width", "single"),
+    [(3.0, False), (1.0, True)],  # a second piece covering 15 % splits it; one covering 5 % does not
+)
+def test_a_second_piece_over_ten_percent_counts_as_split(sliver_width: float, single: bool) -> None:
+    main = box(X0 + 40, Y0 - 30, X0 + 60 - sliver_width, Y0 - 10)
+    sliver = box(X0 + 60 - sliver_width, Y0 - 30, X0 + 60, Y0 - 10)
+    s = evaluate(frame([main, sliver]), frame([ON_SEAM]), seams=SEAM)
+    assert s.tp == 1
+    assert (s.seam_total, s.seam_single) == (1, int(single))
+
+
+def test_duplicate_predictions_are_not_single() -> None:
+    dup = box(X0 + 41, Y0 - 30, X0 + 60, Y0 - 10)
+    s = evaluate(frame([ON_SEAM, dup]), frame([ON_SEAM]), seams=SEAM)
+    assert (s.tp, s.fp) == (1, 1)
+    assert (s.seam_total, s.seam_single) == (1, 0)
+
+
+def test_seam_score_on_a_synthetic_town_matches_a_brute_force_oracle() -> None:
+    """Cut every truth footprint by the tile cores (what a tiler without stitching does) and
+    compare the seam counts with a plain-loop oracle."""
+    plan = plan_scene(600, 600, seed=2)
+    grid = TileGrid(600, 600, tile_size=256, overlap=32, transform=UTM)
+    truth = truth_frame(plan, UTM, CRS)
+    # Only the footprints inside the raster: a tiler can only cut what it sees.
+    truth = truth[truth.within(box(X0, Y0 - 300.0, X0 + 300.0, Y0))].reset_index(drop=True)
+    seams = seam_lines(grid)
+    cores = [box(*grid.core_bounds(i)) for i in range(len(grid))]
+    pieces: list = []
+    piece_of: list[list[float]] = []
+    for poly in truth.geometry:
+        fractions = []
+        for core in cores:
+            part = poly.intersection(core)
+            if part.area > 0:
+                pieces.append(part)
+                fractions.append(part.area / poly.area)
+        piece_of.append(fractions)
+    crossing = [any(poly.intersects(line) for line in seams) for poly in truth.geometry]
+    single = [
+        sum(f >= 0.5 for f in fr) == 1 and sum(f > 0.1 for f in fr) == 1
+        for fr, cross in zip(piece_of, crossing, strict=True)
+        if cross
+    ]
+    tp = sum(any(f >= 0.5 for f in fr) for fr in piece_of)
+    assert sum(crossing) >= 5 and not all(single)
+
+    cut = evaluate(frame(pieces), truth, seams=seams)
+    assert (cut.seam_total, cut.seam_single) == (sum(crossing), sum(single))
+    assert cut.seam_score == pytest.approx(sum(single) / sum(crossing))
+    assert (cut.tp, cut.fp, cut.fn) == (tp, len(pieces) - tp, len(truth) - tp)
+
+    whole = evaluate(truth, truth, seams=seams)
+    assert (whole.seam_total, whole.seam_single, whole.seam_score) == (sum(crossing), sum(crossing), 1.0)
+    # Stitched pieces (union per building) come back whole.
+    stitched = shapely.union_all(pieces).geoms
+    assert evaluate(frame(list(stitched)), truth, seams=seams).seam_score == 1.0
+
+
+def test_real_spacenet_footprints_match_themselves_across_crs(
+    spacenet_chips: list[tuple[Path, Path]],
+) -> None:
+    """Footprints polygonized from real SpaceNet building masks (EPSG:4326) score F1 = 1 against
+    themselves in UTM 23S, and drop to the expected counts when half of them are removed."""
+    import rasterio
+    from rasterio.features import shapes
+
+    geoms: list = []
+    for _, mask_path in spacenet_chips:
+        with rasterio.open(mask_path) as ds:
+            mask = ds.read(1)
+            crs = ds.crs
+            geoms += [
+                shapely.geometry.shape(g)
+                for g, v in shapes(mask, mask=mask > 0, transform=ds.transform)
+                if v > 0
+            ]
+    if not geoms:
+        pytest.skip("the SpaceNet masks hold no building")
+    truth = gpd.GeoDataFrame(geometry=geoms, crs=crs).to_crs("EPSG:32723")
+    pred = gpd.GeoDataFrame(geometry=geoms, crs=crs)
+    s = evaluate(pred, truth)
+    assert (s.tp, s.fp, s.fn) == (len(geoms), 0, 0)
+    assert s.mean_iou > 0.999
+    s = evaluate(pred.iloc[::2], truth)
+    assert (s.tp, s.fp, s.fn) == (len(pred.iloc[::2]), 0, len(geoms) - len(pred.iloc[::2]))
