@@ -23,7 +23,8 @@ import pandas as pd
 import shapely
 
 from fastsam_geo import __version__
-from fastsam_geo.errors import Cancelled, FastSAMGeoError, RasterError
+from fastsam_geo.errors import Cancelled, FastSAMGeoError, OutputError, PromptError, RasterError
+from fastsam_geo.ledger import Ledger, ledger_path
 from fastsam_geo.masks import InstanceMasks
 from fastsam_geo.merge import MergedObjects, TileMerger
 from fastsam_geo.output import VectorWriter, area_m2, check_output
@@ -59,6 +60,7 @@ class ExtractSummary:
     tiles_processed: int = 0
     tiles_nodata: int = 0
     tiles_failed: int = 0
+    tiles_resumed: int = 0
     failures: list[str] = field(default_factory=list)
     seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)
@@ -77,13 +79,6 @@ class _Item:
     spec: TileSpec
     tile: Tile | None
     error: str | None = None
-
-
-def _tile_has_prompt(spec: TileSpec, cols: np.ndarray, rows: np.ndarray) -> bool:
-    w = spec.window
-    return bool(
-        ((cols >= w.col_off) & (cols < w.col_off + w.width) & (rows >= w.row_off) & (rows < w.row_off + w.height)).any()
-    )
 
 
 class _Timer:
@@ -139,6 +134,17 @@ def _prefetch(src: RasterSource, specs: Sequence[TileSpec], crs: object, depth: 
                 thread.join(0.05)
 
 
+def _prompt_label(prompts: Any) -> str:
+    kinds = []
+    if prompts.points:
+        kinds.append("point")
+    if prompts.boxes:
+        kinds.append("box")
+    if prompts.text:
+        kinds.append(f"text:{prompts.text}")
+    return "+".join(kinds) or "everything"
+
+
 def _select(
     tile: Tile,
     masks: InstanceMasks,
@@ -148,40 +154,73 @@ def _select(
     text_scorer: Any,
 ) -> tuple[InstanceMasks, str]:
     """Prompt-select the everything masks of one tile; returns the chosen masks and a label."""
-    mode = "everything" if prompts is None else prompts.mode
-    if mode == "everything" and not (bfilter.enabled and len(masks)):
+    prompted = prompts is not None and not prompts.is_empty
+    if not prompted and not (bfilter.enabled and len(masks)):
         return masks, "everything"
     from fastsam_geo import prompts as P
 
-    inv = ~tile.transform
-    if mode == "points":
-        xy = np.array([(p.x, p.y) for p in prompts.points], float)
-        cols, rows = inv * (xy[:, 0], xy[:, 1])
-        labels = np.array([p.label for p in prompts.points], int)
-        return P.select_points(masks, np.floor(cols).astype(int), np.floor(rows).astype(int), labels), "point"
-    if mode == "boxes":
-        boxes = []
-        for b in prompts.boxes:
-            c0, r0 = inv * (b.xmin, b.ymax)
-            c1, r1 = inv * (b.xmax, b.ymin)
-            boxes.append((min(c0, c1), min(r0, r1), max(c0, c1), max(r0, r1)))
-        return P.select_boxes(masks, np.asarray(boxes, float)), "box"
-    if bfilter.enabled and len(masks):
-        masks = P.nms_masks(masks, iou=bfilter.nms_iou)
-    if mode == "text":
-        scores = text_scorer.score(tile.image, masks, prompts.text) if len(masks) else np.zeros(0)
-        keep = P.select_text(masks, scores, threshold=prompts.text_threshold, top_k=prompts.text_top_k)
-        return masks.subset(keep), f"text:{prompts.text}"
-    if bfilter.enabled and len(masks):
-        keep = P.building_filter(
-            masks,
-            pixel_area_m2=pixel_area_m2,
-            min_area_m2=bfilter.min_area_m2,
-            max_area_m2=bfilter.max_area_m2,
-            min_rectangularity=bfilter.min_rectangularity,
+    if prompted and (prompts.points or prompts.boxes):
+        return P.select_prompts(masks, prompts, tile.transform, image=tile.image, scorer=text_scorer), _prompt_label(
+            prompts
         )
-        masks = masks.subset(keep)
+    if bfilter.enabled and len(masks):
+        if not prompted:
+            keep = P.building_filter(
+                masks,
+                pixel_area_m2=pixel_area_m2,
+                min_area_m2=bfilter.min_area_m2,
+                max_area_m2=bfilter.max_area_m2,
+                min_rectangularity=bfilter.min_rectangularity,
+            )
+            masks = masks.subset(keep)
+        masks = P.nms_masks(masks, iou=bfilter.nms_iou)
+    if prompted:
+        return P.select_prompts(masks, prompts, tile.transform, image=tile.image, scorer=text_scorer), _prompt_label(
+            prompts
+        )
     return masks, "everything"
+
+
+def _route_prompts(prompts: Any, grid: TileGrid, specs: list[TileSpec], info: Any) -> list[TileSpec]:
+    """The tiles that point and box prompts need; raises PromptError for a prompt outside the raster.
+
+    A point goes to every tile whose window holds it; a box to the tiles that hold it
+    whole (else to every tile it touches). Pieces found twice are merged at the seams.
+    """
+    inv = ~info.transform
+    wanted: set[int] = set()
+    corners = []
+    for p in prompts.points:
+        corners.append(((p.x, p.y), (p.x, p.y), f"point ({p.x:.3f}, {p.y:.3f})"))
+    for bx in prompts.boxes:
+        corners.append(
+            (
+                (bx.xmin, bx.ymax),
+                (bx.xmax, bx.ymin),
+                f"box ({bx.xmin:.3f}, {bx.ymin:.3f}, {bx.xmax:.3f}, {bx.ymax:.3f})",
+            )
+        )
+    for (x0, y0), (x1, y1), what in corners:
+        c0, r0 = inv * (x0, y0)
+        c1, r1 = inv * (x1, y1)
+        c0, c1 = sorted((c0, c1))
+        r0, r1 = sorted((r0, r1))
+        if c1 < 0 or r1 < 0 or c0 >= info.width or r0 >= info.height:
+            raise PromptError(
+                f"{what} in {info.crs.to_string()} lies outside {info.path} "
+                f"(bounds {tuple(round(v, 3) for v in info.bounds)}); check the prompt's CRS."
+            )
+        touching = grid.indices_intersecting(c0, r0, max(c1, c0 + 1e-6), max(r1, r0 + 1e-6))
+        whole = [
+            int(i)
+            for i in touching
+            if grid[int(i)].window.col_off <= c0
+            and c1 <= grid[int(i)].window.col_off + grid[int(i)].window.width
+            and grid[int(i)].window.row_off <= r0
+            and r1 <= grid[int(i)].window.row_off + grid[int(i)].window.height
+        ]
+        wanted.update(whole or [int(i) for i in touching])
+    return [sp for sp in specs if sp.index in wanted]
 
 
 def extract_buildings(
@@ -206,6 +245,7 @@ def extract_buildings(
     regularize: bool = False,
     match_iou: float = 0.5,
     overwrite: bool = False,
+    resume: bool = False,
     layer: str = "buildings",
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
@@ -228,7 +268,10 @@ def extract_buildings(
         regularize: square building outlines (right angles), refusing bad fits.
         match_iou: IoU inside the common region of two tiles above which pieces join.
         progress: ``progress(done, total)`` after each tile.
-        cancel: returns True to stop; the run then raises :class:`Cancelled` and writes nothing.
+        cancel: returns True to stop; the run then raises :class:`Cancelled` and writes nothing
+            (the finished tiles stay in the resume ledger).
+        resume: continue an interrupted run writing ``output``: finished tiles are not
+            computed again, and the result equals an uninterrupted run.
 
     Returns:
         An :class:`ExtractSummary`.
@@ -236,6 +279,15 @@ def extract_buildings(
     t_start = time.perf_counter()
     timer = _Timer()
     check_output(output, overwrite)
+    state = ledger_path(output)
+    if state.exists() and not (resume or overwrite):
+        raise OutputError(
+            f"{output}: an interrupted run left {state.name}; "
+            "pass --resume to continue it, or --overwrite to start again."
+        )
+    if resume or overwrite:
+        for stale in Path(output).parent.glob(f".{Path(output).name}.*.partial.gpkg"):
+            stale.unlink()
     if isinstance(building_filter, BuildingFilter):
         bfilter = building_filter
     else:
@@ -251,27 +303,9 @@ def extract_buildings(
         if prompts is not None and not prompts.is_empty:
             prompts = prompts.to_crs(info.crs) if prompts.crs is not None else prompts
             mode = prompts.mode
-            inv = ~info.transform
-            if mode in ("points", "boxes"):
-                if mode == "points":
-                    xs = np.array([p.x for p in prompts.points], float)
-                    ys = np.array([p.y for p in prompts.points], float)
-                else:
-                    xs = np.array([(b.xmin + b.xmax) / 2 for b in prompts.boxes], float)
-                    ys = np.array([(b.ymin + b.ymax) / 2 for b in prompts.boxes], float)
-                cols, rows = inv * (xs, ys)
-                cols, rows = np.asarray(cols), np.asarray(rows)
-                outside = (cols < 0) | (cols >= info.width) | (rows < 0) | (rows >= info.height)
-                if outside.any():
-                    k = int(np.flatnonzero(outside)[0])
-                    from fastsam_geo.errors import PromptError
-
-                    raise PromptError(
-                        f"prompt at ({xs[k]:.3f}, {ys[k]:.3f}) in {info.crs.to_string()} lies outside {info.path} "
-                        f"(bounds {tuple(round(v, 3) for v in info.bounds)}); check the prompt's CRS."
-                    )
-                specs = [s for s in specs if _tile_has_prompt(s, cols, rows)]
-            if mode == "text" and text_scorer is None:
+            if prompts.points or prompts.boxes:
+                specs = _route_prompts(prompts, grid, specs, info)
+            if prompts.text and text_scorer is None:
                 from fastsam_geo.textprompt import ClipScorer
 
                 text_scorer = ClipScorer()
@@ -291,125 +325,191 @@ def extract_buildings(
         merger = TileMerger(grid, match_iou=match_iou)
         for idx in set(range(len(grid))) - {s.index for s in specs}:
             merger.done[idx] = True  # tiles outside the prompts' reach hold nothing to wait for
+        params = {
+            "raster": str(Path(raster).resolve()),
+            "raster_size": os.path.getsize(raster) if os.path.exists(raster) else 0,
+            "tile_size": tile_size,
+            "overlap": overlap,
+            "bands": list(info.bands),
+            "stretch": stretch,
+            "prompts": repr(prompts),
+            "segmenter": type(segmenter).__name__,
+            "weights_sha256": summary.weights_sha256,
+            "conf": conf,
+            "iou": iou,
+            "building_filter": asdict(bfilter),
+            "match_iou": match_iou,
+        }
+        ledger = Ledger.open(output, params) if resume else Ledger.create(output, params)
         tol = simplify_px * abs(info.transform.a)
         min_area_map = min_area_m2 / pixel_area * abs(info.transform.a * info.transform.e)
-        ledger: list[dict[str, Any]] = []
+        tiles_table: list[dict[str, Any]] = []
         done = 0
 
-        with VectorWriter(output, info.crs, overwrite=overwrite, layer=layer) as writer:
+        try:
+            with VectorWriter(output, info.crs, overwrite=overwrite, layer=layer) as writer:
 
-            def emit(objs: MergedObjects) -> None:
-                if not len(objs):
-                    return
-                t0 = time.perf_counter()
-                geoms = simplify(objs.geoms, tol)
-                if regularize:
-                    from fastsam_geo.regularize import regularize_array
-
-                    geoms = regularize_array(geoms, max_hausdorff=2.5 * abs(info.transform.a))
-                parts, idx = polygon_parts(geoms, min_area=min_area_map)
-                timer.add("vectorize", t0)
-                t0 = time.perf_counter()
-                cols = {
-                    "score": np.round(objs.scores[idx].astype(float), 4),
-                    "tile_ids": [objs.tile_ids[i] for i in idx],
-                    "seam_merged": objs.seam_merged[idx],
-                    "pieces": objs.pieces[idx],
-                    "prompt": [objs.attrs.get("prompt", [mode] * len(objs))[i] for i in idx],
-                }
-                writer.write(parts, cols)
-                summary.seam_merged += int(objs.seam_merged[idx].sum())
-                timer.add("write", t0)
-
-            def check_cancel() -> None:
-                if cancel is not None and cancel():
-                    raise Cancelled(f"cancelled after {done} of {len(specs)} tiles; nothing was written to {output}.")
-
-            batch: list[Tile] = []
-
-            def run_batch(tiles: list[Tile]) -> None:
-                nonlocal done
-                t0 = time.perf_counter()
-                results = segmenter.segment(tiles)
-                t0 = timer.add("segment", t0)
-                for tile, masks in zip(tiles, results, strict=True):
-                    sel, label = _select(tile, masks, prompts, bfilter, pixel_area, text_scorer)
-                    t0 = timer.add("select", t0)
-                    geoms = masks_to_geometries(sel, tile.transform)
-                    ok = np.array([g is not None for g in geoms], bool)
-                    t0 = timer.add("vectorize", t0)
-                    finals = merger.add(tile.index, geoms[ok], sel.scores[ok], {"prompt": [label] * int(ok.sum())})
-                    timer.add("merge", t0)
-                    emit(finals)
+                def emit(objs: MergedObjects) -> None:
+                    if not len(objs):
+                        return
                     t0 = time.perf_counter()
-                    ledger.append({"tile_id": tile.id, "status": "done", "objects": int(ok.sum()), "error": ""})
-                    summary.tiles_processed += 1
-                    done += 1
-                    if progress is not None:
-                        progress(done, len(specs))
+                    geoms = simplify(objs.geoms, tol)
+                    if regularize:
+                        from fastsam_geo.regularize import regularize_array
 
-            t_read = time.perf_counter()
-            for item in _prefetch(src, specs, info.crs, prefetch * max(batch_size, 1)):
-                timer.add("read_wait", t_read)
-                check_cancel()
-                if item.tile is None:
-                    summary.tiles_failed += 1
-                    summary.failures.append(f"{item.spec.id}: {item.error}")
-                    ledger.append(
-                        {"tile_id": item.spec.id, "status": "failed", "objects": 0, "error": item.error or ""}
-                    )
-                    emit(merger.skip(item.spec.index))
-                    done += 1
-                elif item.tile.nodata is not None and item.tile.nodata.all():
-                    summary.tiles_nodata += 1
-                    ledger.append({"tile_id": item.spec.id, "status": "nodata", "objects": 0, "error": ""})
-                    emit(merger.skip(item.spec.index))
-                    done += 1
+                        geoms = regularize_array(
+                            geoms, tolerance=abs(info.transform.a), max_hausdorff=2.5 * abs(info.transform.a)
+                        )
+                    parts, idx = polygon_parts(geoms, min_area=min_area_map)
+                    timer.add("vectorize", t0)
+                    t0 = time.perf_counter()
+                    cols = {
+                        "score": np.round(objs.scores[idx].astype(float), 4),
+                        "tile_ids": [objs.tile_ids[i] for i in idx],
+                        "seam_merged": objs.seam_merged[idx],
+                        "pieces": objs.pieces[idx],
+                        "prompt": [objs.attrs.get("prompt", [mode] * len(objs))[i] for i in idx],
+                    }
+                    writer.write(parts, cols)
+                    summary.seam_merged += int(objs.seam_merged[idx].sum())
+                    timer.add("write", t0)
+
+                def check_cancel() -> None:
+                    if cancel is not None and cancel():
+                        raise Cancelled(
+                            f"cancelled after {done} of {len(specs)} tiles; nothing was written to {output}; "
+                            "run again with --resume to continue."
+                        )
+
+                batch: list[Tile] = []
+
+                def run_batch(tiles: list[Tile]) -> None:
+                    nonlocal done
+                    t0 = time.perf_counter()
+                    results = segmenter.segment(tiles)
+                    t0 = timer.add("segment", t0)
+                    for tile, masks in zip(tiles, results, strict=True):
+                        sel, label = _select(tile, masks, prompts, bfilter, pixel_area, text_scorer)
+                        t0 = timer.add("select", t0)
+                        geoms = masks_to_geometries(sel, tile.transform)
+                        ok = np.array([g is not None for g in geoms], bool)
+                        t0 = timer.add("vectorize", t0)
+                        finals = merger.add(tile.index, geoms[ok], sel.scores[ok], {"prompt": [label] * int(ok.sum())})
+                        timer.add("merge", t0)
+                        emit(finals)
+                        t0 = time.perf_counter()
+                        tiles_table.append(
+                            {"tile_id": tile.id, "status": "done", "objects": int(ok.sum()), "error": ""}
+                        )
+                        ledger.record(tile.index, tile.id, "done", geoms[ok], sel.scores[ok], [label] * int(ok.sum()))
+                        summary.tiles_processed += 1
+                        done += 1
+                        if progress is not None:
+                            progress(done, len(specs))
+
+                if resume:
+                    for rec in ledger.records():
+                        if rec.status == "done":
+                            emit(merger.add(rec.index, rec.geoms, rec.scores, {"prompt": rec.labels}))
+                            summary.tiles_processed += 1
+                        else:
+                            emit(merger.skip(rec.index))
+                            summary.tiles_nodata += rec.status == "nodata"
+                            summary.tiles_failed += rec.status == "failed"
+                            if rec.status == "failed":
+                                summary.failures.append(f"{rec.tile_id}: {rec.error}")
+                        tiles_table.append(
+                            {
+                                "tile_id": rec.tile_id,
+                                "status": rec.status,
+                                "objects": len(rec.geoms),
+                                "error": rec.error,
+                            }
+                        )
+                        done += 1
+                    finished = {r["tile_id"] for r in tiles_table}
+                    specs_left = [sp for sp in specs if sp.id not in finished]
+                    summary.tiles_resumed = done
                 else:
-                    batch.append(item.tile)
-                    if len(batch) >= max(batch_size, 1):
-                        run_batch(batch)
-                        batch = []
-                if progress is not None and item.tile is None:
-                    progress(done, len(specs))
+                    specs_left = specs
                 t_read = time.perf_counter()
-            if batch:
+                for item in _prefetch(src, specs_left, info.crs, prefetch * max(batch_size, 1)):
+                    timer.add("read_wait", t_read)
+                    check_cancel()
+                    if item.tile is None:
+                        summary.tiles_failed += 1
+                        summary.failures.append(f"{item.spec.id}: {item.error}")
+                        ledger.append(
+                            {"tile_id": item.spec.id, "status": "failed", "objects": 0, "error": item.error or ""}
+                        )
+                        emit(merger.skip(item.spec.index))
+                        done += 1
+                    elif item.tile.nodata is not None and item.tile.nodata.all():
+                        summary.tiles_nodata += 1
+                        tiles_table.append({"tile_id": item.spec.id, "status": "nodata", "objects": 0, "error": ""})
+                        ledger.record(item.spec.index, item.spec.id, "nodata", [], [], [])
+                        emit(merger.skip(item.spec.index))
+                        done += 1
+                    else:
+                        batch.append(item.tile)
+                        if len(batch) >= max(batch_size, 1):
+                            run_batch(batch)
+                            batch = []
+                    if progress is not None and item.tile is None:
+                        progress(done, len(specs))
+                    t_read = time.perf_counter()
+                if batch:
+                    check_cancel()
+                    run_batch(batch)
                 check_cancel()
-                run_batch(batch)
-            check_cancel()
-            emit(merger.flush())
-            if summary.tiles_processed == 0 and summary.tiles_failed == 0 and len(specs):
-                raise RasterError(f"{raster}: every tile is nodata; check the raster's nodata value and mask.")
-            metadata = {
-                "fastsam_geo_version": __version__,
-                "raster": str(Path(raster).resolve()),
-                "crs": info.crs.to_string(),
-                "mode": mode,
-                "prompts": repr(prompts) if prompts is not None else "",
-                "tile_size": str(tile_size),
-                "overlap": str(overlap),
-                "weights": summary.weights or type(segmenter).__name__,
-                "weights_sha256": summary.weights_sha256 or "",
-                "conf": str(conf),
-                "iou": str(iou),
-                "building_filter": json.dumps(asdict(bfilter)),
-                "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            }
-            tables = {
-                "fastsam_geo_tiles": pd.DataFrame(ledger, columns=["tile_id", "status", "objects", "error"]),
-                "fastsam_geo_metadata": pd.DataFrame({"key": list(metadata), "value": list(metadata.values())}),
-            }
-            summary.buildings = writer.count
-            writer.commit(
-                tables,
-                empty_schema={
-                    "score": "float64",
-                    "tile_ids": "str",
-                    "seam_merged": "bool",
-                    "pieces": "int64",
-                    "prompt": "str",
-                },
-            )
+                emit(merger.flush())
+                if summary.tiles_processed == 0 and summary.tiles_failed == 0 and len(specs):
+                    raise RasterError(f"{raster}: every tile is nodata; check the raster's nodata value and mask.")
+                metadata = {
+                    "fastsam_geo_version": __version__,
+                    "raster": str(Path(raster).resolve()),
+                    "crs": info.crs.to_string(),
+                    "mode": mode,
+                    "prompts": repr(prompts) if prompts is not None else "",
+                    "tile_size": str(tile_size),
+                    "overlap": str(overlap),
+                    "weights": summary.weights or type(segmenter).__name__,
+                    "weights_sha256": summary.weights_sha256 or "",
+                    "conf": str(conf),
+                    "iou": str(iou),
+                    "building_filter": json.dumps(asdict(bfilter)),
+                    "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                }
+                tables = {
+                    "fastsam_geo_tiles": pd.DataFrame(tiles_table, columns=["tile_id", "status", "objects", "error"]),
+                    "fastsam_geo_metadata": pd.DataFrame({"key": list(metadata), "value": list(metadata.values())}),
+                }
+                if summary.tiles_processed == 0 and summary.tiles_failed:
+                    raise RasterError(
+                        f"{raster}: no tile could be read (first error: {summary.failures[0]}); "
+                        "the file may be truncated or corrupt."
+                    )
+                summary.buildings = writer.count
+                writer.commit(
+                    tables,
+                    empty_schema={
+                        "score": "float64",
+                        "tile_ids": "str",
+                        "seam_merged": "bool",
+                        "pieces": "int64",
+                        "prompt": "str",
+                    },
+                )
+        except Cancelled:
+            ledger.close()  # resumable
+            raise
+        except FastSAMGeoError:
+            ledger.remove()  # the input is at fault: nothing to resume
+            raise
+        except BaseException:
+            ledger.close()  # a crash or Ctrl-C: resumable
+            raise
+        ledger.remove()
     summary.stage_seconds = {k: round(v, 3) for k, v in timer.seconds.items()}
     summary.seconds = round(time.perf_counter() - t_start, 3)
     return summary

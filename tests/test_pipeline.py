@@ -213,7 +213,8 @@ def test_failed_run_leaves_no_output_and_no_staging_file(scene: Scene, tmp_path:
             batch_size=1,
             building_filter=False,
         )
-    assert list(tmp_path.iterdir()) == []
+    # Only the resume ledger stays (hidden): a crash can be resumed.
+    assert [p.name for p in tmp_path.iterdir()] == [".b.gpkg.resume.sqlite"]
 
 
 def test_failed_run_keeps_the_previous_output(scene: Scene, tmp_path: Path) -> None:
@@ -231,13 +232,13 @@ def test_failed_run_keeps_the_previous_output(scene: Scene, tmp_path: Path) -> N
             building_filter=False,
         )
     assert out.read_bytes() == b"previous result"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.gpkg"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".b.gpkg.resume.sqlite", "b.gpkg"]
 
 
 def test_cancel_stops_and_writes_nothing(scene: Scene, tmp_path: Path) -> None:
     seen: list[tuple[int, int]] = []
     out = tmp_path / "b.gpkg"
-    with pytest.raises(Cancelled, match="cancelled after 3 of 9 tiles"):
+    with pytest.raises(Cancelled, match="cancelled after 3 of 9 tiles.*--resume"):
         extract_buildings(
             scene.raster,
             out,
@@ -250,7 +251,7 @@ def test_cancel_stops_and_writes_nothing(scene: Scene, tmp_path: Path) -> None:
             cancel=lambda: len(seen) >= 3,
         )
     assert seen == [(1, 9), (2, 9), (3, 9)]
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == [".b.gpkg.resume.sqlite"]
 
 
 def test_existing_output_is_refused_without_overwrite(scene: Scene, tmp_path: Path) -> None:
