@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
+import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -46,7 +50,9 @@ def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
     ctx.obj["verbose"] = verbose
     ctx.obj["quiet"] = quiet
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
-    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
+    root = logging.DEBUG if verbose > 1 else logging.WARNING  # other libraries' INFO stays quiet
+    logging.basicConfig(level=root, format="%(message)s", stream=sys.stderr)
+    logging.getLogger("fastsam_geo").setLevel(level)
 
 
 @main.command(short_help="Write a synthetic scene (GeoTIFF + truth GeoPackage).")
@@ -190,139 +196,307 @@ def _floats(text: str, n: tuple[int, ...], what: str) -> list[float]:
     return vals
 
 
-@main.command(short_help="Extract building polygons from a raster.")
-@click.argument("raster", type=click.Path(dir_okay=False, path_type=Path))
-@click.argument("output", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("-w", "--weights", default=None, help="FastSAM weights (.pt); default: weights/ or $FASTSAM_GEO_WEIGHTS.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:0, mps.")
-@click.option("--batch-size", default=4, show_default=True, help="Tiles per forward pass.")
-@click.option("--tile-size", default=1024, show_default=True, help="Tile size in pixels (also the inference size).")
-@click.option("--overlap", default=128, show_default=True, help="Tile overlap in pixels.")
-@click.option(
-    "--bands", default=None, help="Three band numbers read as RGB, e.g. 4,3,2 (default from colour interpretation)."
-)
-@click.option(
-    "--stretch",
-    type=click.Choice(["auto", "none", "percentile"]),
-    default="auto",
-    show_default=True,
-    help="auto: 8-bit as is, other dtypes stretched with global 2-98 % percentiles.",
-)
-@click.option("--conf", default=0.25, show_default=True, help="Minimum mask confidence.")
-@click.option("--iou", default=0.7, show_default=True, help="NMS IoU threshold of the segmenter.")
-@click.option(
-    "--point",
-    "points",
-    multiple=True,
-    metavar="X,Y[,LABEL]",
-    help="Point prompt in --prompt-crs; LABEL 1 = building (default), 0 = background. Repeatable.",
-)
-@click.option(
-    "--box", "boxes", multiple=True, metavar="XMIN,YMIN,XMAX,YMAX", help="Box prompt in --prompt-crs. Repeatable."
-)
-@click.option("--prompt-crs", default=None, help="CRS of --point/--box (default: the raster's), e.g. EPSG:4326.")
-@click.option(
-    "--prompts",
-    "prompt_file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Vector file of prompts: points (field 'label') and polygons (used as boxes).",
-)
-@click.option("--text", default=None, help='Text prompt scored with CLIP, e.g. "building".')
-@click.option("--text-threshold", default=None, type=float, help="Keep every mask whose CLIP score is above this.")
-@click.option("--top-k", default=None, type=int, help="Keep the k masks with the best CLIP scores.")
-@click.option("--clip-model", default="ViT-B-32", show_default=True, help="open_clip model name.")
-@click.option("--clip-weights", default=None, help="open_clip checkpoint file or pretrained tag.")
-@click.option("--no-filter", is_flag=True, help="Keep every mask (no building filter) in everything mode.")
-@click.option("--min-area", default=12.0, show_default=True, help="Building filter: minimum area in m².")
-@click.option("--max-area", default=20000.0, show_default=True, help="Building filter: maximum area in m².")
-@click.option("--regularize", is_flag=True, help="Square the outlines (right angles; holes kept; bad fits refused).")
-@click.option("--simplify", default=1.0, show_default=True, help="Simplification tolerance in pixels.")
-@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
-@click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON on stdout.")
-@click.pass_context
-def extract(
+RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img")
+
+
+def _expand_inputs(inputs: tuple[str, ...]) -> list[Path]:
+    """Files, folders (their rasters) and quoted glob patterns, in a stable order."""
+    out: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if any(ch in item for ch in "*?["):
+            matches = sorted(Path(m) for m in glob.glob(item, recursive=True))
+            if not matches:
+                raise click.BadParameter(f"{item}: the pattern matches no file.", param_hint="INPUTS")
+            out.extend(matches)
+        elif p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.suffix.lower() in RASTER_SUFFIXES)
+            if not found:
+                raise click.BadParameter(f"{item}: the folder holds no raster ({', '.join(RASTER_SUFFIXES)}).")
+            out.extend(found)
+        else:
+            out.append(p)
+    return list(dict.fromkeys(out))
+
+
+def _default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "fastsam-geo" / "masks"
+
+
+def _model_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    opts = [
+        click.option(
+            "-w", "--weights", default=None, help="FastSAM weights (.pt); default: weights/ or $FASTSAM_GEO_WEIGHTS."
+        ),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:0, mps."),
+        click.option("--batch-size", default=4, show_default=True, help="Tiles per forward pass."),
+        click.option(
+            "--tile-size", default=1024, show_default=True, help="Tile size in pixels (also the inference size)."
+        ),
+        click.option("--overlap", default=128, show_default=True, help="Tile overlap in pixels."),
+        click.option(
+            "--bands", default=None, help="Band numbers read as RGB, e.g. 4,3,2 (default: colour interpretation)."
+        ),
+        click.option(
+            "--stretch",
+            type=click.Choice(["auto", "none", "percentile"]),
+            default="auto",
+            show_default=True,
+            help="auto: 8-bit as is, other dtypes stretched with global 2-98 % percentiles.",
+        ),
+        click.option("--conf", default=0.25, show_default=True, help="Minimum mask confidence."),
+        click.option("--iou", default=0.7, show_default=True, help="NMS IoU threshold of the segmenter."),
+        click.option(
+            "--point",
+            "points",
+            multiple=True,
+            metavar="X,Y[,LABEL]",
+            help="Point prompt in --prompt-crs; LABEL 1 = building (default), 0 = background. Repeatable.",
+        ),
+        click.option(
+            "--box",
+            "boxes",
+            multiple=True,
+            metavar="XMIN,YMIN,XMAX,YMAX",
+            help="Box prompt in --prompt-crs. Repeatable.",
+        ),
+        click.option(
+            "--prompt-crs", default=None, help="CRS of --point/--box (default: the raster's), e.g. EPSG:4326."
+        ),
+        click.option(
+            "--prompts",
+            "prompt_file",
+            type=click.Path(dir_okay=False, path_type=Path),
+            default=None,
+            help="Vector file of prompts: points (field 'label') and polygons (used as boxes).",
+        ),
+        click.option("--text", default=None, help='Text prompt scored with CLIP, e.g. "building".'),
+        click.option(
+            "--text-threshold", default=None, type=float, help="Keep every mask whose CLIP score is above this."
+        ),
+        click.option("--top-k", default=None, type=int, help="Keep the k masks with the best CLIP scores."),
+        click.option("--clip-model", default="ViT-B-32", show_default=True, help="open_clip model name."),
+        click.option("--clip-weights", default=None, help="open_clip checkpoint file or pretrained tag."),
+        click.option("--no-filter", is_flag=True, help="Keep every mask (no building filter) in everything mode."),
+        click.option("--min-area", default=12.0, show_default=True, help="Building filter: minimum area in m²."),
+        click.option("--max-area", default=20000.0, show_default=True, help="Building filter: maximum area in m²."),
+        click.option(
+            "--regularize", is_flag=True, help="Square the outlines (right angles; holes kept; bad fits refused)."
+        ),
+        click.option("--simplify", default=1.0, show_default=True, help="Simplification tolerance in pixels."),
+        click.option(
+            "--cache-dir",
+            type=click.Path(file_okay=False, path_type=Path),
+            default=None,
+            help="Where each tile's everything masks are kept (default: ~/.cache/fastsam-geo/masks).",
+        ),
+        click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists."),
+        click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON on stdout."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def _run_extract(
     ctx: click.Context,
-    raster: Path,
+    inputs: list[Path],
     output: Path,
-    weights: str | None,
-    device: str,
-    batch_size: int,
-    tile_size: int,
-    overlap: int,
-    bands: str | None,
-    stretch: str,
-    conf: float,
-    iou: float,
-    points: tuple[str, ...],
-    boxes: tuple[str, ...],
-    prompt_crs: str | None,
-    prompt_file: Path | None,
-    text: str | None,
-    text_threshold: float | None,
-    top_k: int | None,
-    clip_model: str,
-    clip_weights: str | None,
-    no_filter: bool,
-    min_area: float,
-    max_area: float,
-    regularize: bool,
-    simplify: float,
-    overwrite: bool,
-    as_json: bool,
+    kw: dict[str, Any],
+    *,
+    layout: str,
+    resume: bool,
+    cache_only: bool,
+    use_cache: bool,
 ) -> None:
-    """Extract building polygons from RASTER (GeoTIFF, COG, VRT) into OUTPUT (.gpkg, .geojson, .fgb).
-
-    Without prompts every object is segmented and a building filter keeps the
-    building-like ones. Prompts narrow it down: --point/--box in map coordinates, a
-    --prompts vector file, or --text scored with CLIP.
-
-    \b
-    Examples:
-      fastsam-geo extract ortho.tif buildings.gpkg
-      fastsam-geo extract ortho.tif b.gpkg --point 500120.5,4649880.0 --point 500200,4649800,0
-      fastsam-geo extract ortho.tif b.gpkg --box 500100,4649860,500140,4649900 --prompt-crs EPSG:32633
-      fastsam-geo extract ortho.tif b.gpkg --text building --text-threshold 0.22 --clip-weights clip.pt
-    """
+    from fastsam_geo.output import check_output
     from fastsam_geo.pipeline import BuildingFilter, extract_buildings
 
-    prompts = _build_prompts(points, boxes, prompt_crs, prompt_file, text, text_threshold, top_k)
+    quiet = ctx.obj.get("quiet", False)
+    prompts = _build_prompts(
+        kw["points"], kw["boxes"], kw["prompt_crs"], kw["prompt_file"], kw["text"], kw["text_threshold"], kw["top_k"]
+    )
     scorer = None
     if prompts is not None and prompts.text:
         from fastsam_geo.textprompt import ClipScorer
 
-        scorer = ClipScorer(clip_model, clip_weights, device="cpu" if device == "auto" else device)
-    band_list = [int(b) for b in _floats(bands, (1, 3), "--bands")] if bands else None
-    quiet = ctx.obj.get("quiet", False)
-    summary = extract_buildings(
-        raster,
-        output,
-        weights=weights,
+        device = kw["device"]
+        scorer = ClipScorer(kw["clip_model"], kw["clip_weights"], device="cpu" if device == "auto" else device)
+        scorer.load()  # fail now, not after the first tiles' inference
+    bands = [int(b) for b in _floats(kw["bands"], (1, 3), "--bands")] if kw["bands"] else None
+    cache_dir = (kw["cache_dir"] or _default_cache_dir()) if (use_cache or cache_only) else None
+    common: dict[str, Any] = dict(
+        weights=kw["weights"],
         prompts=prompts,
-        tile_size=tile_size,
-        overlap=overlap,
-        bands=band_list,
-        stretch=stretch,
-        device=device,
-        batch_size=batch_size,
-        conf=conf,
-        iou=iou,
-        building_filter=BuildingFilter(min_area_m2=min_area, max_area_m2=max_area, enabled=not no_filter),
+        tile_size=kw["tile_size"],
+        overlap=kw["overlap"],
+        bands=bands,
+        stretch=kw["stretch"],
+        device=kw["device"],
+        batch_size=kw["batch_size"],
+        conf=kw["conf"],
+        iou=kw["iou"],
+        building_filter=BuildingFilter(
+            min_area_m2=kw["min_area"], max_area_m2=kw["max_area"], enabled=not kw["no_filter"]
+        ),
         text_scorer=scorer,
-        simplify_px=simplify,
-        regularize=regularize,
-        overwrite=overwrite,
-        progress=_Progress(raster.name, not quiet),
+        simplify_px=kw["simplify"],
+        regularize=kw["regularize"],
+        cache_dir=cache_dir,
+        cache_only=cache_only,
     )
-    if not quiet:
+    single = len(inputs) == 1
+    if not resume:
+        check_output(output, kw["overwrite"])
+    summaries = []
+    parts: list[tuple[Path, Path]] = []
+    try:
+        for raster in inputs:
+            target = output if single else output.with_name(f".{output.name}.{raster.stem}.part.gpkg")
+            if not single and resume and target.exists():
+                parts.append((raster, target))  # finished before the interruption
+                continue
+            summary = extract_buildings(
+                raster,
+                target,
+                overwrite=kw["overwrite"] or (not single and not resume),
+                resume=resume and _has_ledger(target),
+                progress=_Progress(raster.name, not quiet),
+                **common,
+            )
+            summaries.append(summary)
+            parts.append((raster, target))
+            if not quiet:
+                click.echo(
+                    f"{raster}: {summary.buildings} buildings ({summary.seam_merged} joined across seams) from "
+                    f"{summary.tiles_processed} tiles in {summary.seconds:.1f} s"
+                    + (f" ({summary.tiles_resumed} resumed)" if summary.tiles_resumed else "")
+                    + (f"; {summary.tiles_failed} tiles failed: {summary.failures[0]}" if summary.tiles_failed else ""),
+                    err=True,
+                )
+    except KeyboardInterrupt:
         click.echo(
-            f"{summary.output}: {summary.buildings} buildings ({summary.seam_merged} joined across seams) "
-            f"from {summary.tiles_processed} tiles in {summary.seconds:.1f} s"
-            + (f"; {summary.tiles_failed} tiles failed" if summary.tiles_failed else ""),
+            f"\nInterrupted. Finished tiles are kept: run the same command with --resume to continue into {output}.",
             err=True,
         )
-    if as_json:
-        click.echo(json.dumps(summary.as_dict(), indent=2))
+        sys.exit(130)
+    if not single:
+        _assemble(parts, output, layout, kw["overwrite"] or resume)
+        if not quiet:
+            click.echo(f"{output}: {len(parts)} rasters, layout '{layout}'", err=True)
+    if kw["as_json"]:
+        click.echo(json.dumps([s.as_dict() for s in summaries] if not single else summaries[0].as_dict(), indent=2))
+
+
+def _has_ledger(target: Path) -> bool:
+    from fastsam_geo.ledger import ledger_path
+
+    return ledger_path(target).exists()
+
+
+def _assemble(parts: list[tuple[Path, Path]], output: Path, layout: str, overwrite: bool) -> None:
+    """One GeoPackage from per-raster parts: a layer per raster, or one merged layer."""
+    import geopandas as gpd
+    import pandas as pd
+    import pyogrio
+
+    from fastsam_geo.output import check_output
+
+    check_output(output, overwrite)
+    tmp = output.with_name(f".{output.name}.assemble.gpkg")
+    if tmp.exists():
+        tmp.unlink()
+    try:
+        if layout == "layers":
+            used: set[str] = set()
+            for raster, part in parts:
+                name = raster.stem
+                while name in used:
+                    name += "_"
+                used.add(name)
+                gdf = pyogrio.read_dataframe(part, layer="buildings")
+                pyogrio.write_dataframe(gdf, tmp, layer=name, driver="GPKG", append=False, geometry_type="Polygon")
+        else:
+            frames = []
+            crs = None
+            for raster, part in parts:
+                gdf = pyogrio.read_dataframe(part, layer="buildings")
+                crs = crs or gdf.crs
+                gdf = gdf.to_crs(crs) if gdf.crs != crs else gdf
+                gdf.insert(1, "raster", raster.name)
+                frames.append(gdf)
+            merged = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs=crs)
+            merged["id"] = range(1, len(merged) + 1)
+            pyogrio.write_dataframe(merged, tmp, layer="buildings", driver="GPKG", geometry_type="Polygon")
+        os.replace(tmp, output)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    for _, part in parts:
+        part.unlink(missing_ok=True)
+
+
+@main.command(short_help="Extract building polygons from rasters.")
+@click.argument("inputs", nargs=-1, required=True)
+@click.argument("output", type=click.Path(dir_okay=False, path_type=Path))
+@_model_options
+@click.option(
+    "--layout",
+    type=click.Choice(["layers", "merged"]),
+    default="layers",
+    show_default=True,
+    help="Several rasters: one layer per raster, or one merged layer with a 'raster' column.",
+)
+@click.option(
+    "--resume", is_flag=True, help="Continue an interrupted run into OUTPUT; finished tiles are not computed again."
+)
+@click.option("--no-cache", is_flag=True, help="Do not keep the everything masks (no re-prompting later).")
+@click.pass_context
+def extract(
+    ctx: click.Context, inputs: tuple[str, ...], output: Path, layout: str, resume: bool, no_cache: bool, **kw: Any
+) -> None:
+    """Extract building polygons from INPUTS (GeoTIFF, COG or VRT files, folders, or quoted
+    glob patterns) into OUTPUT (.gpkg, .geojson, .fgb). Several rasters go into one
+    GeoPackage: a layer per raster (--layout layers) or one merged layer.
+
+    Without prompts every object is segmented and a building filter keeps the
+    building-like ones. Prompts narrow it down: --point/--box in map coordinates, a
+    --prompts vector file, or --text scored with CLIP. Each tile's everything masks are
+    cached, so `fastsam-geo prompt` can re-select later without inference.
+
+    \b
+    Examples:
+      fastsam-geo extract ortho.tif buildings.gpkg
+      fastsam-geo extract 'tiles/*.tif' city.gpkg --layout merged
+      fastsam-geo extract ortho.tif b.gpkg --point 500120.5,4649880.0 --point 500200,4649800,0
+      fastsam-geo extract ortho.tif b.gpkg --text building --text-threshold 0.22 --clip-weights clip.pt
+      fastsam-geo extract big.tif b.gpkg --resume      # after a crash or Ctrl-C
+    """
+    _run_extract(
+        ctx, _expand_inputs(inputs), output, kw, layout=layout, resume=resume, cache_only=False, use_cache=not no_cache
+    )
+
+
+@main.command(short_help="Re-select buildings with new prompts from the mask cache (no inference).")
+@click.argument("raster", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("output", type=click.Path(dir_okay=False, path_type=Path))
+@_model_options
+@click.pass_context
+def prompt(ctx: click.Context, raster: Path, output: Path, **kw: Any) -> None:
+    """Apply new prompts to RASTER using the everything masks cached by an earlier
+    `fastsam-geo extract` (same weights, --conf, --iou, --bands): no model runs, so a new
+    click or a new text costs milliseconds per tile. Tiles not in the cache are an error.
+
+    \b
+    Examples:
+      fastsam-geo extract ortho.tif all.gpkg                     # segments and caches
+      fastsam-geo prompt ortho.tif one.gpkg --point 500120.5,4649880.0
+      fastsam-geo prompt ortho.tif boxed.gpkg --prompts boxes.gpkg
+    """
+    if not (kw["points"] or kw["boxes"] or kw["prompt_file"] or kw["text"]):
+        raise click.UsageError("give a prompt: --point, --box, --prompts or --text.")
+    _run_extract(ctx, [raster], output, kw, layout="layers", resume=False, cache_only=True, use_cache=True)
 
 
 def _build_prompts(
@@ -444,3 +618,8 @@ def info(raster: Path, tile_size: int, overlap: int, weights: str | None) -> Non
         click.echo(f"device:   {dev} (torch {torch.__version__}, {torch.get_num_threads()} threads)")
     except ImportError:
         click.echo("device:   torch not installed")
+
+
+from fastsam_geo.worker import worker_command  # noqa: E402
+
+main.add_command(worker_command, name="worker")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -50,8 +51,13 @@ def check_output(path: str | os.PathLike[str], overwrite: bool = False) -> Path:
     folder = out.parent if str(out.parent) else Path(".")
     if not folder.is_dir():
         raise OutputError(f"{folder}: output folder does not exist; create it first (mkdir -p {folder}).")
-    if not os.access(folder, os.W_OK):
-        raise OutputError(f"{folder}: output folder is not writable; choose another output path.")
+    try:  # a real probe: permissions, read-only file systems, quotas (os.access says yes to root)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{out.name}.", suffix=".probe"):
+            pass
+    except OSError as exc:
+        raise OutputError(
+            f"{folder}: output folder is not writable ({exc.strerror}); choose another output path."
+        ) from None
     return out
 
 

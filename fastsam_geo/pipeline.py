@@ -223,6 +223,58 @@ def _route_prompts(prompts: Any, grid: TileGrid, specs: list[TileSpec], info: An
     return [sp for sp in specs if sp.index in wanted]
 
 
+class _CacheOnly:
+    """A segmenter that never runs a model: for re-prompting tiles already in the cache.
+
+    Its ``metadata`` is what a CPU ``FastSAMSegmenter`` with the same settings reports, so
+    its cache keys are the ones ``extract`` wrote.
+    """
+
+    def __init__(
+        self, raster: str | os.PathLike[str], weights: str | os.PathLike[str] | None, conf: float, iou: float
+    ) -> None:
+        from fastsam_geo.weights import resolve_weights, sha256_file
+
+        self.raster = raster
+        self.weights_path = resolve_weights(weights)
+        self.weights_sha256 = sha256_file(self.weights_path)
+        self.metadata = {
+            "weights_sha256": self.weights_sha256,
+            "half": False,
+            "conf": float(conf),
+            "iou": float(iou),
+            "max_det": 1000,
+            "imgsz": None,
+            "min_area_px": 0,
+        }
+
+    def segment(self, tiles: Sequence[Tile]) -> list[InstanceMasks]:
+        ids = ", ".join(t.id for t in tiles[:3])
+        raise PromptError(
+            f"{self.raster}: tile(s) {ids} not in the mask cache; run `fastsam-geo extract` over this raster "
+            "first (with the same weights, --conf, --iou and --bands), or use `extract` with these prompts."
+        )
+
+
+def _inner(segmenter: Any) -> Any:
+    """The segmenter behind a cache wrapper."""
+    return getattr(segmenter, "segmenter", segmenter)
+
+
+def _with_cache(segmenter: Any, raster: str | os.PathLike[str], cache_dir: str | os.PathLike[str], bands: str) -> Any:
+    """Wrap ``segmenter`` so that tiles already segmented come from ``cache_dir``.
+
+    Keys come from the segmenter's ``metadata`` (weights sha256, conf, iou, max_det...), the
+    same way the QGIS worker builds them, so both share the cache.
+    """
+    from fastsam_geo.cache import CachedSegmenter, MaskCache, key_fn_for
+
+    settings = getattr(segmenter, "metadata", None)
+    if settings is None:  # a plugged-in segmenter without metadata: key on its type
+        settings = {"weights_sha256": type(segmenter).__name__, "conf": 0.0, "iou": 0.0, "imgsz": None}
+    return CachedSegmenter(segmenter, MaskCache(cache_dir), key_fn_for(raster, settings, bands))
+
+
 def extract_buildings(
     raster: str | os.PathLike[str],
     output: str | os.PathLike[str],
@@ -246,6 +298,8 @@ def extract_buildings(
     match_iou: float = 0.5,
     overwrite: bool = False,
     resume: bool = False,
+    cache_dir: str | os.PathLike[str] | None = None,
+    cache_only: bool = False,
     layer: str = "buildings",
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
@@ -270,6 +324,9 @@ def extract_buildings(
         progress: ``progress(done, total)`` after each tile.
         cancel: returns True to stop; the run then raises :class:`Cancelled` and writes nothing
             (the finished tiles stay in the resume ledger).
+        cache_dir: keep each tile's everything masks there, so a new prompt over an area
+            already segmented costs no inference.
+        cache_only: never run the model: every tile must be in ``cache_dir`` (re-prompting).
         resume: continue an interrupted run writing ``output``: finished tiles are not
             computed again, and the result equals an uninterrupted run.
 
@@ -309,18 +366,24 @@ def extract_buildings(
                 from fastsam_geo.textprompt import ClipScorer
 
                 text_scorer = ClipScorer()
-        if segmenter is None:
+        if cache_only:
+            if cache_dir is None:
+                raise PromptError("re-prompting from the cache needs a cache folder (--cache-dir).")
+            segmenter = _CacheOnly(raster, weights, conf, iou)
+        elif segmenter is None:
             from fastsam_geo.segment import FastSAMSegmenter
 
             segmenter = FastSAMSegmenter(weights, device=device, batch_size=batch_size, conf=conf, iou=iou)
+        if cache_dir is not None:
+            segmenter = _with_cache(segmenter, raster, cache_dir, f"{list(info.bands)}|{stretch}")
         summary = ExtractSummary(
             raster=str(raster),
             output=str(output),
             tiles_total=len(specs),
             mode=mode,
             crs=info.crs.to_string(),
-            weights=str(getattr(segmenter, "weights_path", "") or "") or None,
-            weights_sha256=getattr(segmenter, "weights_sha256", None),
+            weights=str(getattr(_inner(segmenter), "weights_path", "") or "") or None,
+            weights_sha256=getattr(_inner(segmenter), "weights_sha256", None),
         )
         merger = TileMerger(grid, match_iou=match_iou)
         for idx in set(range(len(grid))) - {s.index for s in specs}:
@@ -333,7 +396,7 @@ def extract_buildings(
             "bands": list(info.bands),
             "stretch": stretch,
             "prompts": repr(prompts),
-            "segmenter": type(segmenter).__name__,
+            "segmenter": type(_inner(segmenter)).__name__,
             "weights_sha256": summary.weights_sha256,
             "conf": conf,
             "iou": iou,
@@ -439,9 +502,10 @@ def extract_buildings(
                     if item.tile is None:
                         summary.tiles_failed += 1
                         summary.failures.append(f"{item.spec.id}: {item.error}")
-                        ledger.append(
+                        tiles_table.append(
                             {"tile_id": item.spec.id, "status": "failed", "objects": 0, "error": item.error or ""}
                         )
+                        ledger.record(item.spec.index, item.spec.id, "failed", [], [], [], item.error or "")
                         emit(merger.skip(item.spec.index))
                         done += 1
                     elif item.tile.nodata is not None and item.tile.nodata.all():
@@ -473,7 +537,7 @@ def extract_buildings(
                     "prompts": repr(prompts) if prompts is not None else "",
                     "tile_size": str(tile_size),
                     "overlap": str(overlap),
-                    "weights": summary.weights or type(segmenter).__name__,
+                    "weights": summary.weights or type(_inner(segmenter)).__name__,
                     "weights_sha256": summary.weights_sha256 or "",
                     "conf": str(conf),
                     "iou": str(iou),
@@ -484,10 +548,10 @@ def extract_buildings(
                     "fastsam_geo_tiles": pd.DataFrame(tiles_table, columns=["tile_id", "status", "objects", "error"]),
                     "fastsam_geo_metadata": pd.DataFrame({"key": list(metadata), "value": list(metadata.values())}),
                 }
-                if summary.tiles_processed == 0 and summary.tiles_failed:
+                if summary.tiles_failed and summary.tiles_failed * 2 > summary.tiles_failed + summary.tiles_processed:
                     raise RasterError(
-                        f"{raster}: no tile could be read (first error: {summary.failures[0]}); "
-                        "the file may be truncated or corrupt."
+                        f"{raster}: {summary.tiles_failed} of {summary.tiles_failed + summary.tiles_processed} tiles "
+                        "could not be read; the file is truncated or corrupt (check it with gdalinfo -checksum)."
                     )
                 summary.buildings = writer.count
                 writer.commit(

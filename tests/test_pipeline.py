@@ -238,7 +238,7 @@ def test_failed_run_keeps_the_previous_output(scene: Scene, tmp_path: Path) -> N
 def test_cancel_stops_and_writes_nothing(scene: Scene, tmp_path: Path) -> None:
     seen: list[tuple[int, int]] = []
     out = tmp_path / "b.gpkg"
-    with pytest.raises(Cancelled, match="cancelled after 3 of 9 tiles.*--resume"):
+    with pytest.raises(Cancelled, match=r"cancelled after 3 of 9 tiles.*--resume"):
         extract_buildings(
             scene.raster,
             out,
@@ -310,3 +310,35 @@ def test_reading_a_tile_equals_rendering_it(scene: Scene) -> None:
     expected = render_block(scene.plan, Window(100, 200, 64, 48)).transpose(1, 2, 0)
     assert nodata is None
     assert (img == expected).all()
+
+
+class _Counting:
+    """Counts the tiles a segmenter is asked for."""
+
+    def __init__(self, inner: TruthSegmenter) -> None:
+        self.inner = inner
+        self.tiles = 0
+
+    def segment(self, tiles):
+        self.tiles += len(tiles)
+        return self.inner.segment(tiles)
+
+
+def test_reprompting_cached_tiles_runs_no_inference(scene: Scene, tmp_path: Path) -> None:
+    from fastsam_geo.prompts import PointPrompt, Prompts
+
+    seg = _Counting(TruthSegmenter(scene.truth))
+    cache = tmp_path / "cache"
+    common = dict(segmenter=seg, tile_size=256, overlap=32, cache_dir=cache, building_filter=False, overwrite=True)
+    extract_buildings(scene.raster, tmp_path / "all.gpkg", **common)
+    assert seg.tiles == 16
+    # Click on three buildings: answered from the cache, no tile reaches the model.
+    picks = scene.truth.geometry.values[[3, 40, 77]]
+    pts = tuple(PointPrompt(p.x, p.y, 1) for p in shapely.point_on_surface(picks))
+    summary = extract_buildings(
+        scene.raster, tmp_path / "picked.gpkg", prompts=Prompts(points=pts, crs="EPSG:32633"), **common
+    )
+    assert seg.tiles == 16
+    picked = gpd.read_file(tmp_path / "picked.gpkg", layer="buildings")
+    assert summary.mode == "points" and len(picked) == 3
+    assert evaluate(picked, scene.truth.iloc[[3, 40, 77]]).f1 == 1.0

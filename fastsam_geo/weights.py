@@ -1,0 +1,154 @@
+"""Find FastSAM weights on disk, and fingerprint them.
+
+Resolution order (DESIGN.md, "Weights"):
+
+1. an explicit path that exists;
+2. a bare file name, looked up in the repository's ``weights/`` folder, then in
+   ``$FASTSAM_GEO_WEIGHTS`` (a file of that name, or a folder holding it);
+3. nothing given: ``$FASTSAM_GEO_WEIGHTS`` when set, else ``weights/fastsam-geo-town-n.pt``
+   (the project's own small default model);
+4. ``FastSAM-s.pt`` / ``FastSAM-x.pt`` by bare name, for ultralytics to download, only when
+   ``YOLO_OFFLINE`` is not set.
+
+Anything else raises :class:`~fastsam_geo.errors.WeightsError` with one line that says what was
+looked for, every place looked, and how to get ``FastSAM-s.pt``.
+
+.. warning::
+   ``.pt`` files are Python pickles: loading one can run arbitrary code. Only load weights from
+   a source you trust. :func:`sha256_file` fingerprints the file that was used, so that a result
+   can be traced back to the exact weights (the segmenter records it as ``weights_sha256``).
+
+This module is pure Python: it never imports torch or ultralytics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from fastsam_geo.errors import WeightsError
+
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
+"""The repository's ``weights/`` folder."""
+
+ENV_VAR = "FASTSAM_GEO_WEIGHTS"
+DEFAULT_WEIGHTS = "fastsam-geo-town-n.pt"
+"""The project's own small default model (trained by ``weights/make_default.sh``)."""
+
+DOWNLOADABLE = frozenset({"FastSAM-s.pt", "FastSAM-x.pt"})
+"""Names ultralytics can download by itself when online."""
+
+FASTSAM_S_URL = "https://github.com/ultralytics/assets/releases/download/v8.2.0/FastSAM-s.pt"
+
+_TRUE = frozenset({"1", "true", "yes", "on", "y", "t"})
+
+
+def is_offline() -> bool:
+    """True when ``YOLO_OFFLINE`` is set to a true value (as ultralytics reads it).
+
+    >>> import os; old = os.environ.pop("YOLO_OFFLINE", None)
+    >>> is_offline()
+    False
+    >>> os.environ["YOLO_OFFLINE"] = "1"; is_offline()
+    True
+    >>> os.environ["YOLO_OFFLINE"] = "0"; is_offline()
+    False
+    >>> _ = os.environ.pop("YOLO_OFFLINE") if old is None else os.environ.update(YOLO_OFFLINE=old)
+    """
+    return os.environ.get("YOLO_OFFLINE", "").strip().lower() in _TRUE
+
+
+def _is_bare_name(weights: str | Path) -> bool:
+    """A file name with no folder part (``"FastSAM-s.pt"``, not ``"./FastSAM-s.pt"``).
+
+    >>> _is_bare_name("FastSAM-s.pt"), _is_bare_name("weights/FastSAM-s.pt"), _is_bare_name("./x.pt")
+    (True, False, False)
+    """
+    s = os.fspath(weights)
+    return bool(s) and os.sep not in s and (os.altsep is None or os.altsep not in s) and s not in {".", ".."}
+
+
+def _not_found(what: str, places: list[str]) -> WeightsError:
+    offline = " (YOLO_OFFLINE is set: no download attempted)" if is_offline() else ""
+    return WeightsError(
+        f"Model weights {what} not found{offline}; looked in: {'; '.join(places)}. "
+        f"Get FastSAM-s.pt from {FASTSAM_S_URL} and put it in {WEIGHTS_DIR}/ "
+        f"or set {ENV_VAR} to its path (a file, or the folder holding it)."
+    )
+
+
+def resolve_weights(weights: str | Path | None = None) -> Path:
+    """The weights file to load, following the order in the module docstring.
+
+    Returns an absolute path to an existing file, or, only when online and asked for
+    ``FastSAM-s.pt`` / ``FastSAM-x.pt`` by bare name, that bare name for ultralytics to
+    download.
+
+    Raises:
+        WeightsError: nothing found; the one-line message lists every place looked.
+    """
+    env = os.environ.get(ENV_VAR, "").strip()
+    env_path = Path(env).expanduser() if env else None
+
+    if weights is None:
+        default = WEIGHTS_DIR / DEFAULT_WEIGHTS
+        if env_path is None:
+            if default.is_file():
+                return default
+            raise _not_found(f"(default {DEFAULT_WEIGHTS!r})", [str(default), f"{ENV_VAR} (not set)"])
+        if env_path.is_file():
+            return env_path.resolve()
+        if not env_path.is_dir():
+            raise _not_found(f"named by {ENV_VAR}", [f"{ENV_VAR}={env} (no such file)"])
+        for candidate in (env_path / DEFAULT_WEIGHTS, default):  # a folder: the default name in it, then ours
+            if candidate.is_file():
+                return candidate.resolve()
+        raise _not_found(f"(default {DEFAULT_WEIGHTS!r})", [str(env_path / DEFAULT_WEIGHTS), str(default)])
+
+    path = Path(weights).expanduser()
+    if path.is_file():
+        return path.resolve()
+    if path.is_dir():
+        raise WeightsError(
+            f"Model weights {os.fspath(weights)!r} is a folder, not a .pt file; pass the file inside it."
+        )
+
+    places = [str(path.resolve())]
+    if _is_bare_name(weights):
+        name = path.name
+        candidate = WEIGHTS_DIR / name
+        if candidate.is_file():
+            return candidate
+        places.append(str(candidate))
+        if env_path is None:
+            places.append(f"{ENV_VAR} (not set)")
+        elif env_path.is_dir():
+            candidate = env_path / name
+            if candidate.is_file():
+                return candidate.resolve()
+            places.append(str(candidate))
+        elif env_path.is_file() and env_path.name == name:
+            return env_path.resolve()
+        else:
+            places.append(f"{ENV_VAR}={env}")
+        if name in DOWNLOADABLE and not is_offline():
+            return Path(name)
+    raise _not_found(repr(os.fspath(weights)), places)
+
+
+def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks (never the whole file in memory).
+
+    >>> import tempfile
+    >>> with tempfile.NamedTemporaryFile(delete=False) as f:
+    ...     _ = f.write(b"abc")
+    >>> sha256_file(f.name)[:16]
+    'ba7816bf8f01cfea'
+    >>> os.unlink(f.name)
+    """
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk_size):
+            h.update(block)
+    return h.hexdigest()
