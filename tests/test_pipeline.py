@@ -342,3 +342,27 @@ def test_reprompting_cached_tiles_runs_no_inference(scene: Scene, tmp_path: Path
     picked = gpd.read_file(tmp_path / "picked.gpkg", layer="buildings")
     assert summary.mode == "points" and len(picked) == 3
     assert evaluate(picked, scene.truth.iloc[[3, 40, 77]]).f1 == 1.0
+
+
+def test_box_and_point_on_a_building_across_a_seam_give_one_whole_object(scene: Scene, tmp_path: Path) -> None:
+    """Prompts on buildings cut by tile seams: each comes out once and whole."""
+    from fastsam_geo.prompts import BoxPrompt, PointPrompt, Prompts
+
+    with RasterSource(scene.raster) as src:
+        grid = TileGrid(src.info.width, src.info.height, 256, 32, src.info.transform)
+    seams = shapely.MultiLineString([list(line.coords) for line in seam_lines(grid)])
+    truth = scene.truth.geometry.values
+    crossing = np.flatnonzero(shapely.intersects(truth, seams) & (shapely.area(truth) > 150))[:4]
+    assert len(crossing) == 4
+    seg = TruthSegmenter(scene.truth)
+    common = dict(segmenter=seg, tile_size=256, overlap=32, building_filter=False, overwrite=True)
+    boxes = tuple(BoxPrompt(*truth[i].buffer(1.0).bounds) for i in crossing[:2])
+    points = tuple(PointPrompt(p.x, p.y) for p in shapely.point_on_surface(truth[crossing[2:]]))
+    for name, prompts in (("boxes", Prompts(boxes=boxes)), ("points", Prompts(points=points))):
+        out = tmp_path / f"{name}.gpkg"
+        extract_buildings(scene.raster, out, prompts=prompts, **common)
+        pred = gpd.read_file(out, layer="buildings")
+        expected = scene.truth.iloc[crossing[:2] if name == "boxes" else crossing[2:]]
+        scores = evaluate(pred, expected, seams=seam_lines(grid))
+        assert len(pred) == 2 and scores.f1 == 1.0 and scores.seam_score == 1.0, (name, scores)
+        assert scores.mean_iou > 0.85
