@@ -230,7 +230,12 @@ def _load(data: Footprints, role: str) -> gpd.GeoDataFrame:
         if not path.exists():
             raise EvaluationError(f"{path}: no such {role} file; check the path.")
         try:
-            frame = gpd.read_file(path)
+            import pyogrio
+
+            layers = [name for name, _ in pyogrio.list_layers(path)]
+            # fastsam-geo's GeoPackages also hold tables (tile ledger, metadata): read "buildings".
+            layer = "buildings" if "buildings" in layers else layers[0]
+            frame = gpd.read_file(path, layer=layer)
         except Exception as exc:
             reason = str(exc).split("\n")[0]
             raise EvaluationError(
