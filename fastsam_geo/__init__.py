@@ -25,7 +25,6 @@ _EXPORTS = {
     "Prompts": "fastsam_geo.prompts",
     "PointPrompt": "fastsam_geo.prompts",
     "BoxPrompt": "fastsam_geo.prompts",
-    "evaluate": "fastsam_geo.evaluate",
     "FastSAMGeoError": "fastsam_geo.errors",
 }
 
