@@ -36,7 +36,7 @@ def bridge_holes(poly: Polygon) -> np.ndarray:
     >>> from shapely.geometry import box
     >>> ring = bridge_holes(Polygon(box(0, 0, 10, 10).exterior.coords, [box(4, 4, 6, 6).exterior.coords]))
     >>> ring.shape
-    (12, 2)
+    (10, 2)
     """
     poly = orient(poly, 1.0)
     ring = np.asarray(poly.exterior.coords)[:-1]

@@ -119,6 +119,7 @@ def _make_bad(case: str, tmp: Path, small: Scene) -> Path:
     return path
 
 
+@pytest.mark.model
 @pytest.mark.parametrize("case", sorted(BAD_CASES))
 def test_bad_raster_one_line_no_traceback_no_output(case: str, tmp_path: Path, small: Scene, random_fastsam_s) -> None:
     raster = _make_bad(case, tmp_path, small)
@@ -171,6 +172,7 @@ def test_unwritable_folder_and_existing_output(small: Scene, tmp_path: Path) -> 
     assert out.read_bytes() == b"precious"
 
 
+@pytest.mark.model
 def test_corrupt_tile_is_reported_and_skipped(tmp_path: Path, random_fastsam_s) -> None:
     scene = write_scene(tmp_path / "c.tif", 768, seed=5)
     with rasterio.open(scene.raster) as ds:
@@ -203,6 +205,7 @@ def test_corrupt_tile_is_reported_and_skipped(tmp_path: Path, random_fastsam_s) 
     assert (ledger.status == "failed").sum() == summary["tiles_failed"]
 
 
+@pytest.mark.model
 # ------------------------------------------------------------------ several rasters
 def test_several_rasters_layers_and_merged(tmp_path: Path, random_fastsam_s) -> None:
     folder = tmp_path / "in"
@@ -238,6 +241,7 @@ def _read(out: Path) -> gpd.GeoDataFrame:
     return gpd.read_file(out, layer="buildings").sort_values("id").reset_index(drop=True)
 
 
+@pytest.mark.model
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
 def test_killed_run_resumes_to_the_same_result(sig: int, tmp_path: Path, random_fastsam_s) -> None:
     scene = write_scene(tmp_path / "k.tif", 1024, seed=8)
