@@ -234,11 +234,14 @@ def value_noise(x0: int, y0: int, w: int, h: int, scale: float, seed: int) -> np
     ix, iy = np.floor(xs).astype(np.int64), np.floor(ys).astype(np.int64)
     tx, ty = (xs - ix).astype(np.float32), (ys - iy).astype(np.float32)
     tx, ty = tx * tx * (3 - 2 * tx), ty * ty * (3 - 2 * ty)
-    gx, gy = np.meshgrid(ix, iy)
-    v00 = _hash01(gx, gy, seed)
-    v10 = _hash01(gx + 1, gy, seed)
-    v01 = _hash01(gx, gy + 1, seed)
-    v11 = _hash01(gx + 1, gy + 1, seed)
+    # The lattice values are hashed once per lattice cell (few at coarse scales), then gathered.
+    cx, cy = ix - ix[0], iy - iy[0]
+    gx, gy = np.meshgrid(np.arange(ix[0], ix[-1] + 2), np.arange(iy[0], iy[-1] + 2))
+    lattice = _hash01(gx, gy, seed)
+    v00 = lattice[cy[:, None], cx[None, :]]
+    v10 = lattice[cy[:, None], cx[None, :] + 1]
+    v01 = lattice[cy[:, None] + 1, cx[None, :]]
+    v11 = lattice[cy[:, None] + 1, cx[None, :] + 1]
     top = v00 + (v10 - v00) * tx[None, :]
     bot = v01 + (v11 - v01) * tx[None, :]
     return top + (bot - top) * ty[:, None]
@@ -260,6 +263,29 @@ def _fill(mask: np.ndarray, poly: Polygon, x0: float, y0: float) -> None:
     if poly.is_empty:
         return
     rasterio.features.rasterize([(poly, 1)], out=mask, transform=Affine.translation(x0, y0), merge_alg=MergeAlg.replace)
+
+
+def _burn(shapes: Sequence[tuple[Polygon, int]], h: int, w: int, x0: float, y0: float) -> np.ndarray:
+    """``h x w`` int32 labels: each shape's value burnt where pixel centres fall inside it, in order.
+
+    One GDAL call for all shapes; a later shape replaces an earlier one, so the label of a
+    pixel is the last shape that covers it (the same pixels as one :func:`_fill` per shape).
+    """
+    out = np.zeros((h, w), np.int32)
+    shapes = [(g, v) for g, v in shapes if not g.is_empty]
+    if shapes:
+        rasterio.features.rasterize(shapes, out=out, transform=Affine.translation(x0, y0), merge_alg=MergeAlg.replace)
+    return out
+
+
+def _pixel_box(poly: Polygon, x0: int, y0: int, w: int, h: int, margin: int = 2) -> tuple[int, int, int, int]:
+    """``(r0, r1, c0, c1)``: the block pixels whose centres can lie in ``poly``, plus ``margin`` px."""
+    minx, miny, maxx, maxy = poly.bounds
+    c0 = max(int(math.floor(minx - x0)) - margin, 0)
+    c1 = min(int(math.ceil(maxx - x0)) + margin, w)
+    r0 = max(int(math.floor(miny - y0)) - margin, 0)
+    r1 = min(int(math.ceil(maxy - y0)) + margin, h)
+    return r0, max(r1, r0), c0, max(c1, c0)
 
 
 def _disc(mask: np.ndarray, cx: float, cy: float, r: float, x0: int, y0: int) -> None:
@@ -302,47 +328,51 @@ def _render(plan: ScenePlan, window: Window, tree_index: shapely.STRtree | None)
     img += (grain * 18)[..., None]
 
     bbox = box(x0 - 60, y0 - 60, x0 + w + 60, y0 + h + 60)
-    m = np.zeros((h, w), np.uint8)
-    for road in plan.roads:
-        if road.intersects(bbox):
-            m[:] = 0
-            _fill(m, road.buffer(1.5), x0, y0)
-            img[m.astype(bool)] = KERB + grain[m.astype(bool), None] * 20
-            m[:] = 0
-            _fill(m, road, x0, y0)
-            sel = m.astype(bool)
-            img[sel] = ASPHALT * (0.9 + 0.2 * n2[sel, None]) + grain[sel, None] * 10
+    # Roads: each road paints its kerb (its outline grown by 1.5 px), then its asphalt, over
+    # what was there. One burn of every outline in that order gives, per pixel, the last paint.
+    roads = [road for road in plan.roads if road.intersects(bbox)]
+    if roads:
+        lab = _burn(
+            [(g, 2 * k + j) for k, road in enumerate(roads) for j, g in ((1, road.buffer(1.5)), (2, road))],
+            h,
+            w,
+            x0,
+            y0,
+        )
+        kerb = lab % 2 == 1
+        img[kerb] = KERB + grain[kerb, None] * 20
+        sel = (lab > 0) & ~kerb
+        img[sel] = ASPHALT * (0.9 + 0.2 * n2[sel, None]) + grain[sel, None] * 10
 
     sx, sy = plan.shadow
     near = [b for b in plan.buildings if b.polygon.intersects(bbox)]
     # Shadows first (they fall on the ground, roofs are drawn over them).
-    shade = np.zeros((h, w), np.uint8)
+    hulls = []
     for b in near:
         off = translate(b.polygon, sx * b.height_px, sy * b.height_px)
         hull = shapely.union(b.polygon, off).convex_hull if b.shape == "rect" else shapely.union(b.polygon, off)
-        _fill(shade, hull, x0, y0)
-    img[shade.astype(bool)] *= 0.45
+        hulls.append((hull, 1))
+    img[_burn(hulls, h, w, x0, y0).astype(bool)] *= 0.45
 
-    for b in near:
-        m[:] = 0
-        _fill(m, b.polygon, x0, y0)
-        sel = m.astype(bool)
-        if not sel.any():
-            continue
-        colour = b.colour
-        roof = np.broadcast_to(colour, (h, w, 3))[sel] * (0.94 + 0.12 * n2[sel, None])
-        roof += grain[sel, None] * 8
-        if b.gable_angle is not None:
-            c = b.polygon.centroid
-            t = math.radians(b.gable_angle)
-            rr, cc = np.nonzero(sel)
-            side = (cc + x0 + 0.5 - c.x) * -math.sin(t) + (rr + y0 + 0.5 - c.y) * math.cos(t)
-            roof *= np.where(side > 0, 1.12, 0.80)[:, None]
-        img[sel] = roof
-        # A darker rim one pixel wide: eaves and parapets.
-        er = cv2.erode(m, np.ones((3, 3), np.uint8)).astype(bool)
-        rim = sel & ~er
-        img[rim] *= 0.82
+    polys = [b.polygon for b in near]
+    left, right = shapely.STRtree(polys).query(polys, predicate="intersects") if polys else ((), ())
+    if np.array_equal(left, right):
+        # Buildings that neither overlap nor touch share no pixel: one burn labels them all, and
+        # each is drawn inside its own pixel box (the same pixels as a whole-block mask each).
+        lab = _burn([(p, i + 1) for i, p in enumerate(polys)], h, w, x0, y0)
+        for i, b in enumerate(near):
+            r0, r1, c0, c1 = _pixel_box(b.polygon, x0, y0, w, h)
+            sel = lab[r0:r1, c0:c1] == i + 1
+            if sel.any():
+                _roof(img[r0:r1, c0:c1], sel, b, n2[r0:r1, c0:c1], grain[r0:r1, c0:c1], x0 + c0, y0 + r0)
+    else:  # pragma: no cover - plans keep buildings apart; kept for plans edited by hand
+        m = np.zeros((h, w), np.uint8)
+        for b in near:
+            m[:] = 0
+            _fill(m, b.polygon, x0, y0)
+            sel = m.astype(bool)
+            if sel.any():
+                _roof(img, sel, b, n2, grain, x0, y0)
 
     if len(plan.trees):
         if tree_index is None:
@@ -359,6 +389,28 @@ def _render(plan: ScenePlan, window: Window, tree_index: shapely.STRtree | None)
         leaf = value_noise(x0, y0, w, h, 2.0, seed + 17)[tm]
         img[tm] = TREE * (0.7 + 0.6 * leaf[:, None])
     return np.clip(img, 0, 255).astype(np.uint8).transpose(2, 0, 1)
+
+
+def _roof(img: np.ndarray, sel: np.ndarray, b: Building, n2: np.ndarray, grain: np.ndarray, x0: int, y0: int) -> None:
+    """Paint building ``b`` into ``img`` where ``sel``; ``(x0, y0)``: scene pixel of ``img[0, 0]``.
+
+    ``sel`` must have a ring of False around the building (or end where the block ends) so
+    that the one-pixel rim is the same as on the whole block.
+    """
+    h, w = sel.shape
+    roof = np.broadcast_to(b.colour, (h, w, 3))[sel] * (0.94 + 0.12 * n2[sel, None])
+    roof += grain[sel, None] * 8
+    if b.gable_angle is not None:
+        c = b.polygon.centroid
+        t = math.radians(b.gable_angle)
+        rr, cc = np.nonzero(sel)
+        side = (cc + x0 + 0.5 - c.x) * -math.sin(t) + (rr + y0 + 0.5 - c.y) * math.cos(t)
+        roof *= np.where(side > 0, 1.12, 0.80)[:, None]
+    img[sel] = roof
+    # A darker rim one pixel wide: eaves and parapets.
+    er = cv2.erode(sel.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    rim = sel & ~er
+    img[rim] *= 0.82
 
 
 # --------------------------------------------------------------------------- writing

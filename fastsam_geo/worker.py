@@ -243,6 +243,63 @@ def prompts_from_json(spec: Mapping[str, Any] | None) -> Any:
 
 
 # ---------------------------------------------------------------------------- the engine
+class LazySegmenter:
+    """A segmenter made on first use, so that a bad raster or prompt fails before a model loads.
+
+    >>> lazy = LazySegmenter(lambda: "a model")
+    >>> lazy.loaded, lazy.inner, lazy.loaded
+    (False, 'a model', True)
+    """
+
+    def __init__(self, load: Callable[[], Any]) -> None:
+        self._load = load
+        self._inner: Any = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._inner is not None
+
+    @property
+    def inner(self) -> Any:
+        if self._inner is None:
+            self._inner = self._load()
+        return self._inner
+
+    def segment(self, tiles: Any) -> Any:
+        return self.inner.segment(tiles)
+
+    @property
+    def weights_path(self) -> Any:
+        return getattr(self.inner, "weights_path", None)
+
+    @property
+    def weights_sha256(self) -> str | None:
+        return getattr(self.inner, "weights_sha256", None)
+
+
+class _Recorded:
+    """A cached segmenter that reports the weights of the model behind it (for the summary)."""
+
+    def __init__(self, cached: Any, model: Any) -> None:
+        self.cached = cached
+        self.model = model
+
+    def segment(self, tiles: Any) -> Any:
+        return self.cached.segment(tiles)
+
+    @property
+    def inner_tiles(self) -> int:
+        return int(self.cached.inner_tiles)
+
+    @property
+    def weights_path(self) -> Any:
+        return getattr(self.model, "weights_path", None)
+
+    @property
+    def weights_sha256(self) -> str | None:
+        return getattr(self.model, "weights_sha256", None)
+
+
 SegmenterFactory = Callable[[str | None, str, float, float], Any]
 
 
@@ -327,32 +384,37 @@ class Engine:
         return self.text_scorers[key]
 
     def cached(self, seg: Any, raster: str, p: Mapping[str, Any]) -> Any:
-        """``seg`` behind the mask cache, with keys bound to ``raster`` and the model settings."""
+        """``seg`` behind the mask cache, with keys bound to ``raster`` and the model settings.
+
+        The model behind ``seg`` is only asked for its fingerprint when the first key is made.
+        """
         from fastsam_geo.cache import CachedSegmenter, cache_key, raster_stamp
 
         stamp = raster_stamp(raster)
-        sha = getattr(seg, "weights_sha256", None) or f"{type(seg).__module__}.{type(seg).__qualname__}"
-        meta = getattr(seg, "metadata", {}) or {}
-        extra = {k: meta.get(k) for k in ("max_det", "min_area_px", "half") if k in meta}
         bands = f"{p['bands']}|{p['stretch']}"
+        fingerprint: dict[str, Any] = {}
 
         def key_fn(tile: Any) -> str:
+            if not fingerprint:
+                inner = getattr(seg, "inner", seg)
+                meta = getattr(inner, "metadata", {}) or {}
+                fingerprint["sha"] = getattr(inner, "weights_sha256", None) or (
+                    f"{type(inner).__module__}.{type(inner).__qualname__}"
+                )
+                fingerprint["imgsz"] = meta.get("imgsz")
+                fingerprint["extra"] = {k: meta.get(k) for k in ("max_det", "min_area_px", "half") if k in meta}
             return cache_key(
                 stamp,
                 tile.window,
-                weights_sha256=sha,
+                weights_sha256=fingerprint["sha"],
                 conf=p["conf"],
                 iou=p["iou"],
-                imgsz=meta.get("imgsz"),
+                imgsz=fingerprint["imgsz"],
                 bands=bands,
-                extra=extra,
+                extra=fingerprint["extra"],
             )
 
-        cached = CachedSegmenter(seg, self.cache, key_fn)
-        # the pipeline records what produced the masks from these attributes
-        cached.weights_path = getattr(seg, "weights_path", None)  # type: ignore[attr-defined]
-        cached.weights_sha256 = getattr(seg, "weights_sha256", None)  # type: ignore[attr-defined]
-        return cached
+        return _Recorded(CachedSegmenter(seg, self.cache, key_fn), seg)
 
     def warmup(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """Load the model of ``params`` (``weights``, ``device``, ``conf``, ``iou``)."""
@@ -383,10 +445,15 @@ class Engine:
             text_scorer = self.text_scorer(p["clip_model"], p["clip_weights"], p["device"])
         if cancel():
             raise Cancelled("cancelled before it started; nothing was written.")
-        seg = self.segmenter(p["weights"], p["device"], p["conf"], p["iou"])
-        if hasattr(seg, "batch_size"):
-            seg.batch_size = max(p["batch_size"], 1)
-        segmenter = self.cached(seg, raster, p) if p["cache"] else seg
+
+        def load() -> Any:
+            seg = self.segmenter(p["weights"], p["device"], p["conf"], p["iou"])
+            if hasattr(seg, "batch_size"):
+                seg.batch_size = max(p["batch_size"], 1)
+            return seg
+
+        lazy = LazySegmenter(load)  # the raster and the prompts are checked before the model loads
+        segmenter = self.cached(lazy, raster, p) if p["cache"] else lazy
         cache = self.cache if p["cache"] else None
         hits0, misses0 = (cache.hits, cache.misses) if cache is not None else (0, 0)
         summary = extract_buildings(

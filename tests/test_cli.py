@@ -205,8 +205,8 @@ def test_corrupt_tile_is_reported_and_skipped(tmp_path: Path, random_fastsam_s) 
     assert (ledger.status == "failed").sum() == summary["tiles_failed"]
 
 
-@pytest.mark.model
 # ------------------------------------------------------------------ several rasters
+@pytest.mark.model
 def test_several_rasters_layers_and_merged(tmp_path: Path, random_fastsam_s) -> None:
     folder = tmp_path / "in"
     for seed in (1, 2):
