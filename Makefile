@@ -28,6 +28,15 @@ test: install
 	bash .ci/install-qgis.sh
 	$(PY) -m pytest -q
 
+## test-qgis: only the real-QGIS tests (QGIS installed from Debian packages when it can be)
+test-qgis: install
+	bash .ci/install-qgis.sh
+	$(PY) -m pytest -q -m qgis tests/qgis
+
+## test-unit: the fast tests (no network model, no QGIS)
+test-unit: install
+	$(PY) -m pytest -q -m "not model and not qgis"
+
 lint: install
 	$(VENV)/bin/ruff check fastsam_geo tests benchmarks qgis_plugin
 

@@ -28,6 +28,8 @@ from fastsam_geo.errors import OutputError
 
 DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON", ".fgb": "FlatGeobuf"}
 LAYER = "buildings"
+# GeoPackage 1.2: read without warnings by the GDAL of QGIS 3.22 (GDAL 3.6 warns on 1.4).
+GPKG_OPTIONS = {"dataset_options": {"VERSION": "1.2"}}
 
 
 def driver_for(path: str | os.PathLike[str]) -> str:
@@ -140,14 +142,16 @@ class VectorWriter:
         data.update({k: list(v) if not isinstance(v, np.ndarray) else v for k, v in columns.items()})
         data["area_m2"] = np.round(area_m2(geoms, self.crs), 2)
         gdf = gpd.GeoDataFrame(data, geometry=list(geoms), crs=self.crs)
+        append = self._staging.exists()
         pyogrio.write_dataframe(
             gdf,
             self._staging,
             layer=self.layer,
             driver="GPKG",
-            append=self._staging.exists(),
+            append=append,
             geometry_type="Polygon",
             promote_to_multi=False,
+            **({} if append else GPKG_OPTIONS),
         )
         self.count += n
         return n
@@ -162,7 +166,9 @@ class VectorWriter:
             if not self._staging.exists():
                 schema = {"id": "int64", **dict(empty_schema or {}), "area_m2": "float64"}
                 empty = gpd.GeoDataFrame({k: pd.Series(dtype=v) for k, v in schema.items()}, geometry=[], crs=self.crs)
-                pyogrio.write_dataframe(empty, self._staging, layer=self.layer, driver="GPKG", geometry_type="Polygon")
+                pyogrio.write_dataframe(
+                    empty, self._staging, layer=self.layer, driver="GPKG", geometry_type="Polygon", **GPKG_OPTIONS
+                )
             if self.driver == "GPKG":
                 for name, table in (tables or {}).items():
                     pyogrio.write_dataframe(table, self._staging, layer=name, driver="GPKG", append=False)

@@ -1,0 +1,92 @@
+"""The background task that runs one extraction on the worker, and the result layer's style."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from typing import Any
+
+from qgis.core import QgsFeatureRequest, QgsFillSymbol, QgsTask, QgsVectorLayer
+
+from . import connection
+from .compat import TASK_CAN_CANCEL
+from .utils import log
+
+
+class ExtractTask(QgsTask):
+    """``extract`` on the shared worker, off the GUI thread, with per-tile progress and cancel.
+
+    ``on_done(task, ok)`` is called on the GUI thread when the task ends; then ``result`` holds
+    the engine's summary, or ``error`` the exception (``WorkerCancelled`` when cancelled).
+    """
+
+    def __init__(self, description: str, params: dict[str, Any], on_done: Callable[[ExtractTask, bool], None]):
+        super().__init__(description, TASK_CAN_CANCEL)
+        self.params = params
+        self.on_done = on_done
+        self.result: dict[str, Any] | None = None
+        self.error: BaseException | None = None
+        self.tiles = (0, 0)
+        self.worker_pid: int | None = None
+
+    def run(self) -> bool:
+        try:
+            client = connection.client()
+            client.start()
+            self.worker_pid = client.pid
+            self.result = client.request("extract", self.params, progress=self._progress, cancel=self.isCanceled)
+            return True
+        except Exception as exc:  # reported on the GUI thread by on_done
+            self.error = exc
+            return False
+
+    def _progress(self, done: int, total: int) -> None:
+        self.tiles = (done, total)
+        self.setProgress(100.0 * done / max(total, 1))
+
+    def finished(self, result: bool) -> None:  # GUI thread
+        try:
+            self.on_done(self, result)
+        except Exception as exc:  # never let an exception escape into the task manager
+            log(f"error while handling the end of '{self.description()}': {exc}", "critical")
+
+
+def style_buildings(layer: QgsVectorLayer) -> None:
+    """The default look of extracted buildings: a semi-transparent orange fill with an outline."""
+    symbol = QgsFillSymbol.createSimple(
+        {
+            "color": "255,140,0,80",
+            "outline_color": "230,80,0,255",
+            "outline_width": "0.5",
+            "outline_width_unit": "MM",
+        }
+    )
+    renderer = layer.renderer()
+    if renderer is not None and hasattr(renderer, "setSymbol"):
+        renderer.setSymbol(symbol)
+    layer.triggerRepaint()
+
+
+def load_result(result: dict[str, Any], name: str, memory: bool, temp_dir: str | None = None) -> QgsVectorLayer:
+    """The engine's output as a layer: a temporary (memory) copy, or the GeoPackage itself.
+
+    With ``memory``, the features are copied into a memory layer and ``temp_dir`` (the run's
+    temporary folder) is removed.
+
+    Raises:
+        RuntimeError: the output cannot be opened.
+    """
+    path = result["output"]
+    uri = f"{path}|layername={result.get('layer') or 'buildings'}"
+    layer = QgsVectorLayer(uri, name, "ogr")
+    if not layer.isValid():
+        raise RuntimeError(f"cannot open the engine's output {uri}")
+    if memory:
+        copy = layer.materialize(QgsFeatureRequest())
+        copy.setName(name)
+        del layer
+        if temp_dir:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+        layer = copy
+    style_buildings(layer)
+    return layer

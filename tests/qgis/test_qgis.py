@@ -1,0 +1,204 @@
+"""Real QGIS (3.22+, ``/usr/bin/python3`` with python3-qgis): the plugin end to end.
+
+Each test runs a script of ``tests/qgis/scripts`` with QGIS's Python in a subprocess (offscreen, or
+under Xvfb for the screenshot) and asserts on its exit code and its ``RESULT`` line. They skip,
+saying why, only when ``/usr/bin/python3 -c "import qgis.core"`` fails; the engine tests also need
+the project's default model (``weights/fastsam-geo-town-n.pt``) and the project's ``.venv``.
+
+Run: ``.venv/bin/pytest -m qgis tests/qgis -v`` (about a minute).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPTS = Path(__file__).resolve().parent / "scripts"
+QGIS_PYTHON = os.environ.get("FSG_QGIS_PYTHON", "/usr/bin/python3")
+DEFAULT_WEIGHTS = REPO / "weights" / "fastsam-geo-town-n.pt"
+ENGINE_PYTHON = REPO / ".venv" / "bin" / "python"
+SAMPLE = REPO / "sample_tiles" / "town_s7_1024.tif"
+WEIGHTS = os.environ.get("FSG_WEIGHTS", "").strip() or None
+"""Other weights for the engine tests (default: the engine's default model, which they need)."""
+
+pytestmark = pytest.mark.qgis
+
+
+def _qgis_missing() -> str | None:
+    """Why real QGIS cannot be used here (None when it can)."""
+    try:
+        r = subprocess.run(
+            [QGIS_PYTHON, "-c", "import qgis.core"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "QT_QPA_PLATFORM": "offscreen"},
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"{QGIS_PYTHON} cannot run ({exc}); install QGIS (bash .ci/install-qgis.sh)"
+    if r.returncode != 0:
+        last = (r.stderr.strip().splitlines() or ["?"])[-1]
+        return f'{QGIS_PYTHON} -c "import qgis.core" failed ({last}); install QGIS (bash .ci/install-qgis.sh)'
+    return None
+
+
+@pytest.fixture(scope="session")
+def qgis_python() -> str:
+    reason = _qgis_missing()
+    if reason:
+        pytest.skip(reason)
+    return QGIS_PYTHON
+
+
+@pytest.fixture(scope="session")
+def engine_ready() -> None:
+    """The engine side: the project's venv (found by the plugin next to it) and the default model."""
+    if not ENGINE_PYTHON.exists():
+        pytest.skip(
+            f"{ENGINE_PYTHON} is missing: run 'make install' (the plugin finds the engine in the project .venv)"
+        )
+    if WEIGHTS:
+        if not Path(WEIGHTS).is_file():
+            pytest.skip(f"FSG_WEIGHTS={WEIGHTS} does not exist")
+    elif not DEFAULT_WEIGHTS.is_file():
+        pytest.skip(f"the default model {DEFAULT_WEIGHTS} is missing: run weights/make_default.sh")
+
+
+@pytest.fixture(scope="session")
+def mask_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One mask cache for the session's workers (the first run fills it, later runs reuse it)."""
+    return tmp_path_factory.mktemp("mask-cache")
+
+
+def run_script(
+    script: str, *args: str, env: dict[str, str] | None = None, timeout: float = 300, xvfb: bool = False
+) -> dict:
+    """Run a QGIS-side script; returns its RESULT dict after asserting it passed."""
+    full_env = {
+        **os.environ,
+        "QT_QPA_PLATFORM": "xcb" if xvfb else "offscreen",
+        "YOLO_OFFLINE": "1",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        **(env or {}),
+    }
+    for key in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV"):  # QGIS's Python must not see the venv
+        full_env.pop(key, None)
+    full_env["PATH"] = os.pathsep.join(
+        p for p in full_env.get("PATH", "").split(os.pathsep) if not p.startswith(str(REPO / ".venv"))
+    )
+    cmd = [QGIS_PYTHON, str(SCRIPTS / script), *args]
+    if xvfb:
+        cmd = ["xvfb-run", "-a", "-s", "-screen 0 1600x1000x24", *cmd]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=REPO)
+    out = r.stdout + "\n" + r.stderr
+    lines = [line for line in r.stdout.splitlines() if line.startswith("RESULT ")]
+    result = json.loads(lines[-1][len("RESULT ") :]) if lines else {}
+    failed = [line for line in r.stdout.splitlines() if line.startswith("FAIL ")]
+    assert r.returncode == 0 and lines and not result.get("failed"), (
+        f"{script} exited {r.returncode}; failed checks: {failed or result.get('failed')}\n--- output tail ---\n"
+        + out[-6000:]
+    )
+    return result
+
+
+def test_plugin_loads_unloads_registers_and_maps_clicks(qgis_python: str) -> None:
+    """classFactory/initGui/unload twice with a QgisInterface mock and a real canvas; provider and
+    algorithm registered and removed; discovery of the engine's Python; map-tool clicks on a
+    EPSG:32633 canvas and on a EPSG:3857 canvas become prompts in the raster's CRS."""
+    result = run_script("check_plugin.py", timeout=180)
+    assert result["round_trips"] == 2
+    assert result["click_3857_error_m"] < 1.0
+
+
+def test_plugin_zip_installs_into_a_clean_profile(qgis_python: str, tmp_path: Path) -> None:
+    """``make plugin-zip`` builds dist/fastsam_geo_plugin.zip; unpacked into an empty profile it
+    loads with qgis.utils.loadPlugin/startPlugin and finds the engine through $FASTSAM_GEO_HOME."""
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    subprocess.run(["make", "-s", "plugin-zip"], cwd=REPO, check=True, capture_output=True, timeout=120)
+    archive = REPO / "dist" / "fastsam_geo_plugin.zip"
+    with zipfile.ZipFile(archive) as z:
+        assert {n.split("/")[0] for n in z.namelist()} == {"fastsam_geo_plugin"}
+    result = run_script("check_zip.py", str(archive), timeout=180)
+    assert result["zip_files"] >= 10
+
+
+@pytest.mark.model
+def test_processing_and_panel_with_the_model(qgis_python: str, engine_ready: None, mask_cache: Path) -> None:
+    """processing.run on the sample tile gives the truth buildings; a Graphical Modeler model runs;
+    a point clicked through the map tool (EPSG:32633 and EPSG:3857 canvases) and a drawn box give
+    the building under them (IoU > 0.5, answered from the mask cache); cancel stops a 25-tile run;
+    a killed worker is reported and restarted."""
+    result = run_script("check_engine.py", env={"FASTSAM_GEO_CACHE": str(mask_cache)}, timeout=300)
+    assert result["processing_everything"]["f1"] >= 0.8
+    for key in ("processing_point_iou", "panel_click_utm_iou", "panel_click_3857_iou", "panel_box_iou"):
+        assert result[key] > 0.5, key
+    assert result["cancel_s"] < 15
+
+
+@pytest.mark.model
+def test_qgis_process_runs_the_algorithm(
+    qgis_python: str, engine_ready: None, mask_cache: Path, tmp_path: Path
+) -> None:
+    """``qgis_process run fastsam_geo:extract_buildings`` with the plugin installed from its folder."""
+    exe = shutil.which("qgis_process.bin") or shutil.which("qgis_process")
+    if exe is None:
+        pytest.skip("qgis_process is not installed")
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "fastsam_geo_plugin").symlink_to(REPO / "qgis_plugin", target_is_directory=True)
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {
+        **os.environ,
+        "HOME": str(home),
+        "XDG_RUNTIME_DIR": str(home),
+        "QGIS_PLUGINPATH": str(plugins),
+        "QT_QPA_PLATFORM": "offscreen",
+        "YOLO_OFFLINE": "1",
+        "FASTSAM_GEO_CACHE": str(mask_cache),
+    }
+    for key in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV"):
+        env.pop(key, None)
+    home.chmod(0o700)
+    r = subprocess.run(
+        [exe, "plugins", "enable", "fastsam_geo_plugin"], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = tmp_path / "qp.gpkg"
+    r = subprocess.run(
+        [exe, "--json", "run", "fastsam_geo:extract_buildings", "--", f"INPUT={SAMPLE}", f"OUTPUT={out}", "DEVICE=cpu"]
+        + ([f"WEIGHTS={WEIGHTS}"] if WEIGHTS else []),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    payload = json.loads(r.stdout[r.stdout.index("{") :])
+    assert payload["results"]["BUILDINGS"] > 100, payload["results"]
+    assert out.is_file()
+
+
+@pytest.mark.model
+def test_screenshot_under_xvfb(qgis_python: str, engine_ready: None, mask_cache: Path, tmp_path: Path) -> None:
+    """The documented screenshot command works (QGIS under Xvfb, panel open, buildings extracted)."""
+    if shutil.which("xvfb-run") is None:
+        pytest.skip("xvfb-run is not installed")
+    png = tmp_path / "qgis_panel.png"
+    result = run_script("screenshot.py", str(png), env={"FASTSAM_GEO_CACHE": str(mask_cache)}, xvfb=True, timeout=300)
+    assert png.stat().st_size > 50_000
+    assert result["size"] == [1600, 1000]
+    assert result["buildings"] > 100
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(pytest.main([__file__, "-v"]))
