@@ -27,25 +27,9 @@ def scene(tmp_path_factory: pytest.TempPathFactory):
 def random_fastsam_s(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A checkpoint of the FastSAM-s architecture (yolov8s-seg, one class) with random weights,
     saved the way ultralytics saves its checkpoints, so it loads through ``ultralytics.FastSAM``."""
-    import torch
-    from ultralytics.nn.tasks import SegmentationModel
+    from fastsam_geo.testing import random_fastsam_checkpoint
 
-    torch.manual_seed(0)
-    model = SegmentationModel("yolov8s-seg.yaml", nc=1, verbose=False)
-    model.names = {0: "object"}
-    model.args = {"task": "segment", "imgsz": 1024}
-    path = tmp_path_factory.mktemp("weights") / "FastSAM-s-random.pt"
-    torch.save(
-        {
-            "model": model.half(),
-            "train_args": {"task": "segment", "imgsz": 1024},
-            "epoch": -1,
-            "date": None,
-            "version": "8.4",
-        },
-        path,
-    )
-    return path
+    return random_fastsam_checkpoint(tmp_path_factory.mktemp("weights") / "FastSAM-s-random.pt")
 
 
 @pytest.fixture(scope="session")
