@@ -230,7 +230,12 @@ def _model_options(f: Callable[..., Any]) -> Callable[..., Any]:
             "-w", "--weights", default=None, help="FastSAM weights (.pt); default: weights/ or $FASTSAM_GEO_WEIGHTS."
         ),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:0, mps."),
-        click.option("--batch-size", default=4, show_default=True, help="Tiles per forward pass."),
+        click.option(
+            "--batch-size",
+            default=None,
+            type=int,
+            help="Tiles per forward pass (default: 1 on the CPU, where batching is slower; 4 on a GPU).",
+        ),
         click.option(
             "--tile-size", default=1024, show_default=True, help="Tile size in pixels (also the inference size)."
         ),

@@ -49,6 +49,23 @@ class TileRecord:
     labels: list[str]
 
 
+class NoLedger:
+    """Stands in for a :class:`Ledger` where resuming is pointless (a run of one tile)."""
+
+    def record(self, *args: object, **kwargs: object) -> None:
+        """Nothing to record."""
+
+    def records(self) -> Iterator[TileRecord]:
+        """Nothing recorded."""
+        return iter(())
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+    def remove(self) -> None:
+        """Nothing to remove."""
+
+
 class Ledger:
     """The on-disk record of a run's finished tiles.
 
@@ -77,7 +94,7 @@ class Ledger:
         conn.executescript(
             """
             PRAGMA journal_mode=DELETE;
-            PRAGMA synchronous=FULL;
+            PRAGMA synchronous=NORMAL;
             CREATE TABLE params (key TEXT PRIMARY KEY, value TEXT);
             CREATE TABLE tiles (seq INTEGER PRIMARY KEY, tile_index INTEGER UNIQUE, tile_id TEXT,
                                 status TEXT, error TEXT);

@@ -24,7 +24,7 @@ import shapely
 
 from fastsam_geo import __version__
 from fastsam_geo.errors import Cancelled, FastSAMGeoError, OutputError, PromptError, RasterError
-from fastsam_geo.ledger import Ledger, ledger_path
+from fastsam_geo.ledger import Ledger, NoLedger, ledger_path
 from fastsam_geo.masks import InstanceMasks
 from fastsam_geo.merge import MergedObjects, TileMerger
 from fastsam_geo.output import VectorWriter, area_m2, check_output
@@ -287,7 +287,7 @@ def extract_buildings(
     bands: Sequence[int] | None = None,
     stretch: str = "auto",
     device: str = "auto",
-    batch_size: int = 4,
+    batch_size: int | None = None,
     conf: float = 0.25,
     iou: float = 0.7,
     building_filter: BuildingFilter | bool | None = None,
@@ -311,7 +311,8 @@ def extract_buildings(
         raster: GeoTIFF/COG/VRT path.
         output: vector path; refused if it exists unless ``overwrite``.
         segmenter: any :class:`~fastsam_geo.segment.Segmenter`; default a
-            ``FastSAMSegmenter`` with ``weights``, ``device``, ``batch_size``, ``conf``, ``iou``.
+            ``FastSAMSegmenter`` with ``weights``, ``device``, ``batch_size`` (None: 1 on the CPU,
+            4 on a GPU), ``conf``, ``iou``.
         prompts: a :class:`~fastsam_geo.prompts.Prompts` (points, boxes or text), in any
             CRS (transformed to the raster's); None means everything + building filter.
         tile_size, overlap: the tile grid in pixels.
@@ -374,6 +375,8 @@ def extract_buildings(
             from fastsam_geo.segment import FastSAMSegmenter
 
             segmenter = FastSAMSegmenter(weights, device=device, batch_size=batch_size, conf=conf, iou=iou)
+        if batch_size is None:
+            batch_size = int(getattr(segmenter, "batch_size", 1) or 1)
         if cache_dir is not None:
             segmenter = _with_cache(segmenter, raster, cache_dir, f"{list(info.bands)}|{stretch}")
         summary = ExtractSummary(
@@ -403,7 +406,13 @@ def extract_buildings(
             "building_filter": asdict(bfilter),
             "match_iou": match_iou,
         }
-        ledger = Ledger.open(output, params) if resume else Ledger.create(output, params)
+        ledger: Ledger | NoLedger
+        if resume:
+            ledger = Ledger.open(output, params)
+        elif len(specs) > 1:
+            ledger = Ledger.create(output, params)
+        else:  # one tile (a click): nothing worth resuming, and ~5 ms saved
+            ledger = NoLedger()
         tol = simplify_px * abs(info.transform.a)
         min_area_map = min_area_m2 / pixel_area * abs(info.transform.a * info.transform.e)
         tiles_table: list[dict[str, Any]] = []

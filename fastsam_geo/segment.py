@@ -322,7 +322,8 @@ class FastSAMSegmenter:
             (None: the project default). ``.pt`` files are pickles: load only trusted ones.
         device: ``"auto"`` (CUDA, else MPS, else CPU), ``"cpu"``, ``"cuda:0"``, ``"mps"``...
         half: half precision; only used on CUDA (default there: True).
-        batch_size: tiles per forward pass.
+        batch_size: tiles per forward pass; None: 1 on the CPU (batching measured 1.6x slower per
+            tile there: 0.68 s against 0.42 s for FastSAM-s at 1024 px), 4 on a GPU.
         conf: confidence threshold of the detections.
         iou: IoU threshold of ultralytics' NMS.
         max_det: most objects kept per tile (ultralytics' default of 300 caps dense city tiles).
@@ -348,7 +349,7 @@ class FastSAMSegmenter:
         *,
         device: str | int | None = "auto",
         half: bool | None = None,
-        batch_size: int = 4,
+        batch_size: int | None = None,
         conf: float = 0.25,
         iou: float = 0.7,
         max_det: int = 1000,
@@ -356,7 +357,7 @@ class FastSAMSegmenter:
         threads: int | None = None,
         min_area_px: int = 0,
     ) -> None:
-        if batch_size < 1:
+        if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size={batch_size} must be at least 1")
         if not 0.0 <= conf <= 1.0 or not 0.0 <= iou <= 1.0:
             raise ValueError(f"conf={conf} and iou={iou} must both lie in [0, 1]")
@@ -364,7 +365,7 @@ class FastSAMSegmenter:
             raise ValueError(f"max_det={max_det} must be at least 1")
         if imgsz is not None and imgsz < 1:
             raise ValueError(f"imgsz={imgsz} must be positive (or None for the tile size)")
-        self.batch_size = int(batch_size)
+        self.batch_size = 1 if batch_size is None else int(batch_size)  # set for the device below
         self.conf = float(conf)
         self.iou = float(iou)
         self.max_det = int(max_det)
@@ -374,6 +375,8 @@ class FastSAMSegmenter:
 
         self.weights_path = resolve_weights(weights)
         self.device = resolve_device(device)
+        if batch_size is None:
+            self.batch_size = 1 if self.device.type == "cpu" else 4
         if half and self.device.type != "cuda":
             log.warning("half precision is only used on CUDA; running in float32 on %s", self.device)
         self.half = bool(self.device.type == "cuda" and (half is None or half))
