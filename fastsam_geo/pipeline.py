@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import rasterio
 import shapely
 
 from fastsam_geo import __version__
@@ -33,6 +34,7 @@ from fastsam_geo.segment import Segmenter
 from fastsam_geo.tiling import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, Tile, TileGrid, TileSpec
 from fastsam_geo.vectorize import masks_to_geometries, polygon_parts, simplify
 
+GDAL_CACHE_MB = 128
 ProgressFn = Callable[[int, int], None]
 CancelFn = Callable[[], bool]
 
@@ -97,6 +99,10 @@ def _prefetch(src: RasterSource, specs: Sequence[TileSpec], crs: object, depth: 
     stop = threading.Event()
 
     def work() -> None:
+        # GDAL's block cache defaults to 5 % of RAM and keeps every block read: capped, the
+        # memory of a run stays flat in the raster's size (one row of tiles still fits).
+        env = rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB)
+        env.__enter__()
         try:
             for spec in specs:
                 if stop.is_set():
@@ -115,6 +121,7 @@ def _prefetch(src: RasterSource, specs: Sequence[TileSpec], crs: object, depth: 
                     except queue.Full:
                         continue
         finally:
+            env.__exit__(None, None, None)
             q.put(None)
 
     thread = threading.Thread(target=work, name="fastsam-geo-reader", daemon=True)
