@@ -1,0 +1,120 @@
+"""Overhead: everything but inference, as a share of the model's time (default model).
+
+1. ``extract_buildings`` runs the default model over a 16-tile synthetic raster (3712 px
+   square, 4 x 4 tiles of 1024 px), recording each tile's everything masks. Its ``segment``
+   stage (forward pass, NMS, mask assembly) is the model's time.
+2. The same call with a ``ReplaySegmenter`` that hands back the recorded masks: its wall time
+   is everything else (read, stretch, select, vectorize, merge, write) with the model taken out.
+3. The cost of writing the tiles' masks to the everything-mask cache (on by default in the CLI).
+
+Usage: ``python benchmarks/bench_overhead.py --data DIR --out FILE.json [--weights PT] [--quick]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common
+
+
+def run(data: Path, weights: Path | None, quick: bool = False) -> dict[str, Any]:
+    import numpy as np
+
+    from fastsam_geo.cache import MaskCache
+    from fastsam_geo.oracle import ReplaySegmenter
+    from fastsam_geo.pipeline import extract_buildings
+    from fastsam_geo.segment import FastSAMSegmenter
+
+    res: dict[str, Any] = {"name": "overhead"}
+    conf = 0.25
+    if weights is None:  # only for trying the harness: a random FastSAM-s gives few real masks
+        weights = common.random_fastsam_s(data / "weights")
+        conf = 0.0005
+        res["note"] = "default model missing: random FastSAM-s used (figures not meaningful)"
+    size = 1920 if quick else 3712
+    sc = common.scene(data, size, seed=9002)
+    seg = FastSAMSegmenter(weights, device="cpu", conf=conf)  # the engine's default batch size for the CPU
+    res.update(
+        model=Path(weights).name,
+        weights_sha256=seg.weights_sha256,
+        raster=f"{size} x {size} px synthetic (seed 9002, {sc.buildings} buildings)",
+        tiles=common.tiles_of(sc.raster),
+        device=str(seg.device),
+        batch_size=seg.batch_size,
+        torch_threads=seg.threads,
+        conf=conf,
+    )
+    n_model, n_replay = (1, 2) if quick else (3, 5)
+    with tempfile.TemporaryDirectory(dir=data) as tmp:
+        out = Path(tmp) / "buildings.gpkg"
+        model_runs = []
+        rec = None
+        for i in range(n_model):
+            rec = common.Recorder(seg)
+            s = extract_buildings(sc.raster, out, segmenter=rec, overwrite=True)
+            model_runs.append(s)
+            common.log(f"overhead: model run {i + 1}: {s.seconds:.2f} s, stages {s.stage_seconds}")
+        assert rec is not None
+        recorded = rec.recorded
+        counts = np.array([len(m) for m in recorded.values()])
+        replay_runs = []
+        cpu = []
+        for i in range(n_replay):
+            t_cpu = time.process_time()
+            s = extract_buildings(sc.raster, out, segmenter=ReplaySegmenter(recorded), overwrite=True)
+            cpu.append(time.process_time() - t_cpu)
+            replay_runs.append(s)
+            common.log(f"overhead: replay run {i + 1}: {s.seconds:.2f} s, stages {s.stage_seconds}")
+        cache = MaskCache(Path(tmp) / "cache", memory_items=0)
+        t = time.perf_counter()
+        for k, masks in enumerate(recorded.values()):
+            cache.put(f"{k:064x}", masks)
+        cache_put = time.perf_counter() - t
+
+    model_s = [r.stage_seconds.get("segment", 0.0) for r in model_runs]
+    model_total = [r.seconds for r in model_runs]
+    replay_s = [r.seconds for r in replay_runs]
+    model_med = statistics.median(model_s)
+    replay_med = statistics.median(replay_s)
+    added = [t - m for t, m in zip(model_total, model_s, strict=True)]
+    best_replay = min(replay_runs, key=lambda r: r.seconds)
+    res.update(
+        masks_per_tile={"mean": round(float(counts.mean()), 1), "min": int(counts.min()), "max": int(counts.max())},
+        buildings_written=model_runs[-1].buildings,
+        model_seconds=common.stats(model_s),
+        model_seconds_per_tile=round(model_med / res["tiles"], 4),
+        model_run_total_seconds=common.stats(model_total),
+        model_run_stages=model_runs[-1].stage_seconds,
+        replay_seconds=common.stats(replay_s),
+        replay_cpu_seconds=common.stats(cpu),
+        replay_stages=best_replay.stage_seconds,
+        cache_write_seconds=round(cache_put, 4),
+        overhead_share=round(replay_med / model_med, 4),
+        overhead_share_with_cache=round((replay_med + cache_put) / model_med, 4),
+        added_wall_share=round(statistics.median(added) / model_med, 4),
+        target="<= 5 % of the model's time",
+    )
+    res["met"] = res["overhead_share"] <= 0.05
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--weights", default=None)
+    ap.add_argument("--quick", action="store_true")
+    a = ap.parse_args()
+    common.write_fragment(a.out, run(a.data, common.default_weights(a.weights), a.quick))
+
+
+if __name__ == "__main__":
+    main()
