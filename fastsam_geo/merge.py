@@ -117,6 +117,9 @@ class TileMerger:
         self._by_tile: dict[int, set[int]] = defaultdict(set)
         self._next_id = 0
         self._window_box: dict[int, object] = {}
+        self._core_box: dict[int, object] = {}
+        self._common: dict[tuple[int, int], object] = {}
+        self._ids: dict[int, str] = {}
         self.pairs_tested = 0
 
     # ------------------------------------------------------------------ geometry helpers
@@ -124,6 +127,21 @@ class TileMerger:
     def pending(self) -> int:
         """Number of pieces waiting for a neighbouring tile."""
         return len(self._geom)
+
+    def _common_box(self, a: int, b: int) -> object:
+        """The region both tiles saw: the intersection of their windows (cached per pair)."""
+        key = (a, b) if a < b else (b, a)
+        box = self._common.get(key)
+        if box is None:
+            box = shapely.intersection(self._win_box(a), self._win_box(b))
+            self._common[key] = box
+        return box
+
+    def _tile_id(self, index: int) -> str:
+        tid = self._ids.get(index)
+        if tid is None:
+            tid = self._ids[index] = self.grid[index].id
+        return tid
 
     def _win_box(self, index: int) -> object:
         box = self._window_box.get(index)
@@ -255,10 +273,7 @@ class TileMerger:
         if old_i.size == 0:
             return
         self.pairs_tested += int(old_i.size)
-        here = self._win_box(index)
-        regions = np.array(
-            [shapely.intersection(self._win_box(self._tile[earlier[k]]), here) for k in old_i], dtype=object
-        )
+        regions = np.array([self._common_box(self._tile[earlier[k]], index) for k in old_i], dtype=object)
         a = shapely.intersection(old_geoms[old_i], regions)
         b = shapely.intersection(new_geoms[new_i], regions)
         inter = shapely.area(shapely.intersection(a, b))
@@ -285,7 +300,6 @@ class TileMerger:
             return MergedObjects.empty()
         geoms, scores, tile_ids, seam, pieces = [], [], [], [], []
         attrs: dict[str, list[object]] = defaultdict(list)
-        grid = self.grid
         for root in sorted(roots):
             members = sorted(self._members[root])
             complete = [m for m in members if self._complete[m]]
@@ -302,7 +316,7 @@ class TileMerger:
                 merged = True
             geoms.append(geom)
             scores.append(max(self._score[m] for m in members))
-            tile_ids.append(";".join(grid[t].id for t in sorted({self._tile[m] for m in members})))
+            tile_ids.append(";".join(self._tile_id(t) for t in sorted({self._tile[m] for m in members})))
             seam.append(merged)
             pieces.append(len(members))
             for k, v in self._attrs[best].items():
@@ -334,5 +348,8 @@ class TileMerger:
 
     def _owns(self, fid: int) -> bool:
         """Does the piece's own tile core hold its representative point?"""
-        core = shapely.box(*self.grid.core_bounds(self._tile[fid]))
+        t = self._tile[fid]
+        core = self._core_box.get(t)
+        if core is None:
+            core = self._core_box[t] = shapely.box(*self.grid.core_bounds(t))
         return bool(shapely.contains(core, shapely.point_on_surface(self._geom[fid])))
