@@ -464,12 +464,14 @@ class WorkerClient:
                     msg = None
                 if msg is None and getattr(proc, "fsg_reader_done", False) and q.empty():
                     msg = {"type": "_died", "why": "died", "returncode": proc.poll()}  # died before we listened
+                now = time.monotonic()
+                # Checked on every message too: a fast model sends progress more often than
+                # every 0.1 s, and a cancel checked only in quiet moments would never be sent.
+                if cancel is not None and cancel_sent is None and cancel():
+                    cancel_sent = now
+                    with contextlib.suppress(OSError):
+                        self._send(proc, {"id": next(self._ids), "cmd": "cancel", "params": {"job": rid}})
                 if msg is None:
-                    now = time.monotonic()
-                    if cancel is not None and cancel_sent is None and cancel():
-                        cancel_sent = now
-                        with contextlib.suppress(OSError):
-                            self._send(proc, {"id": next(self._ids), "cmd": "cancel", "params": {"job": rid}})
                     if cancel_sent is not None and now - cancel_sent > self.cancel_grace:
                         self.log(
                             f"the worker did not stop '{cmd}' within {self.cancel_grace:.0f} s; killing it", "warning"

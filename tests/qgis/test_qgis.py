@@ -23,6 +23,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = Path(__file__).resolve().parent / "scripts"
 QGIS_PYTHON = os.environ.get("FSG_QGIS_PYTHON", "/usr/bin/python3")
+# What QGIS's own Python and Qt must not inherit from this venv's process: its Python paths,
+# and the Qt plugin paths that opencv-python (pulled in by ultralytics) sets when cv2 is
+# imported (QGIS's Qt would load cv2's xcb plugin and abort).
+VENV_ONLY_VARIABLES = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "QT_QPA_PLATFORM_PLUGIN_PATH", "QT_PLUGIN_PATH")
 DEFAULT_WEIGHTS = REPO / "weights" / "fastsam-geo-town-n.pt"
 ENGINE_PYTHON = REPO / ".venv" / "bin" / "python"
 SAMPLE = REPO / "sample_tiles" / "town_s7_1024.tif"
@@ -40,7 +44,10 @@ def _qgis_missing() -> str | None:
             capture_output=True,
             text=True,
             timeout=120,
-            env={**os.environ, "QT_QPA_PLATFORM": "offscreen"},
+            env={
+                **{k: v for k, v in os.environ.items() if k not in VENV_ONLY_VARIABLES},
+                "QT_QPA_PLATFORM": "offscreen",
+            },
         )
     except (OSError, subprocess.SubprocessError) as exc:
         return f"{QGIS_PYTHON} cannot run ({exc}); install QGIS (bash .ci/install-qgis.sh)"
@@ -72,9 +79,10 @@ def engine_ready() -> None:
         pytest.skip(f"the default model {DEFAULT_WEIGHTS} is missing: run weights/make_default.sh")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def mask_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One mask cache for the session's workers (the first run fills it, later runs reuse it)."""
+    """A mask cache of the test's own: a cache warmed by another test would make the cancel and
+    killed-worker runs finish before they can be cancelled or killed."""
     return tmp_path_factory.mktemp("mask-cache")
 
 
@@ -89,7 +97,7 @@ def run_script(
         "PYTHONDONTWRITEBYTECODE": "1",
         **(env or {}),
     }
-    for key in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV"):  # QGIS's Python must not see the venv
+    for key in VENV_ONLY_VARIABLES:  # QGIS's Python must not see the venv
         full_env.pop(key, None)
     full_env["PATH"] = os.pathsep.join(
         p for p in full_env.get("PATH", "").split(os.pathsep) if not p.startswith(str(REPO / ".venv"))
@@ -166,7 +174,7 @@ def test_qgis_process_runs_the_algorithm(
         "YOLO_OFFLINE": "1",
         "FASTSAM_GEO_CACHE": str(mask_cache),
     }
-    for key in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV"):
+    for key in VENV_ONLY_VARIABLES:
         env.pop(key, None)
     home.chmod(0o700)
     r = subprocess.run(

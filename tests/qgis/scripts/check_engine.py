@@ -19,6 +19,7 @@ Run: QT_QPA_PLATFORM=offscreen /usr/bin/python3 tests/qgis/scripts/check_engine.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -30,6 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (
     PLUGIN_NAME,
     RESULT,
+    SAMPLE,
     check,
     click,
     drag,
@@ -54,6 +56,7 @@ from qgis.core import (
     QgsPointXY,
     QgsProcessingFeedback,
     QgsProject,
+    QgsRasterLayer,
     QgsVectorLayer,
 )
 
@@ -181,7 +184,13 @@ def main() -> None:
     # ---------------------------------------------------------------- Processing cancel (feedback)
     fb = CancelAtFirstProgress()
     t0 = time.monotonic()
-    params = {"INPUT": layer, "OUTPUT": str(tmp / "cancelled.gpkg"), "DEVICE": "cpu", "TILE_SIZE": 256, "OVERLAP": 32}
+    params = {
+        "INPUT": cold_copy(tmp, "cancel_processing"),
+        "OUTPUT": str(tmp / "cancelled.gpkg"),
+        "DEVICE": "cpu",
+        "TILE_SIZE": 256,
+        "OVERLAP": 32,
+    }
     if WEIGHTS:
         params["WEIGHTS"] = WEIGHTS
     res = processing.run("fastsam_geo:extract_buildings", params, feedback=fb)
@@ -318,6 +327,7 @@ def main() -> None:
         check("default style: semi-transparent fill", sym.color().alpha() < 255, sym.color().name())
 
     # ---------------------------------------------------------------- cancel
+    dock.layer_combo.setLayer(cold_copy(tmp, "cancel_panel"))
     dock.output_combo.setCurrentIndex(dock.output_combo.findData("memory"))
     dock.tile_spin.setValue(256)
     dock.overlap_spin.setValue(32)
@@ -342,6 +352,7 @@ def main() -> None:
     )
 
     # ---------------------------------------------------------------- a dead worker
+    dock.layer_combo.setLayer(cold_copy(tmp, "killed_worker"))
     n0 = len(finished)
     task = dock.run()
     wait(lambda: task.worker_pid is not None, 60)
@@ -374,6 +385,14 @@ def main() -> None:
 
     qgis.utils.unloadPlugin(PLUGIN_NAME)
     check("unload stops the worker", wait(lambda: not pid_alive(new_pid), 15), new_pid)
+
+
+def cold_copy(tmp: Path, name: str) -> QgsRasterLayer:
+    """The sample tile under a new name: not in the mask cache (its keys hold the file), so a
+    run over it takes long enough to be cancelled or killed part-way."""
+    path = tmp / f"{name}.tif"
+    shutil.copyfile(SAMPLE, path)
+    return raster_layer(path)
 
 
 def model_checks(layer, tmp: Path, n_buildings: int) -> None:
