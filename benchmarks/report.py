@@ -677,7 +677,12 @@ def render(r: dict[str, Any]) -> str:
     L.append("## How to repeat")
     L.append("")
     L.append(
-        "`make bench` (about half an hour on 2 cores; the first run also creates `.venv-peer`). "
+        f"`make bench` ({r['total_seconds'] / 60:.0f} min in the run above"
+        if r.get("total_seconds")
+        else "`make bench` ("
+    )
+    L[-1] += (
+        "; a first run also creates `.venv-peer`, about 2 min). "
         "`.venv/bin/python benchmarks/run.py --only overhead,merge` runs a subset; `--quick` is a smoke run whose "
         "figures mean nothing; `--data-dir DIR` keeps the synthetic rasters between runs. "
         "`benchmarks/bench_masks.py` is a separate by-hand timing of mask assembly."
@@ -730,7 +735,11 @@ def _why_not(r: dict[str, Any]) -> list[str]:
             "µs per polygon: " + ", ".join(str(x["us_per_polygon"]) for x in g["rows"]) + "."
         )
     if g.get("met_1e6") is False and not _failed(g) and g.get("rows"):
-        out.append(f"Merging {g['rows'][-1]['polygons_in']:,} polygons took {g['rows'][-1]['merge_seconds']:.1f} s.")
+        out.append(
+            f"Merging {g['rows'][-1]['polygons_in']:,} polygons took {g['rows'][-1]['merge_seconds']:.1f} s "
+            f"(µs per polygon: {', '.join(str(x['us_per_polygon']) for x in g['rows'])} for the three sizes: the "
+            "growth is close to linear, the constant is too high for this target on this machine)."
+        )
     p = b.get("reprompt", {})
     if p and not _failed(p):
         for kind in ("point", "box"):
