@@ -1,9 +1,10 @@
 """Instance masks to polygons in map coordinates.
 
-Each mask is traced by GDAL's polygonizer (``rasterio.features.shapes``) on its crop only,
-so the cost follows the objects, not the tile. Polygons follow pixel edges exactly
-(holes kept, always valid); simplification happens once, after seams are merged
-(:func:`simplify`), so that pieces of one building still meet exactly at a seam.
+Masks are traced by GDAL's polygonizer (``rasterio.features.shapes``): masks that do not
+overlap share one label image and one call (its set-up costs more than tracing a building),
+each traced only over the area the masks cover. Polygons follow pixel edges exactly (holes
+kept, always valid); simplification happens once, after seams are merged (:func:`simplify`),
+so that pieces of one building still meet exactly at a seam.
 """
 
 from __future__ import annotations
