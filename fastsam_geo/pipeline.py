@@ -462,8 +462,33 @@ def extract_buildings(
 
                 batch: list[Tile] = []
 
-                def run_batch(tiles: list[Tile]) -> None:
+                def book(
+                    index: int,
+                    tile_id: str,
+                    status: str,
+                    geoms: Sequence[Any],
+                    scores: Sequence[float],
+                    labels: Sequence[str],
+                    error: str = "",
+                    *,
+                    replayed: bool = False,
+                ) -> None:
+                    """Account for one finished tile (done, nodata or failed): tile table, ledger
+                    (unless replayed from it), summary counts and progress."""
                     nonlocal done
+                    tiles_table.append({"tile_id": tile_id, "status": status, "objects": len(geoms), "error": error})
+                    if not replayed:
+                        ledger.record(index, tile_id, status, geoms, scores, list(labels), error)
+                    summary.tiles_processed += int(status == "done")
+                    summary.tiles_nodata += int(status == "nodata")
+                    summary.tiles_failed += int(status == "failed")
+                    if status == "failed":
+                        summary.failures.append(f"{tile_id}: {error}")
+                    done += 1
+                    if progress is not None and not replayed:
+                        progress(done, len(specs))
+
+                def run_batch(tiles: list[Tile]) -> None:
                     t0 = time.perf_counter()
                     results = segmenter.segment(tiles)
                     t0 = timer.add("segment", t0)
@@ -476,36 +501,25 @@ def extract_buildings(
                         finals = merger.add(tile.index, geoms[ok], sel.scores[ok], {"prompt": [label] * int(ok.sum())})
                         timer.add("merge", t0)
                         emit(finals)
+                        book(tile.index, tile.id, "done", geoms[ok], sel.scores[ok], [label] * int(ok.sum()))
                         t0 = time.perf_counter()
-                        tiles_table.append(
-                            {"tile_id": tile.id, "status": "done", "objects": int(ok.sum()), "error": ""}
-                        )
-                        ledger.record(tile.index, tile.id, "done", geoms[ok], sel.scores[ok], [label] * int(ok.sum()))
-                        summary.tiles_processed += 1
-                        done += 1
-                        if progress is not None:
-                            progress(done, len(specs))
 
                 if resume:
                     for rec in ledger.records():
                         if rec.status == "done":
                             emit(merger.add(rec.index, rec.geoms, rec.scores, {"prompt": rec.labels}))
-                            summary.tiles_processed += 1
                         else:
                             emit(merger.skip(rec.index))
-                            summary.tiles_nodata += rec.status == "nodata"
-                            summary.tiles_failed += rec.status == "failed"
-                            if rec.status == "failed":
-                                summary.failures.append(f"{rec.tile_id}: {rec.error}")
-                        tiles_table.append(
-                            {
-                                "tile_id": rec.tile_id,
-                                "status": rec.status,
-                                "objects": len(rec.geoms),
-                                "error": rec.error,
-                            }
+                        book(
+                            rec.index,
+                            rec.tile_id,
+                            rec.status,
+                            rec.geoms,
+                            rec.scores,
+                            rec.labels,
+                            rec.error,
+                            replayed=True,
                         )
-                        done += 1
                     finished = {r["tile_id"] for r in tiles_table}
                     specs_left = [sp for sp in specs if sp.id not in finished]
                     summary.tiles_resumed = done
@@ -515,28 +529,15 @@ def extract_buildings(
                 for item in _prefetch(src, specs_left, info.crs, prefetch * max(batch_size, 1)):
                     timer.add("read_wait", t_read)
                     check_cancel()
-                    if item.tile is None:
-                        summary.tiles_failed += 1
-                        summary.failures.append(f"{item.spec.id}: {item.error}")
-                        tiles_table.append(
-                            {"tile_id": item.spec.id, "status": "failed", "objects": 0, "error": item.error or ""}
-                        )
-                        ledger.record(item.spec.index, item.spec.id, "failed", [], [], [], item.error or "")
+                    if item.tile is None or (item.tile.nodata is not None and item.tile.nodata.all()):
                         emit(merger.skip(item.spec.index))
-                        done += 1
-                    elif item.tile.nodata is not None and item.tile.nodata.all():
-                        summary.tiles_nodata += 1
-                        tiles_table.append({"tile_id": item.spec.id, "status": "nodata", "objects": 0, "error": ""})
-                        ledger.record(item.spec.index, item.spec.id, "nodata", [], [], [])
-                        emit(merger.skip(item.spec.index))
-                        done += 1
+                        status = "failed" if item.tile is None else "nodata"
+                        book(item.spec.index, item.spec.id, status, [], [], [], item.error or "")
                     else:
                         batch.append(item.tile)
                         if len(batch) >= max(batch_size, 1):
                             run_batch(batch)
                             batch = []
-                    if progress is not None and item.tile is None:
-                        progress(done, len(specs))
                     t_read = time.perf_counter()
                 if batch:
                     check_cancel()
