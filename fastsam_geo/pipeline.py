@@ -240,20 +240,13 @@ class _CacheOnly:
     def __init__(
         self, raster: str | os.PathLike[str], weights: str | os.PathLike[str] | None, conf: float, iou: float
     ) -> None:
+        from fastsam_geo.segment import mask_settings
         from fastsam_geo.weights import resolve_weights, sha256_file
 
         self.raster = raster
         self.weights_path = resolve_weights(weights)
         self.weights_sha256 = sha256_file(self.weights_path)
-        self.metadata = {
-            "weights_sha256": self.weights_sha256,
-            "half": False,
-            "conf": float(conf),
-            "iou": float(iou),
-            "max_det": 1000,
-            "imgsz": None,
-            "min_area_px": 0,
-        }
+        self.metadata = mask_settings(self.weights_sha256, conf=conf, iou=iou)
 
     def segment(self, tiles: Sequence[Tile]) -> list[InstanceMasks]:
         ids = ", ".join(t.id for t in tiles[:3])

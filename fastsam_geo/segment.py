@@ -292,9 +292,7 @@ def resolve_device(device: str | int | None = "auto") -> torch.device:
             "install a CUDA build of torch or use device='cpu'."
         )
     if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise DependencyError(
-            f"device={device!r} asked for Apple MPS, which is not available here; use device='cpu'."
-        )
+        raise DependencyError(f"device={device!r} asked for Apple MPS, which is not available here; use device='cpu'.")
     return dev
 
 
@@ -314,6 +312,36 @@ class RawPrediction:
 
 
 # ---------------------------------------------------------------------- the adapter
+DEFAULT_MAX_DET = 1000
+
+
+def mask_settings(
+    weights_sha256: str,
+    *,
+    conf: float,
+    iou: float,
+    max_det: int = DEFAULT_MAX_DET,
+    imgsz: int | None = None,
+    min_area_px: int = 0,
+    half: bool = False,
+) -> dict[str, Any]:
+    """The settings that decide a tile's everything masks, with :class:`FastSAMSegmenter`'s
+    defaults: what cache keys are built from (``cache.key_fn_for``).
+
+    >>> mask_settings("ab", conf=0.25, iou=0.7)["max_det"]
+    1000
+    """
+    return {
+        "weights_sha256": weights_sha256,
+        "half": bool(half),
+        "conf": float(conf),
+        "iou": float(iou),
+        "max_det": int(max_det),
+        "imgsz": imgsz,
+        "min_area_px": int(min_area_px),
+    }
+
+
 class FastSAMSegmenter:
     """FastSAM "segment everything" on tiles, with masks assembled inside their boxes.
 
@@ -352,7 +380,7 @@ class FastSAMSegmenter:
         batch_size: int | None = None,
         conf: float = 0.25,
         iou: float = 0.7,
-        max_det: int = 1000,
+        max_det: int = DEFAULT_MAX_DET,
         imgsz: int | None = None,
         threads: int | None = None,
         min_area_px: int = 0,
@@ -409,9 +437,7 @@ class FastSAMSegmenter:
             ) from e
         net = wrapper.model
         if not isinstance(net, torch.nn.Module):
-            raise WeightsError(
-                f"Model weights {path} are not a PyTorch .pt checkpoint; use a FastSAM .pt file."
-            )
+            raise WeightsError(f"Model weights {path} are not a PyTorch .pt checkpoint; use a FastSAM .pt file.")
         head = net.model[-1] if hasattr(net, "model") and len(net.model) else None
         if getattr(wrapper, "task", None) != "segment" or not hasattr(head, "nm"):
             raise WeightsError(
@@ -439,14 +465,16 @@ class FastSAMSegmenter:
         """What produced the masks (for output metadata and cache keys)."""
         return {
             "weights": str(self.weights_path),
-            "weights_sha256": self.weights_sha256,
             "device": str(self.device),
-            "half": self.half,
-            "conf": self.conf,
-            "iou": self.iou,
-            "max_det": self.max_det,
-            "imgsz": self.imgsz,
-            "min_area_px": self.min_area_px,
+            **mask_settings(
+                self.weights_sha256,
+                conf=self.conf,
+                iou=self.iou,
+                max_det=self.max_det,
+                imgsz=self.imgsz,
+                min_area_px=self.min_area_px,
+                half=self.half,
+            ),
         }
 
     # ------------------------------------------------------------------ inference

@@ -312,3 +312,26 @@ def test_resume_refuses_other_settings_and_new_run_refuses_stale_ledger(
     assert r.exit_code == 1 and "--resume" in r.output
     r = CliRunner().invoke(main, ["extract", str(small.raster), str(out), "--no-cache", "--resume", *weights])
     assert r.exit_code == 1 and "other settings" in r.output
+
+
+@pytest.mark.model
+def test_prompt_finds_the_tiles_extract_cached(small: Scene, tmp_path: Path, random_fastsam_s: Path) -> None:
+    """`prompt` never runs the model, so it must build the very cache keys `extract` wrote."""
+    common = ["-w", str(random_fastsam_s), "--conf", "0.01", "--cache-dir", str(tmp_path / "cache")]
+    r = run_cli("-q", "extract", str(small.raster), str(tmp_path / "all.gpkg"), "--no-filter", *common)
+    assert r.returncode == 0, r.stderr
+    centre = shapely.box(*small.truth.total_bounds).centroid
+    r = run_cli("prompt", str(small.raster), str(tmp_path / "one.gpkg"), "--point", f"{centre.x},{centre.y}", *common)
+    assert r.returncode == 0, r.stderr
+    assert "not in the mask cache" not in r.stderr
+    r = run_cli(
+        "prompt",
+        str(small.raster),
+        str(tmp_path / "two.gpkg"),
+        "--point",
+        f"{centre.x},{centre.y}",
+        *common[:-2],
+        "--cache-dir",
+        str(tmp_path / "empty"),
+    )
+    assert r.returncode == 1 and "not in the mask cache" in r.stderr
