@@ -101,27 +101,24 @@ def _prefetch(src: RasterSource, specs: Sequence[TileSpec], crs: object, depth: 
     def work() -> None:
         # GDAL's block cache defaults to 5 % of RAM and keeps every block read: capped, the
         # memory of a run stays flat in the raster's size (one row of tiles still fits).
-        env = rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB)
-        env.__enter__()
         try:
-            for spec in specs:
-                if stop.is_set():
-                    return
-                try:
-                    image, nodata = src.read(spec.window)
-                    item = _Item(
-                        spec, Tile(image, spec.window, spec.transform, crs, spec.core, nodata, spec.index, spec.id)
-                    )
-                except RasterError as exc:
-                    item = _Item(spec, None, str(exc))
-                while not stop.is_set():
+            with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+                for spec in specs:
+                    if stop.is_set():
+                        return
                     try:
-                        q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
+                        image, nodata = src.read(spec.window)
+                        tile = Tile(image, spec.window, spec.transform, crs, spec.core, nodata, spec.index, spec.id)
+                        item = _Item(spec, tile)
+                    except RasterError as exc:
+                        item = _Item(spec, None, str(exc))
+                    while not stop.is_set():
+                        try:
+                            q.put(item, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
         finally:
-            env.__exit__(None, None, None)
             q.put(None)
 
     thread = threading.Thread(target=work, name="fastsam-geo-reader", daemon=True)
