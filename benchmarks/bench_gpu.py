@@ -12,7 +12,6 @@ Usage: ``python benchmarks/bench_gpu.py --data DIR --out FILE.json [--quick]``
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
@@ -116,11 +115,7 @@ def run(data: Path, quick: bool = False) -> dict[str, Any]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, required=True)
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--weights", default=None, help="(unused: the FastSAM-s architecture is timed)")
-    ap.add_argument("--quick", action="store_true")
+    ap = common.arg_parser(__doc__, weights_help="(unused: the FastSAM-s architecture is timed)")
     a = ap.parse_args()
     common.write_fragment(a.out, run(a.data, a.quick))
 

@@ -28,30 +28,8 @@ from rasterio.windows import Window
 
 from fastsam_geo.segment import FastSAMSegmenter, assemble_masks, letterbox_image, letterbox_params
 from fastsam_geo.synthetic import plan_scene, render_block
+from fastsam_geo.testing import random_fastsam_checkpoint
 from fastsam_geo.tiling import Tile
-
-
-def random_checkpoint(folder: Path) -> Path:
-    """A FastSAM-s-architecture checkpoint with random weights (as tests/conftest.py builds it)."""
-    import torch
-    from ultralytics.nn.tasks import SegmentationModel
-
-    torch.manual_seed(0)
-    model = SegmentationModel("yolov8s-seg.yaml", nc=1, verbose=False)
-    model.names = {0: "object"}
-    model.args = {"task": "segment", "imgsz": 1024}
-    path = folder / "FastSAM-s-random.pt"
-    torch.save(
-        {
-            "model": model.half(),
-            "train_args": {"task": "segment", "imgsz": 1024},
-            "epoch": -1,
-            "date": None,
-            "version": "8.4",
-        },
-        path,
-    )
-    return path
 
 
 def timed(fn: Callable[[], object], repeat: int) -> tuple[float, object]:
@@ -81,16 +59,12 @@ def main() -> None:
     from ultralytics.utils import ops
 
     with tempfile.TemporaryDirectory() as tmp:
-        weights = args.weights or random_checkpoint(Path(tmp))
+        weights = args.weights or random_fastsam_checkpoint(Path(tmp) / "FastSAM-s-random.pt")
         n = args.size
-        image = np.ascontiguousarray(
-            render_block(plan_scene(n, n, seed=3), Window(0, 0, n, n)).transpose(1, 2, 0)
-        )
+        image = np.ascontiguousarray(render_block(plan_scene(n, n, seed=3), Window(0, 0, n, n)).transpose(1, 2, 0))
         tile = Tile(image, Window(0, 0, n, n), Affine.identity(), None, Window(0, 0, n, n))
 
-        seg = FastSAMSegmenter(
-            weights, device="cpu", conf=args.conf, max_det=args.max_det, threads=args.threads
-        )
+        seg = FastSAMSegmenter(weights, device="cpu", conf=args.conf, max_det=args.max_det, threads=args.threads)
         lb = letterbox_params((n, n), (n, n), resize=False)
         x = torch.from_numpy(letterbox_image(image, lb)[None]).permute(0, 3, 1, 2).float().div_(255)
 
@@ -151,9 +125,7 @@ def main() -> None:
             det[:, 6:] = rng.standard_normal((k, nm))
             t_own, _ = timed(lambda det=det: assemble_masks(det, raw.protos, raw.letterbox), args.repeat)
             td, tp = torch.from_numpy(det), torch.from_numpy(raw.protos)
-            t_ref, _ = timed(
-                lambda td=td, tp=tp: ops.process_mask_native(tp, td[:, 6:], td[:, :4], (n, n)), 1
-            )
+            t_ref, _ = timed(lambda td=td, tp=tp: ops.process_mask_native(tp, td[:, 6:], td[:, :4], (n, n)), 1)
             print(
                 f"    assembly of {k} {label}: in-box crops {t_own:6.3f} s, "
                 f"ultralytics process_mask_native {t_ref:6.3f} s"

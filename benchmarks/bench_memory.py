@@ -13,7 +13,6 @@ Usage: ``python benchmarks/bench_memory.py --data DIR --out FILE.json [--weights
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -137,11 +136,7 @@ def run(data: Path, weights: Path | None, quick: bool = False) -> dict[str, Any]
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, required=True)
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--weights", default=None)
-    ap.add_argument("--quick", action="store_true")
+    ap = common.arg_parser(__doc__)
     a = ap.parse_args()
     common.write_fragment(a.out, run(a.data, common.default_weights(a.weights), a.quick))
 

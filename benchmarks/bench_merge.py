@@ -16,7 +16,6 @@ Usage: ``python benchmarks/bench_merge.py --data DIR --out FILE.json [--quick]``
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import time
@@ -232,11 +231,7 @@ def run(data: Path, quick: bool = False) -> dict[str, Any]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, required=True)
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--weights", default=None, help="(unused)")
-    ap.add_argument("--quick", action="store_true")
+    ap = common.arg_parser(__doc__, weights_help="(unused)")
     a = ap.parse_args()
     common.write_fragment(a.out, run(a.data, a.quick))
 

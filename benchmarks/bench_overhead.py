@@ -12,7 +12,6 @@ Usage: ``python benchmarks/bench_overhead.py --data DIR --out FILE.json [--weigh
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import tempfile
@@ -107,11 +106,7 @@ def run(data: Path, weights: Path | None, quick: bool = False) -> dict[str, Any]
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, required=True)
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--weights", default=None)
-    ap.add_argument("--quick", action="store_true")
+    ap = common.arg_parser(__doc__)
     a = ap.parse_args()
     common.write_fragment(a.out, run(a.data, common.default_weights(a.weights), a.quick))
 

@@ -18,7 +18,6 @@ Usage: ``python benchmarks/bench_peer.py --data DIR --out FILE.json [--weights P
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -182,11 +181,7 @@ def run(data: Path, weights: Path | None, quick: bool = False) -> dict[str, Any]
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, required=True)
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--weights", default=None)
-    ap.add_argument("--quick", action="store_true")
+    ap = common.arg_parser(__doc__)
     ap.add_argument("--setup-only", action="store_true", help="only create .venv-peer")
     a = ap.parse_args()
     if a.setup_only:

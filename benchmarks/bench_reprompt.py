@@ -15,7 +15,6 @@ Usage: ``python benchmarks/bench_reprompt.py --data DIR --out FILE.json [--weigh
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import tempfile
@@ -169,12 +168,8 @@ def run(data: Path, weights: Path | None, quick: bool = False, clip_model: str =
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, required=True)
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--weights", default=None)
+    ap = common.arg_parser(__doc__)
     ap.add_argument("--clip-model", default="ViT-B-32")
-    ap.add_argument("--quick", action="store_true")
     a = ap.parse_args()
     common.write_fragment(a.out, run(a.data, common.default_weights(a.weights), a.quick, a.clip_model))
 

@@ -18,7 +18,6 @@ Usage: ``python benchmarks/bench_throughput.py --data DIR --out FILE.json [--qui
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import tempfile
@@ -232,11 +231,7 @@ def run(data: Path, quick: bool = False) -> dict[str, Any]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, required=True)
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--weights", default=None, help="(unused: this benchmark uses the FastSAM-s architecture)")
-    ap.add_argument("--quick", action="store_true")
+    ap = common.arg_parser(__doc__, weights_help="(unused: this benchmark uses the FastSAM-s architecture)")
     a = ap.parse_args()
     common.write_fragment(a.out, run(a.data, a.quick))
 

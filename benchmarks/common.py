@@ -6,6 +6,7 @@ Nothing here is a test: these helpers measure. Every benchmark module imports th
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import hashlib
 import json
@@ -221,12 +222,14 @@ def default_weights(explicit: str | None = None) -> Path | None:
     return DEFAULT_WEIGHTS if DEFAULT_WEIGHTS.is_file() else None
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
+def arg_parser(doc: str | None, weights_help: str = "weights of the default-model figures") -> argparse.ArgumentParser:
+    """The options every benchmark module takes when run.py starts it: --data, --out, --weights, --quick."""
+    ap = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
+    ap.add_argument("--data", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--weights", default=None, help=weights_help)
+    ap.add_argument("--quick", action="store_true")
+    return ap
 
 
 # ---------------------------------------------------------------------- segmenter wrappers

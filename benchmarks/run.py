@@ -27,6 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
 import report
 
+from fastsam_geo.weights import sha256_file
+
 # name -> (module, time limit in seconds); run in this order
 BENCHMARKS: dict[str, tuple[str, int]] = {
     "overhead": ("bench_overhead.py", 600),
@@ -124,7 +126,7 @@ def main() -> None:
         "gpu": None,
         "default_model": (
             f"{weights.relative_to(common.REPO) if weights.is_relative_to(common.REPO) else weights} "
-            f"(sha256 {common.file_sha256(weights)[:16]})"
+            f"(sha256 {sha256_file(weights)[:16]})"
         )
         if weights
         else None,
