@@ -108,6 +108,13 @@ def sample(output: Path, size: int, seed: int, pixel_size: float, crs: str, dens
 @click.option("--seed", default=0, show_default=True)
 @click.option("--hours", type=float, default=None, help="Stop after this many hours (ultralytics' time budget).")
 @click.option(
+    "--gsd",
+    type=click.FloatRange(min=0.01, max=100.0),
+    default=None,
+    help="Working ground resolution in metres per pixel: every raster is read resampled to it, "
+    "and it is stored in the model for `extract` (default: each raster's own).",
+)
+@click.option(
     "--work-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
@@ -125,6 +132,7 @@ def train(
     workers: int,
     seed: int,
     hours: float | None,
+    gsd: float | None,
     work_dir: Path | None,
 ) -> None:
     """Build a YOLO-seg dataset from RASTERS and --labels footprints, fine-tune BASE with
@@ -150,6 +158,7 @@ def train(
         seed=seed,
         time_hours=hours,
         work_dir=work_dir,
+        gsd=gsd,
     )
     click.echo(
         f"{result.weights}: {result.epochs} epochs in {result.seconds:.0f} s "

@@ -9,6 +9,10 @@ reads) and answers one question: the 8-bit RGB pixels and the nodata mask of a w
   is stretched with *global* per-band percentiles computed once from overviews or a
   sample of windows, never per tile (per-tile statistics make seams in brightness).
 - Nodata: the dataset mask (nodata value, alpha band or internal mask) and NaNs.
+- Working resolution (``gsd``): a raster much finer or coarser than the model's working
+  ground resolution is seen through a *working grid* covering the same bounds at that
+  resolution; every window of that grid is read resampled (GDAL uses the file's overviews
+  when it shrinks), so tiles, prompts and polygons all live in one consistent grid.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import Literal
 
 import numpy as np
 import rasterio
+from affine import Affine
 from rasterio.enums import ColorInterp, Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
@@ -29,6 +34,65 @@ from rasterio.windows import Window
 from fastsam_geo.errors import RasterError
 
 StretchMode = Literal["auto", "none", "percentile"]
+
+#: A raster within this ratio of the working resolution is read as it is (no resampling).
+GSD_TOLERANCE = 1.2
+
+
+def ground_resolution(crs: rasterio.crs.CRS, transform: Affine, width: int, height: int) -> tuple[float, float]:
+    """Metres on the ground per pixel (x, y) at the raster's centre, on the WGS84 ellipsoid.
+
+    True ground metres whatever the CRS: degrees (EPSG:4326) and web-mercator "metres"
+    (EPSG:3857, too large by 1/cos(latitude)) are both measured geodesically.
+
+    >>> from rasterio.crs import CRS
+    >>> gx, gy = ground_resolution(CRS.from_epsg(32633), Affine(0.5, 0, 500000, 0, -0.5, 4649000), 100, 100)
+    >>> round(gx, 3), round(gy, 3)
+    (0.5, 0.5)
+    >>> gx, gy = ground_resolution(CRS.from_epsg(4326), Affine(1e-5, 0, 0, 0, -1e-5, 0.0005), 100, 100)
+    >>> round(gx, 3), round(gy, 3)
+    (1.113, 1.106)
+    """
+    from pyproj import CRS as PCRS
+    from pyproj import Geod, Transformer
+
+    try:
+        to_geo = Transformer.from_crs(PCRS.from_user_input(crs.to_wkt()), PCRS.from_epsg(4326), always_xy=True)
+        cx, cy = transform * (width / 2, height / 2)
+        px, py = transform * (width / 2 + 1, height / 2)
+        qx, qy = transform * (width / 2, height / 2 + 1)
+        (lon0, lon1, lon2), (lat0, lat1, lat2) = to_geo.transform([cx, px, qx], [cy, py, qy])
+        geod = Geod(ellps="WGS84")
+        gx = geod.inv(lon0, lat0, lon1, lat1)[2]
+        gy = geod.inv(lon0, lat0, lon2, lat2)[2]
+        if gx > 0 and gy > 0 and np.isfinite(gx) and np.isfinite(gy):
+            return float(gx), float(gy)
+    except Exception:  # a local/engineering CRS: fall back on its linear units
+        pass
+    unit = float(crs.linear_units_factor[1]) if not crs.is_geographic else 111_320.0
+    return abs(transform.a) * unit, abs(transform.e) * unit
+
+
+def working_grid(
+    width: int, height: int, transform: Affine, native_gsd: float, gsd: float | None, tolerance: float = GSD_TOLERANCE
+) -> tuple[int, int, Affine]:
+    """The grid (width, height, transform) at ground resolution ``gsd`` over the same bounds.
+
+    The raster's own grid when ``gsd`` is None or within ``tolerance`` of ``native_gsd``.
+
+    >>> t = Affine(0.05, 0, 0, 0, -0.05, 100)
+    >>> w, h, t2 = working_grid(4000, 2000, t, 0.05, 0.3)
+    >>> (w, h, round(t2.a, 4), round(t2.e, 4))
+    (667, 333, 0.2999, -0.3003)
+    >>> working_grid(1000, 1000, t, 0.05, 0.055)[:2]
+    (1000, 1000)
+    """
+    if gsd is None or gsd <= 0 or 1 / tolerance <= gsd / native_gsd <= tolerance:
+        return width, height, transform
+    factor = gsd / native_gsd
+    w = max(1, round(width / factor))
+    h = max(1, round(height / factor))
+    return w, h, transform * Affine.scale(width / w, height / h)
 
 
 @dataclass(frozen=True)
@@ -104,6 +168,16 @@ class RasterInfo:
     nodata: float | None
     bands: tuple[int, int, int]
     overviews: int
+    native_width: int = 0
+    native_height: int = 0
+    native_transform: Affine | None = None
+    native_gsd_m: float = 0.0
+    gsd_m: float = 0.0
+
+    @property
+    def resampled(self) -> bool:
+        """True when tiles are read at a working resolution other than the raster's own."""
+        return (self.width, self.height) != (self.native_width, self.native_height)
 
     @property
     def is_geographic(self) -> bool:
@@ -164,6 +238,10 @@ class RasterSource:
         stretch: ``"auto"`` (8-bit unchanged, other dtypes percentile-stretched),
             ``"percentile"`` (always) or ``"none"`` (clip to 0-255).
         percentiles: low and high percentiles of the global stretch.
+        gsd: working ground resolution in metres per pixel (None: the raster's own). A
+            raster more than ``GSD_TOLERANCE`` times finer or coarser is read resampled to
+            it: ``info`` then describes the working grid (same bounds, other pixel size),
+            and :meth:`read` takes windows of that grid.
     """
 
     def __init__(
@@ -173,6 +251,7 @@ class RasterSource:
         bands: Sequence[int] | None = None,
         stretch: StretchMode = "auto",
         percentiles: tuple[float, float] = (2.0, 98.0),
+        gsd: float | None = None,
     ) -> None:
         self.path = os.fspath(path)
         self._ds = _open(self.path)
@@ -194,21 +273,43 @@ class RasterSource:
         except Exception:
             self._ds.close()
             raise
+        self.info = self._describe(dtype, gsd)
+        self._scale = (self._ds.width / self.info.width, self._ds.height / self.info.height)
+
+    def _describe(self, dtype: str, gsd: float | None) -> RasterInfo:
         ds = self._ds
-        self.info = RasterInfo(
+        gx, gy = ground_resolution(ds.crs, ds.transform, ds.width, ds.height)
+        native = (gx + gy) / 2
+        w, h, t = working_grid(ds.width, ds.height, ds.transform, native, gsd)
+        return RasterInfo(
             path=self.path,
-            width=ds.width,
-            height=ds.height,
+            width=w,
+            height=h,
             count=ds.count,
             dtype=dtype,
             crs=ds.crs,
-            transform=ds.transform,
+            transform=t,
             bounds=tuple(ds.bounds),
-            res=ds.res,
+            res=(abs(t.a), abs(t.e)),
             nodata=ds.nodata,
             bands=self.bands,
             overviews=len(ds.overviews(1)),
+            native_width=ds.width,
+            native_height=ds.height,
+            native_transform=ds.transform,
+            native_gsd_m=native,
+            gsd_m=native * ds.width / w,
         )
+
+    def source_window(self, window: Window) -> Window:
+        """The window of the file's own pixels that ``window`` (of the working grid) covers.
+
+        Fractional where the grids do not line up; GDAL reads it with sub-pixel accuracy.
+        """
+        sx, sy = self._scale
+        if sx == sy == 1.0:
+            return window
+        return Window(window.col_off * sx, window.row_off * sy, window.width * sx, window.height * sy)
 
     # -------------------------------------------------------------- context manager
     def __enter__(self) -> RasterSource:
@@ -275,9 +376,17 @@ class RasterSource:
         """
         ds = self._ds
         uniq = list(dict.fromkeys(self.bands))
+        src_win = self.source_window(window)
+        shape = (int(window.height), int(window.width))
+        # shrinking averages (area), enlarging is bilinear; the mask takes the nearest pixel
+        resampling = Resampling.average if self._scale[0] > 1 else Resampling.bilinear
         try:
-            data = ds.read(uniq, window=window)
-            valid = ds.dataset_mask(window=window) > 0
+            if src_win is window:
+                data = ds.read(uniq, window=window)
+                valid = ds.dataset_mask(window=window) > 0
+            else:
+                data = ds.read(uniq, window=src_win, out_shape=(len(uniq), *shape), resampling=resampling)
+                valid = ds.dataset_mask(window=src_win, out_shape=shape) > 0
         except RasterioIOError as exc:
             reason = str(exc).split("\n")[0]
             raise RasterError(

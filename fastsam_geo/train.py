@@ -49,6 +49,23 @@ def bridge_holes(poly: Polygon) -> np.ndarray:
     return ring
 
 
+def pad_to(img: np.ndarray, size: int) -> np.ndarray:
+    """``img`` padded with black to at least ``size`` x ``size`` (right and bottom).
+
+    Ultralytics stretches every training image to a square; a small crop padded first keeps
+    its ground resolution.
+
+    >>> pad_to(np.ones((3, 5, 3), np.uint8), 4).shape
+    (4, 5, 3)
+    """
+    h, w = img.shape[:2]
+    if h >= size and w >= size:
+        return img
+    out = np.zeros((max(h, size), max(w, size), *img.shape[2:]), img.dtype)
+    out[:h, :w] = img
+    return out
+
+
 @dataclass
 class DatasetSummary:
     """What :func:`build_dataset` wrote."""
@@ -83,10 +100,14 @@ def build_dataset(
     val_fraction: float = 0.15,
     seed: int = 0,
     min_area_px: float = 12.0,
+    gsd: float | None = None,
 ) -> DatasetSummary:
     """Write a YOLO-seg dataset (images/, labels/, data.yaml) from rasters and footprints.
 
-    ``labels`` is one footprint file for all rasters, or one per raster.
+    ``labels`` is one footprint file for all rasters, or one per raster (any CRS: each is
+    brought to its raster's). ``gsd`` reads every raster at that ground resolution
+    (metres per pixel), as ``extract`` does with the trained model. Crops smaller than
+    ``crop`` (small rasters) are padded to ``crop`` so that every crop keeps its scale.
     """
     out = Path(out_dir)
     if isinstance(labels, (str, os.PathLike, gpd.GeoDataFrame)):
@@ -107,7 +128,7 @@ def build_dataset(
         key = id(lab)
         if key not in cache:
             cache[key] = _read_labels(lab)
-        with RasterSource(raster) as src:
+        with RasterSource(raster, gsd=gsd) as src:
             gdf = cache[key].to_crs(src.info.crs)
             geoms = gdf.geometry.values
             tree = shapely.STRtree(geoms)
@@ -117,13 +138,14 @@ def build_dataset(
                 img, nodata = src.read(spec.window)
                 if nodata is not None and nodata.mean() > 0.5:
                     continue
+                img = pad_to(img, crop)
                 left, bottom, right, top = grid.window_bounds(spec.index)
                 win_box = shapely.box(left, bottom, right, top)
                 hits = tree.query(win_box, predicate="intersects")
                 inv = ~spec.transform
                 mat = [inv.a, inv.b, inv.d, inv.e, inv.c, inv.f]
                 lines = []
-                h, w = img.shape[:2]
+                h, w = img.shape[:2]  # normalised by the padded size: padding lies right and below
                 for g in shapely.intersection(geoms[hits], win_box):
                     g = shapely.affinity.affine_transform(g, mat)
                     for part in shapely.get_parts(g):
@@ -177,11 +199,15 @@ def train(
     time_hours: float | None = None,
     work_dir: str | os.PathLike[str] | None = None,
     threads: int | None = None,
+    gsd: float | None = None,
 ) -> TrainResult:
     """Build the dataset, fine-tune ``base`` with ultralytics, copy the best weights to ``output``.
 
     ``base`` is a FastSAM/YOLOv8-seg checkpoint to fine-tune (``FastSAM-s.pt``) or a model
-    yaml to train from scratch (``yolov8n-seg.yaml``; no download needed).
+    yaml to train from scratch (``yolov8n-seg.yaml``; no download needed). ``gsd`` is the
+    working ground resolution (metres per pixel) every raster is read at; it is stored in
+    the output checkpoint (see :mod:`fastsam_geo.modelmeta`), so ``extract`` reads tiles at
+    the same resolution.
     """
     from fastsam_geo.segment import set_torch_threads
 
@@ -190,7 +216,7 @@ def train(
 
     set_torch_threads(threads)
     work = Path(work_dir) if work_dir else Path(output).with_suffix("").parent / "train_work"
-    ds = build_dataset(rasters, labels, work / "dataset", crop=imgsz, seed=seed)
+    ds = build_dataset(rasters, labels, work / "dataset", crop=imgsz, seed=seed, gsd=gsd)
     model = YOLO(base, task="segment")
     t0 = time.perf_counter()
     kwargs: dict[str, object] = {
@@ -210,6 +236,7 @@ def train(
         "amp": device != "cpu",
         "verbose": False,
         "patience": 0,
+        "flipud": 0.5,  # imagery seen from above has no "up": flip both ways (ultralytics: lr only)
     }
     if time_hours:
         kwargs["time"] = time_hours
@@ -221,4 +248,7 @@ def train(
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(best, out)
+    from fastsam_geo.modelmeta import write_pt_meta
+
+    write_pt_meta(out, {"gsd_m": gsd, "imgsz": imgsz, "base": str(base), "epochs": int(model.trainer.epochs)})
     return TrainResult(weights=out, seconds=seconds, epochs=int(model.trainer.epochs), dataset=ds)
