@@ -111,8 +111,9 @@ def key_fn_for(
 
     ``settings`` is a segmenter's ``metadata`` (``FastSAMSegmenter.metadata``): its
     ``weights_sha256``, ``conf``, ``iou`` and ``imgsz`` go into the key, and so does everything
-    else except the weights' path and the device (``max_det``, ``min_area_px``, ``half``...).
-    The raster is stamped once, here.
+    else except the weights' path and the device (``max_det``, ``min_area_px``, ``half``...),
+    and the pixel size of the tile's grid (:func:`tile_grid`): a window of a working grid
+    at another ground resolution holds other pixels. The raster is stamped once, here.
 
     >>> fn = key_fn_for(("/d/a.tif", 1, 2), {"weights_sha256": "ab", "conf": 0.25, "iou": 0.7,
     ...                                      "imgsz": None, "max_det": 1000, "device": "cpu"})
@@ -120,7 +121,7 @@ def key_fn_for(
     >>> tile = Tile(np.zeros((8, 8, 3), np.uint8), Window(0, 0, 8, 8), Affine.identity(), None,
     ...             Window(0, 0, 8, 8))
     >>> fn(tile) == cache_key(("/d/a.tif", 1, 2), (0, 0, 8, 8), weights_sha256="ab", conf=0.25,
-    ...                       iou=0.7, imgsz=None, extra={"max_det": 1000})
+    ...                       iou=0.7, imgsz=None, extra={"max_det": 1000, "grid": [1.0, 1.0]})
     True
     """
     stamp = raster if isinstance(raster, tuple) else raster_stamp(raster)
@@ -132,10 +133,32 @@ def key_fn_for(
 
     def key_fn(tile: Tile) -> str:
         return cache_key(
-            stamp, tile.window, weights_sha256=sha, conf=conf, iou=iou, imgsz=imgsz, bands=bands, extra=extra
+            stamp,
+            tile.window,
+            weights_sha256=sha,
+            conf=conf,
+            iou=iou,
+            imgsz=imgsz,
+            bands=bands,
+            extra={**extra, "grid": tile_grid(tile)},
         )
 
     return key_fn
+
+
+def tile_grid(tile: Tile) -> list[float]:
+    """The pixel size (x, y, map units) of the grid a tile was read on: part of its cache key.
+
+    The grid of a raster read at a working resolution has the raster's bounds and this pixel
+    size, so with the raster's stamp and the window it names the tile's pixels.
+
+    >>> from affine import Affine
+    >>> tile_grid(Tile(np.zeros((2, 2, 3), np.uint8), Window(0, 0, 2, 2), Affine(0.3, 0, 5, 0, -0.3, 9), None,
+    ...                Window(0, 0, 2, 2)))
+    [0.3, 0.3]
+    """
+    t = tile.transform
+    return [round(abs(float(t.a)), 12), round(abs(float(t.e)), 12)]
 
 
 class MaskCache:

@@ -228,6 +228,26 @@ def _expand_inputs(inputs: tuple[str, ...]) -> list[Path]:
     return list(dict.fromkeys(out))
 
 
+class _Gsd(click.ParamType):
+    """``--gsd METRES|native``: a ground resolution in metres per pixel, or no resampling."""
+
+    name = "METRES|native"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from fastsam_geo.modelmeta import parse_gsd
+
+        try:
+            return parse_gsd(value)
+        except ValueError:
+            self.fail(f"{value!r} is not a ground resolution: give metres per pixel (e.g. 0.3) or 'native'.")
+
+
+_GSD_HELP = (
+    "Working ground resolution in metres per pixel: tiles are read resampled to it "
+    "(default: the model's, stored in its weights; 'native': the raster's own)."
+)
+
+
 def _default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "fastsam-geo" / "masks"
@@ -259,6 +279,7 @@ def _model_options(f: Callable[..., Any]) -> Callable[..., Any]:
             show_default=True,
             help="auto: 8-bit as is, other dtypes stretched with global 2-98 % percentiles.",
         ),
+        click.option("--gsd", type=_Gsd(), default=None, help=_GSD_HELP),
         click.option("--conf", default=0.25, show_default=True, help="Minimum mask confidence."),
         click.option("--iou", default=0.7, show_default=True, help="NMS IoU threshold of the segmenter."),
         click.option(
@@ -347,6 +368,7 @@ def _run_extract(
         overlap=kw["overlap"],
         bands=bands,
         stretch=kw["stretch"],
+        gsd=kw["gsd"],
         device=kw["device"],
         batch_size=kw["batch_size"],
         conf=kw["conf"],
@@ -595,36 +617,49 @@ def evaluate(
 @click.option("--tile-size", default=1024, show_default=True)
 @click.option("--overlap", default=128, show_default=True)
 @click.option("-w", "--weights", default=None, help="Weights to resolve (default lookup otherwise).")
-def info(raster: Path, tile_size: int, overlap: int, weights: str | None) -> None:
-    """What RASTER is, how it would be tiled, and which device and weights would be used.
+@click.option("--gsd", type=_Gsd(), default=None, help=_GSD_HELP)
+def info(raster: Path, tile_size: int, overlap: int, weights: str | None, gsd: Any) -> None:
+    """What RASTER is, its ground resolution, how it would be tiled at the model's working
+    resolution, and which device and weights would be used.
 
     \b
     Example:
       fastsam-geo info ortho.tif --tile-size 1024
     """
+    from fastsam_geo.modelmeta import default_gsd, read_model_meta, working_gsd
     from fastsam_geo.raster import RasterSource
     from fastsam_geo.tiling import TileGrid
 
+    model_gsd, w, w_error = None, None, ""
+    try:
+        from fastsam_geo.weights import resolve_weights
+
+        w = resolve_weights(weights)
+        model_gsd = default_gsd(w, read_model_meta(w))
+    except FastSAMGeoError as exc:
+        w_error = str(exc)
     with RasterSource(raster) as src:
+        n = src.info
+        src.set_gsd(working_gsd(gsd, model_gsd))
         i = src.info
         grid = TileGrid(i.width, i.height, tile_size, overlap, i.transform)
         stretch = (
             "none (8-bit)" if src.stretch is None else f"global percentiles lo={src.stretch.lo} hi={src.stretch.hi}"
         )
+        radiometry = getattr(src, "radiometry", "")
     click.echo(f"raster:   {i.path}")
-    click.echo(f"size:     {i.width} x {i.height} px, {i.count} band(s) {i.dtype}, RGB from bands {i.bands}")
+    click.echo(f"size:     {n.width} x {n.height} px, {n.count} band(s) {n.dtype}, RGB from bands {n.bands}")
     click.echo(
-        f"crs:      {i.crs.to_string()}  pixel {i.res[0]:g} x {i.res[1]:g}  nodata {i.nodata}  overviews {i.overviews}"
+        f"crs:      {n.crs.to_string()}  pixel {n.res[0]:g} x {n.res[1]:g}  nodata {n.nodata}  overviews {n.overviews}"
     )
-    click.echo(f"stretch:  {stretch}")
+    click.echo(f"ground:   {n.native_gsd_m:.3g} m per pixel (native)")
+    click.echo(f"stretch:  {stretch}" + (f" ({radiometry})" if radiometry else ""))
+    origin = "--gsd" if gsd is not None else ("the model's" if model_gsd else "none stored in the model")
+    working = f"{i.gsd_m:.3g} m per pixel" + (" (resampled)" if i.resampled else " (native, not resampled)")
+    click.echo(f"working:  {working}; {origin}" + (f" {model_gsd:g} m" if model_gsd and gsd is None else ""))
+    click.echo(f"grid:     {i.width} x {i.height} px, pixel {i.res[0]:.6g} x {i.res[1]:.6g} map units")
     click.echo(f"tiles:    {len(grid)} ({grid.shape[0]} x {grid.shape[1]}) of {tile_size} px, overlap {overlap}")
-    try:
-        from fastsam_geo.weights import resolve_weights
-
-        w = resolve_weights(weights)
-        click.echo(f"weights:  {w}")
-    except FastSAMGeoError as exc:
-        click.echo(f"weights:  not found ({exc})")
+    click.echo(f"weights:  {w}" if w is not None else f"weights:  not found ({w_error})")
     try:
         import torch
 

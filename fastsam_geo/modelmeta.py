@@ -41,7 +41,72 @@ def read_model_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
     return _read_pt_meta(p)
 
 
+class _Stub:
+    """Stands for any class or tensor storage in a checkpoint read by :func:`_peek_pt_meta`."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    def __call__(self, *args: object, **kwargs: object) -> _Stub:
+        return _Stub()
+
+    def __setstate__(self, state: object) -> None:
+        pass
+
+    def __setitem__(self, key: object, value: object) -> None:
+        pass
+
+    def append(self, item: object) -> None:
+        pass
+
+    def extend(self, items: object) -> None:
+        pass
+
+
+_SAFE_BUILTINS = {("builtins", n) for n in ("dict", "list", "tuple", "set", "frozenset", "int", "float", "str")}
+
+
+def _peek_pt_meta(path: Path) -> dict[str, Any] | None:
+    """The metadata of a zip-format ``.pt`` without loading the model (None: cannot tell).
+
+    The checkpoint's pickle is read with every class and tensor replaced by a stub, so no code
+    from the file runs and no weights are loaded: milliseconds instead of a full ``torch.load``.
+    """
+    import io
+    import pickle
+    import zipfile
+
+    class _Peek(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            if (module, name) in _SAFE_BUILTINS:
+                return super().find_class(module, name)
+            return _Stub
+
+        def persistent_load(self, pid: object) -> Any:
+            return _Stub()
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            pkl = next((n for n in zf.namelist() if n.endswith("/data.pkl") or n == "data.pkl"), None)
+            if pkl is None:
+                return None
+            obj = _Peek(io.BytesIO(zf.read(pkl))).load()
+    except Exception:
+        return None
+    if not isinstance(obj, dict):
+        return None
+    meta = obj.get(META_KEY)
+    if not isinstance(meta, dict):
+        return {}
+    if any(isinstance(v, _Stub) for v in meta.values()):  # a value of another type: read it properly
+        return None
+    return dict(meta)
+
+
 def _read_pt_meta(path: Path) -> dict[str, Any]:
+    peeked = _peek_pt_meta(path)
+    if peeked is not None:
+        return peeked
     import torch
 
     try:
@@ -102,3 +167,56 @@ def default_gsd(path: str | os.PathLike[str], meta: dict[str, Any]) -> float | N
     if Path(path).name in OFFICIAL_FASTSAM_NAMES:
         return OFFICIAL_FASTSAM_GSD_M
     return None
+
+
+def parse_gsd(value: float | str | None) -> float | str | None:
+    """A ``--gsd`` value checked: None (the model's), ``"native"`` (no resampling) or metres > 0.
+
+    >>> parse_gsd("0.25"), parse_gsd("Native"), parse_gsd(None), parse_gsd(0.5)
+    (0.25, 'native', None, 0.5)
+    >>> parse_gsd("fast")
+    Traceback (most recent call last):
+    ...
+    ValueError: gsd='fast' is not a ground resolution: give metres per pixel (e.g. 0.3) or 'native'.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str) and value.strip().lower() == "native":
+        return "native"
+    try:
+        metres = float(value)
+    except (TypeError, ValueError):
+        metres = float("nan")
+    if not 0.001 <= metres <= 1000.0:  # NaN fails too
+        raise ValueError(
+            f"gsd={value!r} is not a ground resolution: give metres per pixel (e.g. 0.3) or 'native'."
+        )
+    return metres
+
+
+def working_gsd(gsd: float | str | None, model_gsd: float | None) -> float | None:
+    """The resolution tiles are read at: ``gsd`` if given, ``"native"`` -> None, else the model's.
+
+    >>> working_gsd(None, 0.25), working_gsd("native", 0.25), working_gsd(0.5, 0.25), working_gsd(None, None)
+    (0.25, None, 0.5, None)
+    """
+    checked = parse_gsd(gsd)
+    if checked == "native":
+        return None
+    if checked is None:
+        return model_gsd
+    return float(checked)
+
+
+def weights_gsd(weights: str | os.PathLike[str] | None) -> float | None:
+    """The working resolution of the weights that ``weights`` resolves to, read cheaply (no model load).
+
+    None when the weights cannot be found (the segmenter that loads them reports that).
+    """
+    from fastsam_geo.weights import resolve_weights
+
+    try:
+        path = resolve_weights(weights)
+        return default_gsd(path, read_model_meta(path))
+    except WeightsError:
+        return None

@@ -272,6 +272,35 @@ def _with_cache(segmenter: Any, raster: str | os.PathLike[str], cache_dir: str |
     return CachedSegmenter(segmenter, MaskCache(cache_dir), key_fn_for(raster, settings, bands))
 
 
+def _working_gsd(gsd: float | str | None, segmenter: Any, weights: str | os.PathLike[str] | None) -> float | None:
+    """The ground resolution tiles are read at: ``gsd``, else the segmenter's (or its weights')."""
+    from fastsam_geo.modelmeta import parse_gsd, weights_gsd, working_gsd
+
+    try:
+        checked = parse_gsd(gsd)
+    except ValueError as exc:
+        raise RasterError(str(exc)) from None
+    if checked is not None:
+        return working_gsd(checked, None)
+    model = getattr(_inner(segmenter), "gsd", None) if segmenter is not None else weights_gsd(weights)
+    return working_gsd(None, model)
+
+
+def _grid_metadata(src: RasterSource) -> dict[str, str]:
+    """Output metadata of the grid and the radiometry the tiles were read with."""
+    i = src.info
+    out = {
+        "native_gsd_m": f"{i.native_gsd_m:.6g}",
+        "gsd_m": f"{i.gsd_m:.6g}",
+        "grid": f"{i.width} x {i.height} px (native {i.native_width} x {i.native_height})",
+        "bands": ",".join(str(b) for b in i.bands),
+    }
+    radiometry = getattr(src, "radiometry", None)
+    if radiometry:
+        out["radiometry"] = str(radiometry)
+    return out
+
+
 def extract_buildings(
     raster: str | os.PathLike[str],
     output: str | os.PathLike[str],
@@ -301,6 +330,7 @@ def extract_buildings(
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
     prefetch: int = 4,
+    gsd: float | str | None = None,
 ) -> ExtractSummary:
     """Extract building polygons from ``raster`` into ``output`` (.gpkg, .geojson, .fgb).
 
@@ -327,6 +357,9 @@ def extract_buildings(
         cache_only: never run the model: every tile must be in ``cache_dir`` (re-prompting).
         resume: continue an interrupted run writing ``output``: finished tiles are not
             computed again, and the result equals an uninterrupted run.
+        gsd: working ground resolution in metres per pixel: tiles are read resampled to it
+            (None: the segmenter's ``gsd``, stored with its weights; ``"native"``: the
+            raster's own resolution). Polygons come out in the raster's CRS either way.
 
     Returns:
         An :class:`ExtractSummary`.
@@ -348,6 +381,7 @@ def extract_buildings(
     else:
         bfilter = BuildingFilter(enabled=building_filter is not False)
     with RasterSource(raster, bands=bands, stretch=stretch) as src:  # type: ignore[arg-type]
+        src.set_gsd(_working_gsd(gsd, segmenter, weights))  # after the raster is checked
         info = src.info
         grid = TileGrid(info.width, info.height, tile_size, overlap, info.transform)
         pixel_area = float(area_m2(np.array([shapely.box(*grid.window_bounds(0))]), info.crs)[0]) / (
@@ -375,7 +409,7 @@ def extract_buildings(
         if batch_size is None:
             batch_size = int(getattr(segmenter, "batch_size", 1) or 1)
         if cache_dir is not None:
-            segmenter = _with_cache(segmenter, raster, cache_dir, f"{list(info.bands)}|{stretch}")
+            segmenter = _with_cache(segmenter, raster, cache_dir, f"{list(info.bands)}|{stretch}")  # + tile grid
         summary = ExtractSummary(
             raster=str(raster),
             output=str(output),
@@ -395,6 +429,7 @@ def extract_buildings(
             "overlap": overlap,
             "bands": list(info.bands),
             "stretch": stretch,
+            "grid": [info.width, info.height],
             "prompts": repr(prompts),
             "segmenter": type(_inner(segmenter)).__name__,
             "weights_sha256": summary.weights_sha256,
@@ -548,6 +583,7 @@ def extract_buildings(
                     "weights_sha256": summary.weights_sha256 or "",
                     "conf": str(conf),
                     "iou": str(iou),
+                    **_grid_metadata(src),
                     "building_filter": json.dumps(asdict(bfilter)),
                     "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 }

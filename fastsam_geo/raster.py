@@ -273,7 +273,14 @@ class RasterSource:
         except Exception:
             self._ds.close()
             raise
-        self.info = self._describe(dtype, gsd)
+        self.set_gsd(gsd, dtype)
+
+    def set_gsd(self, gsd: float | None, dtype: str | None = None) -> None:
+        """Read through the working grid at ``gsd`` metres per pixel from now on (None: the file's own).
+
+        ``info`` then describes that grid; the stretch (whole-raster statistics) is unchanged.
+        """
+        self.info = self._describe(dtype or self.info.dtype, gsd)
         self._scale = (self._ds.width / self.info.width, self._ds.height / self.info.height)
 
     def _describe(self, dtype: str, gsd: float | None) -> RasterInfo:

@@ -364,6 +364,9 @@ class FastSAMSegmenter:
     Attributes:
         weights_path: the file that was loaded.
         weights_sha256: its sha256 (traceability: written to the outputs' metadata).
+        gsd: the model's working ground resolution in metres per pixel (stored in the
+            checkpoint, see :mod:`fastsam_geo.modelmeta`), or None when it has none: ``extract``
+            then reads rasters at their own resolution.
         device: the torch device in use.
         model_calls: number of forward passes so far.
 
@@ -448,6 +451,11 @@ class FastSAMSegmenter:
         if ckpt_path.is_file():  # a bare official name downloaded by ultralytics lands here
             self.weights_path = ckpt_path.resolve()
         self.weights_sha256 = sha256_file(self.weights_path)
+        from fastsam_geo.modelmeta import META_KEY, default_gsd
+
+        ckpt = getattr(wrapper, "ckpt", None)  # the checkpoint dict ultralytics loaded: no second read
+        meta = ckpt.get(META_KEY) if isinstance(ckpt, dict) else None
+        self.gsd: float | None = default_gsd(self.weights_path, dict(meta) if isinstance(meta, dict) else {})
 
         if hasattr(net, "fuse"):
             net = net.fuse(verbose=False)

@@ -140,6 +140,7 @@ _EXTRACT_KEYS = frozenset(
         "clip_model",
         "clip_weights",
         "cache",
+        "gsd",
     }
 )
 
@@ -153,7 +154,8 @@ def extract_params(params: Mapping[str, Any]) -> dict[str, Any]:
     ``prompts`` (see :func:`prompts_from_json`), ``building_filter`` (``{"enabled": true,
     "min_area_m2": 12, "max_area_m2": 20000}``), ``simplify_px`` (1.0), ``min_area_m2`` (2.0),
     ``regularize`` (false), ``overwrite`` (false), ``layer`` ("buildings"), ``clip_model``,
-    ``clip_weights`` (text prompts), ``cache`` (true: use the mask cache).
+    ``clip_weights`` (text prompts), ``cache`` (true: use the mask cache), ``gsd`` (metres
+    per pixel, ``"native"``, or null: the model's working resolution).
 
     >>> p = extract_params({"raster": "a.tif", "tile_size": 512})
     >>> p["tile_size"], p["overlap"], p["device"], p["cache"]
@@ -191,6 +193,7 @@ def extract_params(params: Mapping[str, Any]) -> dict[str, Any]:
         "clip_model": "ViT-B-32",
         "clip_weights": None,
         "cache": True,
+        "gsd": None,
     }
     out.update({k: v for k, v in params.items() if v is not None or k in ("output", "weights", "prompts")})
     for key in ("batch_size", "tile_size", "overlap"):
@@ -199,6 +202,12 @@ def extract_params(params: Mapping[str, Any]) -> dict[str, Any]:
         out[key] = float(out[key])
     out["device"] = str(out["device"] or "auto")
     out["weights"] = str(out["weights"]) if out["weights"] else None
+    from fastsam_geo.modelmeta import parse_gsd
+
+    try:
+        out["gsd"] = parse_gsd(out["gsd"])
+    except ValueError as exc:
+        raise ProtocolError(str(exc)) from None
     return out
 
 
@@ -276,6 +285,11 @@ class LazySegmenter:
     def weights_sha256(self) -> str | None:
         return getattr(self.inner, "weights_sha256", None)
 
+    @property
+    def gsd(self) -> float | None:
+        """The model's working resolution (loads the model)."""
+        return getattr(self.inner, "gsd", None)
+
 
 class _Recorded:
     """A cached segmenter that reports the weights of the model behind it (for the summary)."""
@@ -298,6 +312,10 @@ class _Recorded:
     @property
     def weights_sha256(self) -> str | None:
         return getattr(self.model, "weights_sha256", None)
+
+    @property
+    def gsd(self) -> float | None:
+        return getattr(self.model, "gsd", None)
 
 
 SegmenterFactory = Callable[[str | None, str, float, float], Any]
@@ -388,7 +406,7 @@ class Engine:
 
         The model behind ``seg`` is only asked for its fingerprint when the first key is made.
         """
-        from fastsam_geo.cache import CachedSegmenter, cache_key, raster_stamp
+        from fastsam_geo.cache import CachedSegmenter, cache_key, raster_stamp, tile_grid
 
         stamp = raster_stamp(raster)
         bands = f"{p['bands']}|{p['stretch']}"
@@ -411,7 +429,7 @@ class Engine:
                 iou=p["iou"],
                 imgsz=fingerprint["imgsz"],
                 bands=bands,
-                extra=fingerprint["extra"],
+                extra={**fingerprint["extra"], "grid": tile_grid(tile)},
             )
 
         return _Recorded(CachedSegmenter(seg, self.cache, key_fn), seg)
@@ -465,6 +483,7 @@ class Engine:
             overlap=p["overlap"],
             bands=p["bands"],
             stretch=p["stretch"],
+            gsd=p["gsd"],
             batch_size=p["batch_size"],
             conf=p["conf"],
             iou=p["iou"],
