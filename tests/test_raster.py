@@ -103,13 +103,15 @@ def test_one_band_uint16_is_grey_with_a_global_stretch(tmp_path: Path) -> None:
     # windows' own ranges differ (a per-tile min/max would map 5000 to 255 on the left and 0 on
     # the right).
     assert left[10, 10].tolist() == right[10, 100 - 64].tolist()
-    expected = np.clip(np.rint((5000 - lo) / (hi - lo) * 255), 0, 255)
+    o0, o1 = src.stretch.out  # the percentiles land at o0 and o1 (16 and 224), not at 0 and 255
+    assert (o0, o1) == (16.0, 224.0)
+    expected = np.clip(np.rint((5000 - lo) / (hi - lo) * (o1 - o0) + o0), 0, 255)
     assert abs(int(left[10, 10, 0]) - expected) <= 1
     # 5000 is the brightest pixel of the left window and the darkest of the right one.
     assert left[..., 0].max() == left[10, 10, 0] and right[..., 0].min() == right[10, 36, 0]
-    assert left[..., 0].min() <= 5 and right[..., 0].max() >= 250
+    assert left[..., 0].min() <= o0 and right[..., 0].max() >= o1
     # The stretch is fixed when the source opens: reading a window changes nothing.
-    assert Stretch(lo=(lo,), hi=(hi,)).apply(data[:, 10:11, 10:11]).item() == left[10, 10, 0]
+    assert Stretch(lo=(lo,), hi=(hi,), out=(o0, o1)).apply(data[:, 10:11, 10:11]).item() == left[10, 10, 0]
 
 
 def test_four_bands_use_colour_interpretation(tmp_path: Path) -> None:
@@ -124,13 +126,13 @@ def test_four_bands_use_colour_interpretation(tmp_path: Path) -> None:
     np.testing.assert_array_equal(rgb, data[[2, 1, 0]].transpose(1, 2, 0))
 
 
-def test_four_bands_without_colour_interpretation_read_bands_1_2_3(tmp_path: Path) -> None:
+def test_four_bands_without_colour_interpretation_read_as_blue_green_red_nir(tmp_path: Path) -> None:
     data = np.random.default_rng(3).integers(0, 256, (4, 20, 30), dtype=np.uint8)
     path = write_tif(tmp_path / "four.tif", data, photometric="MINISBLACK")
     with rasterio.open(path) as ds:
         assert ColorInterp.red not in ds.colorinterp
     rgb, _ = read_all(path)
-    np.testing.assert_array_equal(rgb, data[:3].transpose(1, 2, 0))
+    np.testing.assert_array_equal(rgb, data[[2, 1, 0]].transpose(1, 2, 0))
 
 
 def test_explicit_bands(tmp_path: Path) -> None:
@@ -171,9 +173,9 @@ def test_float32_nan_is_nodata(tmp_path: Path) -> None:
     expected[20, 20] = True
     np.testing.assert_array_equal(nodata, expected)
     assert (rgb[nodata] == 0).all()
-    # Stretched from the finite pixels: a spread over 0-255, not all 0 or all 255.
+    # Stretched from the finite pixels: a spread past 16-224 (the percentiles), not all 0 or all 255.
     valid = rgb[~nodata]
-    assert valid.min() == 0 and valid.max() == 255 and 50 < valid.mean() < 200
+    assert valid.min() < 16 and valid.max() > 224 and 50 < valid.mean() < 200
 
 
 def test_nodata_border_is_masked(tmp_path: Path) -> None:
