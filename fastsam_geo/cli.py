@@ -567,49 +567,121 @@ def _build_prompts(
     return Prompts(**kw)
 
 
-@main.command(short_help="Score predicted footprints against the truth (F1, seam score).")
-@click.argument("pred", type=click.Path(dir_okay=False, path_type=Path))
-@click.argument("truth", type=click.Path(dir_okay=False, path_type=Path))
+@main.command(short_help="Score predicted footprints against the truth (F1, pixel F1, seam score).")
+@click.argument("pred", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("truth", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--iou", "iou_threshold", default=0.5, show_default=True, help="IoU for a match (SpaceNet: 0.5).")
 @click.option(
     "--raster",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="The raster PRED came from: with --tile-size/--overlap it gives the tile seams for the seam score.",
+    help="The raster PRED came from: only truth inside its valid-data footprint counts, pixel F1 is "
+    "scored on its grid, and with --tile-size/--overlap it gives the tile seams for the seam score.",
+)
+@click.option(
+    "--pair",
+    "pairs",
+    nargs=3,
+    multiple=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="PRED TRUTH RASTER",
+    help="One source to score (repeatable): a per-source table and the pooled scores.",
 )
 @click.option("--tile-size", default=1024, show_default=True)
 @click.option("--overlap", default=128, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the scores as JSON.")
 def evaluate(
-    pred: Path, truth: Path, iou_threshold: float, raster: Path | None, tile_size: int, overlap: int, as_json: bool
+    pred: Path | None,
+    truth: Path | None,
+    iou_threshold: float,
+    raster: Path | None,
+    pairs: tuple[tuple[Path, Path, Path], ...],
+    tile_size: int,
+    overlap: int,
+    as_json: bool,
 ) -> None:
     """Building F1 of PRED against TRUTH (SpaceNet rule: one-to-one matches at IoU >= 0.5),
     precision, recall, mean IoU, and the seam score (share of truth buildings crossing a
-    tile seam that come out as exactly one polygon; needs --raster).
+    tile seam that come out as exactly one polygon; needs --raster). With --raster only
+    the truth buildings on the raster's valid pixels count (at least half their area), and
+    pixel precision/recall/F1 are added. Several sources: repeat --pair PRED TRUTH RASTER.
 
     \b
-    Example:
-      fastsam-geo evaluate buildings.gpkg truth.gpkg --raster ortho.tif --tile-size 1024 --overlap 128
+    Examples:
+      fastsam-geo evaluate buildings.gpkg truth.gpkg --raster ortho.tif
+      fastsam-geo evaluate --pair a.gpkg osm.gpkg a.tif --pair b.gpkg osm.gpkg b.tif
     """
     from fastsam_geo.evaluate import evaluate as run_eval
-    from fastsam_geo.evaluate import seam_lines
+    from fastsam_geo.evaluate import pooled
+
+    if (pred is None) != (truth is None):
+        raise click.UsageError("give both PRED and TRUTH, or --pair PRED TRUTH RASTER.")
+    if pred is None and not pairs:
+        raise click.UsageError("give PRED and TRUTH, or one or more --pair PRED TRUTH RASTER.")
+    if raster is not None and pred is None:
+        raise click.UsageError("--raster goes with PRED and TRUTH; use --pair PRED TRUTH RASTER for several.")
+    sources: list[tuple[str, Any]] = []
+    if pred is not None and truth is not None:
+        if raster is None:
+            sources.append((pred.stem, run_eval(pred, truth, iou_threshold=iou_threshold)))
+        else:
+            sources.append((raster.stem, _score_on_raster(pred, truth, raster, iou_threshold, tile_size, overlap)))
+    for p, t, r in pairs:
+        sources.append((r.stem, _score_on_raster(p, t, r, iou_threshold, tile_size, overlap)))
+    if len(sources) == 1:
+        scores = sources[0][1]
+        if as_json:
+            click.echo(json.dumps(scores.as_dict(), indent=2))
+            return
+        seam = "n/a" if scores.seam_score is None else f"{scores.seam_score:.3f} ({scores.seam_single}/{scores.seam_total})"
+        pixel = "" if scores.pixel_f1 is None else f"  pixel F1 {scores.pixel_f1:.3f}"
+        outside = f"  ({scores.truth_outside} truth outside the raster)" if scores.truth_outside else ""
+        click.echo(
+            f"F1 {scores.f1:.3f}  precision {scores.precision:.3f}  recall {scores.recall:.3f}  "
+            f"mean IoU {scores.mean_iou:.3f}  TP {scores.tp} FP {scores.fp} FN {scores.fn}  seam score {seam}"
+            f"{pixel}{outside}"
+        )
+        return
+    total = pooled([s for _, s in sources])
+    if as_json:
+        click.echo(json.dumps({**{n: s.as_dict() for n, s in sources}, "all": total.as_dict()}, indent=2))
+        return
+    _print_table([*sources, ("all (pooled)", total)])
+
+
+def _score_on_raster(pred: Path, truth: Path, raster: Path, iou: float, tile_size: int, overlap: int) -> Any:
+    """Scores of one source on its raster, seams from the grid the prediction was made on."""
+    from fastsam_geo.evaluate import evaluate_on_raster, seam_lines
     from fastsam_geo.raster import RasterSource
     from fastsam_geo.tiling import TileGrid
 
-    seams = None
-    if raster is not None:
-        with RasterSource(raster) as src:
-            grid = TileGrid(src.info.width, src.info.height, tile_size, overlap, src.info.transform)
-        seams = seam_lines(grid)
-    scores = run_eval(pred, truth, iou_threshold=iou_threshold, seams=seams)
-    if as_json:
-        click.echo(json.dumps(scores.as_dict(), indent=2))
-        return
-    seam = "n/a" if scores.seam_score is None else f"{scores.seam_score:.3f} ({scores.seam_single}/{scores.seam_total})"
-    click.echo(
-        f"F1 {scores.f1:.3f}  precision {scores.precision:.3f}  recall {scores.recall:.3f}  "
-        f"mean IoU {scores.mean_iou:.3f}  TP {scores.tp} FP {scores.fp} FN {scores.fn}  seam score {seam}"
-    )
+    with RasterSource(raster, gsd=_prediction_gsd(pred)) as src:
+        grid = TileGrid(src.info.width, src.info.height, tile_size, overlap, src.info.transform)
+    return evaluate_on_raster(pred, truth, raster, iou_threshold=iou, seams=seam_lines(grid))
+
+
+def _prediction_gsd(pred: Path) -> float | None:
+    """The working gsd a fastsam-geo GeoPackage was extracted at (its metadata), else None."""
+    try:
+        import pyogrio
+
+        table = pyogrio.read_dataframe(pred, layer="fastsam_geo_metadata", read_geometry=False)
+        meta = dict(zip(table["key"], table["value"], strict=True))
+        return float(meta["gsd_m"]) if meta.get("gsd_m") else None
+    except Exception:  # another tool's file, or an older fastsam-geo output: the raster's own grid
+        return None
+
+
+def _print_table(rows: list[tuple[str, Any]]) -> None:
+    head = f"{'source':<22} {'truth':>6} {'TP':>5} {'FP':>5} {'FN':>5} {'prec':>6} {'recall':>6} {'F1':>6} "
+    click.echo(head + f"{'pixelF1':>7} {'seam':>6}")
+    for name, s in rows:
+        pix = "-" if s.pixel_f1 is None else f"{s.pixel_f1:.3f}"
+        seam = "-" if s.seam_score is None else f"{s.seam_score:.3f}"
+        click.echo(
+            f"{name[:22]:<22} {s.tp + s.fn:>6} {s.tp:>5} {s.fp:>5} {s.fn:>5} {s.precision:>6.3f} "
+            f"{s.recall:>6.3f} {s.f1:>6.3f} {pix:>7} {seam:>6}"
+        )
 
 
 @main.command(short_help="Describe a raster: size, CRS, bands, tiles, device, weights.")

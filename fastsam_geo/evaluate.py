@@ -7,6 +7,9 @@
   exactly one polygon (the number that shows whether seam stitching works).
 - :func:`seam_lines`: the internal core boundaries of a :class:`~fastsam_geo.tiling.TileGrid`
   in map coordinates, the seams to give :func:`evaluate`.
+- :func:`evaluate_on_raster`: the same scores counted only inside a raster's valid-data
+  footprint (:func:`raster_footprint`: a chip scored against its city's footprint file, a
+  sparse mosaic with masked holes), plus pixel F1 (:func:`pixel_scores`) on the raster's grid.
 
 Pure numpy / shapely / geopandas: no model is needed to score a result.
 
@@ -189,6 +192,10 @@ class Scores:
     seam_total: int = 0
     seam_single: int = 0
     seam_score: float | None = None
+    pixel_precision: float | None = None
+    pixel_recall: float | None = None
+    pixel_f1: float | None = None
+    truth_outside: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """The scores as a plain dict (JSON-ready).
@@ -299,4 +306,144 @@ def evaluate(
         total, single = _seam_counts(p, t, seams, pi, ti, inter, iou, iou_threshold)
         out.seam_total, out.seam_single = total, single
         out.seam_score = _ratio(single, total) if total else None
+    return out
+
+
+# --------------------------------------------------------------------------- a raster's footprint
+#: Share of a building's area that must lie in the raster's valid footprint for it to count.
+INSIDE_SHARE = 0.5
+
+
+def _coarse_grid(width: int, height: int, transform: Any, max_side: int) -> tuple[int, int, Any]:
+    """A grid over the same bounds with at most ``max_side`` pixels a side (the grid itself if smaller).
+
+    >>> from affine import Affine
+    >>> _coarse_grid(4000, 2000, Affine(0.1, 0, 0, 0, -0.1, 0), 1000)[:2]
+    (1000, 500)
+    """
+    from affine import Affine
+
+    f = max(width, height) / max_side
+    if f <= 1:
+        return width, height, transform
+    w, h = max(1, round(width / f)), max(1, round(height / f))
+    return w, h, transform * Affine.scale(width / w, height / h)
+
+
+def raster_footprint(raster: str | os.PathLike[str], max_side: int = 1024) -> tuple[BaseGeometry, Any]:
+    """The raster's valid-data area (dataset mask, read at most ``max_side`` px a side) and its CRS.
+
+    Holes of a sparse mosaic (nodata, alpha or internal mask) are left out; vectorised in one
+    pass with ``rasterio.features.shapes``.
+    """
+    import rasterio
+    import rasterio.features
+    from rasterio.enums import Resampling
+
+    with rasterio.open(raster) as ds:
+        w, h, t = _coarse_grid(ds.width, ds.height, ds.transform, max_side)
+        valid = (ds.dataset_mask(out_shape=(h, w), resampling=Resampling.nearest) > 0).astype(np.uint8)
+        crs = ds.crs
+    if valid.all():
+        left, top = t * (0, 0)
+        right, bottom = t * (w, h)
+        return shapely.box(min(left, right), min(top, bottom), max(left, right), max(top, bottom)), crs
+    polys = [shapely.geometry.shape(g) for g, v in rasterio.features.shapes(valid, mask=valid > 0, transform=t)]
+    return shapely.union_all(np.asarray(polys, dtype=object)) if polys else shapely.Polygon(), crs
+
+
+def inside(geoms: np.ndarray, area: BaseGeometry, share: float = INSIDE_SHARE) -> np.ndarray:
+    """Which of ``geoms`` have at least ``share`` of their area inside ``area`` (vectorised).
+
+    >>> from shapely.geometry import box
+    >>> inside(np.array([box(0, 0, 2, 2), box(1, 0, 3, 2), box(5, 5, 6, 6)]), box(0, 0, 2, 2)).tolist()
+    [True, True, False]
+    """
+    if len(geoms) == 0:
+        return np.zeros(0, bool)
+    shapely.prepare(area)
+    a = shapely.area(geoms)
+    within = shapely.contains(area, geoms)
+    rest = ~within
+    out = within.copy()
+    if rest.any():
+        inter = shapely.area(shapely.intersection(geoms[rest], area))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out[rest] = np.where(a[rest] > 0, inter / a[rest], 0.0) >= share
+    return out
+
+
+def pixel_scores(
+    pred: np.ndarray, truth: np.ndarray, raster: str | os.PathLike[str], max_side: int = 4096
+) -> tuple[float, float, float]:
+    """Pixel precision, recall and F1 of building masks rasterised on the raster's grid.
+
+    ``pred`` and ``truth`` are geometries in the raster's CRS; only valid pixels count. A
+    raster larger than ``max_side`` px a side is scored on a coarser grid of the same bounds.
+    """
+    import rasterio
+    import rasterio.features
+    from rasterio.enums import Resampling
+
+    with rasterio.open(raster) as ds:
+        w, h, t = _coarse_grid(ds.width, ds.height, ds.transform, max_side)
+        valid = ds.dataset_mask(out_shape=(h, w), resampling=Resampling.nearest) > 0
+
+    def burn(geoms: np.ndarray) -> np.ndarray:
+        geoms = geoms[~shapely.is_empty(geoms)] if len(geoms) else geoms
+        if len(geoms) == 0:
+            return np.zeros((h, w), bool)
+        return rasterio.features.rasterize(list(geoms), out_shape=(h, w), transform=t, dtype=np.uint8) > 0
+
+    p, g = burn(pred) & valid, burn(truth) & valid
+    tp = int(np.count_nonzero(p & g))
+    s = scores_from_counts(tp, int(np.count_nonzero(p)) - tp, int(np.count_nonzero(g)) - tp)
+    return s.precision, s.recall, s.f1
+
+
+def evaluate_on_raster(
+    pred: Footprints,
+    truth: Footprints,
+    raster: str | os.PathLike[str],
+    *,
+    iou_threshold: float = 0.5,
+    seams: Sequence[BaseGeometry] | None = None,
+) -> Scores:
+    """:func:`evaluate` counting only buildings inside ``raster``'s valid footprint, plus pixel F1.
+
+    Truth (and predicted) buildings with less than half their area on valid pixels of the
+    raster are left out (``truth_outside`` says how many truth buildings were): a chip scored
+    against its whole city's footprints, or a mosaic with masked holes, then counts what the
+    image shows. Both layers are brought to the raster's CRS; ``seams`` are in that CRS.
+    """
+    area, crs = raster_footprint(raster)
+    truth_df = _load(truth, "truth").to_crs(crs)
+    pred_df = _load(pred, "prediction").to_crs(crs)
+    t = _as_geometry_array(truth_df.geometry)
+    p = _as_geometry_array(pred_df.geometry)
+    near_t = shapely.STRtree(t).query(area, predicate="intersects") if len(t) else np.zeros(0, np.int64)
+    keep_t = np.zeros(len(t), bool)
+    keep_t[near_t] = inside(t[near_t], area)
+    keep_p = inside(p, area)
+    out = evaluate(
+        gpd.GeoSeries(p[keep_p], crs=crs), gpd.GeoSeries(t[keep_t], crs=crs), iou_threshold=iou_threshold, seams=seams
+    )
+    out.truth_outside = int(len(t) - keep_t.sum())
+    out.pixel_precision, out.pixel_recall, out.pixel_f1 = pixel_scores(p[keep_p], t[keep_t], raster)
+    return out
+
+
+def pooled(scores: Sequence[Scores]) -> Scores:
+    """One score over several sources: counts summed (object F1), pixel F1 averaged by source.
+
+    >>> a, b = scores_from_counts(3, 1, 0, 0.8), scores_from_counts(1, 0, 2, 0.6)
+    >>> round(pooled([a, b]).f1, 3)
+    0.727
+    """
+    tp = sum(s.tp for s in scores)
+    mean_iou = _ratio(sum(s.mean_iou * s.tp for s in scores), tp)
+    out = scores_from_counts(tp, sum(s.fp for s in scores), sum(s.fn for s in scores), mean_iou)
+    pix = [s.pixel_f1 for s in scores if s.pixel_f1 is not None]
+    out.pixel_f1 = float(np.mean(pix)) if pix else None
+    out.truth_outside = sum(s.truth_outside for s in scores)
     return out

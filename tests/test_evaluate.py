@@ -137,8 +137,12 @@ def test_scores_as_dict() -> None:
         "seam_total",
         "seam_single",
         "seam_score",
+        "pixel_precision",
+        "pixel_recall",
+        "pixel_f1",
+        "truth_outside",
     }
-    assert d["tp"] == 5 and d["seam_score"] is None
+    assert d["tp"] == 5 and d["pixel_f1"] is None and d["seam_score"] is None
     assert isinstance(evaluate(frame(TRUTH), frame(TRUTH)), Scores)
 
 
@@ -322,3 +326,71 @@ def test_real_spacenet_footprints_match_themselves_across_crs(
     assert s.mean_iou > 0.999
     s = evaluate(pred.iloc[::2], truth)
     assert (s.tp, s.fp, s.fn) == (len(pred.iloc[::2]), 0, len(geoms) - len(pred.iloc[::2]))
+
+
+# --------------------------------------------------------------------------- on a raster's footprint
+def _mosaic(path: Path, hole: bool = True) -> Path:
+    """A 200 x 200 px, 0.5 m raster at (X0, Y0) whose left-bottom quarter is masked (a mosaic hole)."""
+    import rasterio
+
+    data = np.full((3, 200, 200), 120, np.uint8)
+    with rasterio.open(path, "w", driver="GTiff", width=200, height=200, count=3, dtype="uint8", crs=CRS,
+                       transform=UTM, photometric="RGB") as dst:
+        dst.write(data)
+        mask = np.full((200, 200), 255, np.uint8)
+        if hole:
+            mask[100:, :100] = 0
+        dst.write_mask(mask)
+    return path
+
+
+def test_only_truth_on_the_rasters_valid_pixels_counts(tmp_path: Path) -> None:
+    from fastsam_geo.evaluate import evaluate_on_raster, raster_footprint
+
+    raster = _mosaic(tmp_path / "mosaic.tif")
+    area, crs = raster_footprint(raster)
+    assert crs.to_string() == CRS and area.area == pytest.approx(100 * 100 * 0.75, rel=0.01)
+    on = [sq(60, 60), sq(80, 10)]  # on valid pixels (the raster spans 100 m from (X0, Y0 - 100))
+    in_hole = [sq(10, 10), sq(25, 30)]  # in the masked quarter
+    beyond = [box(X0 + 500, Y0 - 50, X0 + 510, Y0 - 40)]  # another part of the city
+    half = [box(X0 + 95, Y0 - 50, X0 + 105, Y0 - 40)]  # half on the raster: counts
+    truth = frame(on + in_hole + beyond + half)
+    pred = frame(on + half + [sq(60, 30)])  # one false positive
+    s = evaluate_on_raster(pred, truth, raster)
+    assert (s.tp, s.fp, s.fn, s.truth_outside) == (3, 1, 0, 3)
+    assert s.f1 == pytest.approx(2 * 0.75 * 1.0 / 1.75)
+    # pixel F1: 300 m² of truth found, 100 m² extra (the half building counts its valid half: 50 m²)
+    assert s.pixel_recall == pytest.approx(1.0) and s.pixel_precision == pytest.approx(250 / 350, abs=0.01)
+    # without the footprint every building of the city counts as missed
+    assert evaluate(pred, truth).fn == 3
+    # the same in another CRS
+    s4326 = evaluate_on_raster(pred.to_crs("EPSG:4326"), truth.to_crs("EPSG:4326"), raster)
+    assert (s4326.tp, s4326.fp, s4326.fn) == (3, 1, 0)
+
+
+def test_cli_per_source_table(tmp_path: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from fastsam_geo.cli import main
+
+    a = _mosaic(tmp_path / "a.tif")
+    b = _mosaic(tmp_path / "b.tif", hole=False)
+    truth = tmp_path / "truth.gpkg"
+    frame([sq(60, 60), sq(80, 10), sq(10, 10)]).to_file(truth, layer="buildings")
+    pred = tmp_path / "pred.gpkg"
+    frame([sq(60, 60)]).to_file(pred, layer="buildings")
+    r = CliRunner().invoke(main, ["evaluate", "--pair", str(pred), str(truth), str(a), "--pair", str(pred),
+                                  str(truth), str(b)])
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    assert lines[0].split()[:3] == ["source", "truth", "TP"]
+    assert lines[1].split()[:5] == ["a", "2", "1", "0", "1"]  # (10, 10) lies in a's hole
+    assert lines[2].split()[:5] == ["b", "3", "1", "0", "2"]
+    assert lines[3].startswith("all (pooled)") and lines[3].split()[2:7] == ["5", "2", "0", "3", "1.000"]
+    r = CliRunner().invoke(main, ["evaluate", str(pred), str(truth), "--raster", str(a), "--json"])
+    got = json.loads(r.output)
+    assert got["fn"] == 1 and got["truth_outside"] == 1 and got["pixel_f1"] == pytest.approx(2 / 3, abs=0.01)
+    r = CliRunner().invoke(main, ["evaluate", str(pred)])
+    assert r.exit_code == 2 and "give both PRED and TRUTH" in r.output
