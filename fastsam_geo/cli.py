@@ -165,6 +165,13 @@ def train(
         f"({result.dataset.images} crops, {result.dataset.instances} buildings)",
         err=True,
     )
+    if result.per_source:
+        click.echo(f"{'validation by source':<24} {'crops':>5} {'bldgs':>6} {'mask P':>7} {'mask R':>7} {'mAP50':>6}")
+        for sc in result.per_source:
+            click.echo(
+                f"{sc.source[:24]:<24} {sc.images:>5} {sc.instances:>6} {sc.precision:>7.3f} {sc.recall:>7.3f} "
+                f"{sc.map50:>6.3f}"
+            )
 
 
 class _Progress:

@@ -13,7 +13,7 @@ import os
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -175,13 +175,84 @@ def build_dataset(
 
 
 @dataclass
+class SourceScore:
+    """Validation of the trained model on the validation crops of one source (one raster)."""
+
+    source: str
+    images: int
+    instances: int
+    precision: float
+    recall: float
+    map50: float
+    map50_95: float
+
+
+@dataclass
 class TrainResult:
-    """Where the trained weights went, and how long it took."""
+    """Where the trained weights went, how long it took, and the validation of each source."""
 
     weights: Path
     seconds: float
     epochs: int
     dataset: DatasetSummary
+    per_source: list[SourceScore] = field(default_factory=list)
+
+
+def source_names(rasters: Sequence[str | os.PathLike[str]]) -> list[str]:
+    """A unique, readable name per raster (its file stem; ``_2``... for repeated stems).
+
+    >>> source_names(["a/x.tif", "b/x.tif", "c/y.tif"])
+    ['x', 'x_2', 'y']
+    """
+    seen: dict[str, int] = {}
+    out = []
+    for r in rasters:
+        stem = Path(r).stem
+        seen[stem] = seen.get(stem, 0) + 1
+        out.append(stem if seen[stem] == 1 else f"{stem}_{seen[stem]}")
+    return out
+
+
+def validate_per_source(
+    weights: str | os.PathLike[str],
+    dataset: DatasetSummary,
+    rasters: Sequence[str | os.PathLike[str]],
+    work: Path,
+    *,
+    imgsz: int,
+    batch: int,
+    device: str,
+) -> list[SourceScore]:
+    """Mask precision, recall, mAP50 and mAP50-95 of ``weights`` on each source's validation crops.
+
+    One ultralytics ``val`` per source, on a data yaml whose ``val`` lists that source's crops
+    (:func:`build_dataset` names each crop after its raster: ``<stem>_<index>_<tile>.png``).
+    Sources without a validation crop are left out.
+    """
+    from ultralytics import YOLO
+
+    root = Path(dataset.data_yaml).parent
+    model = YOLO(str(weights), task="segment")
+    scores = []
+    for r_i, (raster, name) in enumerate(zip(rasters, source_names(rasters), strict=True)):
+        images = sorted((root / "images" / "val").glob(f"{Path(raster).stem}_{r_i:03d}_*.png"))
+        if not images:
+            continue
+        listing = work / f"val_{r_i:03d}.txt"
+        listing.write_text("".join(f"{p.resolve()}\n" for p in images))
+        yaml = work / f"val_{r_i:03d}.yaml"
+        yaml.write_text(f"path: {root.resolve()}\ntrain: images/train\nval: {listing.resolve()}\nnames:\n  0: building\n")
+        labels = [root / "labels" / "val" / f"{p.stem}.txt" for p in images]
+        instances = sum(len(lab.read_text().splitlines()) for lab in labels if lab.exists())
+        m = model.val(
+            data=str(yaml), imgsz=imgsz, batch=batch, device=device, plots=False, verbose=False, workers=0,
+            project=str((work / "runs").resolve()), name=f"val_{r_i:03d}", exist_ok=True, single_cls=True,
+        )
+        seg = m.seg
+        scores.append(
+            SourceScore(name, len(images), instances, float(seg.mp), float(seg.mr), float(seg.map50), float(seg.map))
+        )
+    return scores
 
 
 def train(
@@ -251,4 +322,7 @@ def train(
     from fastsam_geo.modelmeta import write_pt_meta
 
     write_pt_meta(out, {"gsd_m": gsd, "imgsz": imgsz, "base": str(base), "epochs": int(model.trainer.epochs)})
-    return TrainResult(weights=out, seconds=seconds, epochs=int(model.trainer.epochs), dataset=ds)
+    per_source = validate_per_source(out, ds, rasters, work, imgsz=imgsz, batch=batch, device=device)
+    return TrainResult(
+        weights=out, seconds=seconds, epochs=int(model.trainer.epochs), dataset=ds, per_source=per_source
+    )

@@ -86,3 +86,36 @@ def test_train_command_writes_a_checkpoint_that_loads_as_the_segmenter(tmp_path:
     masks = seg.segment([tile])[0]
     assert masks.shape == (128, 128) and seg.model_calls == 1
     assert len(seg.weights_sha256) == 64
+
+
+
+@pytest.mark.model
+def test_train_reports_validation_per_source(tmp_path: Path) -> None:
+    """Two sources (other resolutions): after training each is validated on its own crops."""
+    from fastsam_geo.train import train
+
+    a = write_scene(tmp_path / "a.tif", 320, seed=4)
+    b = write_scene(tmp_path / "b.tif", 320, seed=5, pixel_size=0.3)
+    r = CliRunner().invoke(
+        main,
+        [
+            "train", str(a.raster), str(b.raster), "--labels", str(tmp_path / "a_buildings.gpkg"),
+            "--labels", str(tmp_path / "b_buildings.gpkg"), "-o", str(tmp_path / "two.pt"),
+            "--base", str(Path(__file__).resolve().parents[1] / "weights" / "fastsam-geo-town-n.pt"),
+            "--epochs", "1", "--imgsz", "64", "--batch", "8", "--workers", "0", "--gsd", "0.5",
+            "--work-dir", str(tmp_path / "work"),
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("validation by source"))
+    rows = [line.split() for line in lines[head + 1 : head + 3]]
+    assert [row[0] for row in rows] == ["a", "b"], r.output
+    for row in rows:
+        crops, buildings, p, rec, map50 = int(row[1]), int(row[2]), *map(float, row[3:6])
+        assert crops > 0 and buildings > 0 and 0 <= p <= 1 and 0 <= rec <= 1 and 0 <= map50 <= 1
+    res = train(
+        [a.raster], [tmp_path / "a_buildings.gpkg"], tmp_path / "one.pt",
+        base=str(tmp_path / "two.pt"), epochs=1, imgsz=64, batch=8, workers=0, work_dir=tmp_path / "work1",
+    )
+    assert [s.source for s in res.per_source] == ["a"] and res.per_source[0].images == res.dataset.val_images
