@@ -539,7 +539,7 @@ def _few_bits(ds: rasterio.io.DatasetReader, dtype: str, valid: np.ndarray) -> b
 
 #: Where the low and high percentiles land in 0-255. Real 8-bit orthophotos do not fill the
 #: range: measured on the real sets of this project (Banepa, Kampala, Rio), their 2 % and 98 %
-#: points lie at 4-36 and 106-254 per band. Mapping them to 16 and 224 keeps the outer 2 % of
+#: points lie at 4-29 and 106-254 per band. Mapping them to 16 and 224 keeps the outer 2 % of
 #: roofs and shadows unclipped and gives a picture of the contrast the models were trained on.
 STRETCH_OUT = (16.0, 224.0)
 
