@@ -640,7 +640,9 @@ def evaluate(
         if as_json:
             click.echo(json.dumps(scores.as_dict(), indent=2))
             return
-        seam = "n/a" if scores.seam_score is None else f"{scores.seam_score:.3f} ({scores.seam_single}/{scores.seam_total})"
+        seam = "n/a"
+        if scores.seam_score is not None:
+            seam = f"{scores.seam_score:.3f} ({scores.seam_single}/{scores.seam_total})"
         pixel = "" if scores.pixel_f1 is None else f"  pixel F1 {scores.pixel_f1:.3f}"
         outside = f"  ({scores.truth_outside} truth outside the raster)" if scores.truth_outside else ""
         click.echo(

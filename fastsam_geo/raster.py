@@ -135,7 +135,7 @@ class Stretch:
 #: and Maxar ARD files name their bands (read from the band descriptions).
 KNOWN_LAYOUTS: dict[int, tuple[tuple[int, int, int], str]] = {
     4: ((3, 2, 1), "4 bands without colour names: blue, green, red, NIR order assumed"),
-    8: ((5, 3, 2), "8 bands without colour names: WorldView-2/3 order assumed (coastal, blue, green, yellow, red, ...)"),
+    8: ((5, 3, 2), "8 bands without colour names: WorldView-2/3 order assumed (coastal, blue, green, yellow, red...)"),
 }
 
 _COLOUR_WORDS = {"red": ("red", "r"), "green": ("green", "g"), "blue": ("blue", "b")}
@@ -181,7 +181,7 @@ def band_layout(
     layout by band count (:data:`KNOWN_LAYOUTS`); else bands 1, 2, 3.
 
     >>> band_layout(8)
-    ((5, 3, 2), '8 bands without colour names: WorldView-2/3 order assumed (coastal, blue, green, yellow, red, ...)')
+    ((5, 3, 2), '8 bands without colour names: WorldView-2/3 order assumed (coastal, blue, green, yellow, red...)')
     >>> band_layout(2)[0], band_layout(5)[0]
     ((1, 1, 1), (1, 2, 3))
     """

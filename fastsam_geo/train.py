@@ -241,7 +241,9 @@ def validate_per_source(
         listing = work / f"val_{r_i:03d}.txt"
         listing.write_text("".join(f"{p.resolve()}\n" for p in images))
         yaml = work / f"val_{r_i:03d}.yaml"
-        yaml.write_text(f"path: {root.resolve()}\ntrain: images/train\nval: {listing.resolve()}\nnames:\n  0: building\n")
+        yaml.write_text(
+            f"path: {root.resolve()}\ntrain: images/train\nval: {listing.resolve()}\nnames:\n  0: building\n"
+        )
         labels = [root / "labels" / "val" / f"{p.stem}.txt" for p in images]
         instances = sum(len(lab.read_text().splitlines()) for lab in labels if lab.exists())
         m = model.val(

@@ -110,17 +110,19 @@ def test_the_mask_cache_is_keyed_on_the_working_grid(scene: Scene, tmp_path: Pat
     assert seg.tiles == 20 and s.buildings == 1
 
 
-def test_resume_ledger_refuses_another_grid(scene: Scene, tmp_path: Path) -> None:
-    from fastsam_geo.ledger import Ledger
+def test_resume_refuses_another_working_grid(scene: Scene, tmp_path: Path) -> None:
+    from fastsam_geo.errors import Cancelled, OutputError
 
-    params = {"grid": [384, 384]}
     out = tmp_path / "x.gpkg"
-    Ledger.create(out, params).close()
-    seg = _Seen(scene.truth)
-    with pytest.raises(Exception, match="grid|parameters|differ"):
-        extract_buildings(
-            scene.raster, out, segmenter=seg, gsd="native", tile_size=256, overlap=32, resume=True
-        )
+    common = dict(tile_size=256, overlap=32, building_filter=False)
+    calls = iter(range(100))
+    with pytest.raises(Cancelled):  # interrupted after a tile: the ledger stays
+        extract_buildings(scene.raster, out, segmenter=_Seen(scene.truth), gsd=1.0,
+                          cancel=lambda: next(calls) >= 2, **common)
+    with pytest.raises(OutputError, match=r"other settings \(grid\)"):
+        extract_buildings(scene.raster, out, segmenter=_Seen(scene.truth), gsd="native", resume=True, **common)
+    s = extract_buildings(scene.raster, out, segmenter=_Seen(scene.truth), gsd=1.0, resume=True, **common)
+    assert s.tiles_resumed >= 1 and s.tiles_total == 4
 
 
 def test_cli_gsd_option_and_info(scene: Scene, tmp_path: Path) -> None:
@@ -174,5 +176,6 @@ def test_worker_takes_gsd(scene: Scene, tmp_path: Path) -> None:
     params = {"raster": str(scene.raster), "tile_size": 256, "overlap": 32, "building_filter": False}
     r1 = engine.extract(1, {**params, "output": str(tmp_path / "a.gpkg")}, lambda d, t: None, lambda: False)
     assert made[0].pixel == {1.0} and r1["tiles_total"] == 4
-    r2 = engine.extract(2, {**params, "output": str(tmp_path / "b.gpkg"), "gsd": "native"}, lambda d, t: None, lambda: False)
+    params2 = {**params, "output": str(tmp_path / "b.gpkg"), "gsd": "native"}
+    r2 = engine.extract(2, params2, lambda d, t: None, lambda: False)
     assert r2["tiles_total"] == 16 and r2["cache"]["misses"] == 16 and made[0].pixel == {1.0, 0.5}

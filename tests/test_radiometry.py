@@ -166,7 +166,7 @@ def test_the_stretch_ignores_nodata_and_black_collars(town: Scene, tmp_path: Pat
         f = rgb.astype(np.float64)[:, mask] * 60 + 3000
         expected_lo = np.percentile(f, 2, axis=1)
         np.testing.assert_allclose(b.stretch.lo, expected_lo, rtol=0.01)
-        img, nodata = b.read(Window(0, 0, b.info.width, b.info.height))
+        _, nodata = b.read(Window(0, 0, b.info.width, b.info.height))
         assert nodata is not None and nodata[200, 100] and not nodata[50, 50]
         assert a.stretch.gamma == 1.0 and b.stretch.gamma == 1.0
     with RasterSource(make_variant("uint11", town, tmp_path)) as c:
