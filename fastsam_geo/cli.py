@@ -528,7 +528,7 @@ def extract(
 @click.pass_context
 def prompt(ctx: click.Context, raster: Path, output: Path, **kw: Any) -> None:
     """Apply new prompts to RASTER using the everything masks cached by an earlier
-    `fastsam-geo extract` (same weights, --conf, --iou, --bands): no model runs, so a new
+    `fastsam-geo extract` (same weights, --conf, --iou, --bands, --gsd): no model runs, so a new
     click or a new text costs milliseconds per tile. Tiles not in the cache are an error.
 
     \b

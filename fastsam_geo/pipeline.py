@@ -249,7 +249,7 @@ class _CacheOnly:
         ids = ", ".join(t.id for t in tiles[:3])
         raise PromptError(
             f"{self.raster}: tile(s) {ids} not in the mask cache; run `fastsam-geo extract` over this raster "
-            "first (with the same weights, --conf, --iou and --bands), or use `extract` with these prompts."
+            "first (with the same weights, --conf, --iou, --bands and --gsd), or use `extract` with these prompts."
         )
 
 
