@@ -220,3 +220,32 @@ def weights_gsd(weights: str | os.PathLike[str] | None) -> float | None:
         return default_gsd(path, read_model_meta(path))
     except WeightsError:
         return None
+
+
+def parse_meta(text: str | None) -> dict[str, Any]:
+    """The metadata dict from its JSON text (``{}`` for nothing, bad JSON or a non-object).
+
+    >>> parse_meta('{"gsd_m": 0.5}'), parse_meta(None), parse_meta("[1]")
+    ({'gsd_m': 0.5}, {}, {})
+    """
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def write_onnx_meta(path: str | os.PathLike[str], meta: dict[str, Any]) -> None:
+    """Store ``meta`` as JSON under ``metadata_props["fastsam_geo"]`` of an ``.onnx`` file (in place;
+    needs the ``onnx`` package, in the torch extra). Used by ``fastsam-geo export``."""
+    import onnx
+
+    model = onnx.load(os.fspath(path))
+    for prop in list(model.metadata_props):
+        if prop.key == META_KEY:
+            model.metadata_props.remove(prop)
+    entry = model.metadata_props.add()
+    entry.key, entry.value = META_KEY, json.dumps(meta, sort_keys=True)
+    onnx.save(model, os.fspath(path))

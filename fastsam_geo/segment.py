@@ -1,11 +1,12 @@
-"""The Segmenter protocol, and the FastSAM adapter (the only code that imports torch/ultralytics).
+"""The Segmenter protocol, and the FastSAM adapter shared by its engines (torch and ONNX Runtime).
 
 Any model that returns instance masks can be plugged into the pipeline: it only has to
 implement ``segment(tiles) -> list[InstanceMasks]``.
 
-:class:`FastSAMSegmenter` runs a FastSAM (YOLOv8-seg) checkpoint on batches of tiles. It loads
-the weights through ``ultralytics.FastSAM`` and applies ultralytics' own NMS, but it assembles
-each mask itself, *only inside the object's box*: ultralytics' ``retina_masks=True`` builds a
+:class:`FastSAMSegmenter` runs a FastSAM (YOLOv8-seg) model on batches of tiles: a ``.pt``
+checkpoint through torch and ultralytics' own NMS (:mod:`fastsam_geo.engine_torch`), or an
+``.onnx`` export through ONNX Runtime and the same NMS in numpy (:mod:`fastsam_geo.engine_onnx`,
+:mod:`fastsam_geo.nms`). Either way it assembles each mask itself, in numpy, *only inside the object's box*: ultralytics' ``retina_masks=True`` builds a
 full-resolution float mask per object (1 MB at 1024 px, seconds per dense tile on a CPU),
 while a building-sized crop costs tens of microseconds. The crops are the same pixels
 ultralytics would give (``ops.process_mask_native``): logits ``coef @ protos`` sampled
@@ -17,8 +18,8 @@ arrays); a tile is padded, not scaled up, to the input size unless ``imgsz`` is 
 boxes are kept as they are (FastSAM's predictor afterwards snaps boxes within 20 px of the image
 border, and near-whole-image boxes, to the border, which changes no mask).
 
-Importing this module imports neither torch nor ultralytics; both are imported when a
-segmenter is built.
+Importing this module imports neither torch, ultralytics nor onnxruntime; the engine a weights
+file needs is imported when a segmenter is built.
 """
 
 from __future__ import annotations
@@ -29,17 +30,13 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from fastsam_geo.errors import DependencyError, WeightsError
 from fastsam_geo.masks import InstanceMasks
 from fastsam_geo.tiling import Tile
-from fastsam_geo.weights import resolve_weights, sha256_file
-
-if TYPE_CHECKING:
-    import torch
+from fastsam_geo.weights import resolve_weights
 
 log = logging.getLogger(__name__)
 
@@ -54,18 +51,6 @@ class Segmenter(Protocol):
     def segment(self, tiles: Sequence[Tile]) -> list[InstanceMasks]:
         """One :class:`InstanceMasks` per tile, in the order of ``tiles``."""
         ...
-
-
-def set_torch_threads(threads: int | None = None) -> int:
-    """Set torch's intra-op threads (default: every core; ultralytics leaves one idle).
-
-    Returns the number set.
-    """
-    import torch
-
-    n = threads or os.cpu_count() or 1
-    torch.set_num_threads(n)
-    return n
 
 
 # ---------------------------------------------------------------------- geometry (pure numpy)
@@ -269,33 +254,6 @@ def assemble_masks(
     return InstanceMasks(crops, np.asarray(offsets, np.int64).reshape(-1, 2), scores[idx], boxes[idx], (h, w))
 
 
-# ---------------------------------------------------------------------- torch helpers
-def resolve_device(device: str | int | None = "auto") -> torch.device:
-    """``"auto"`` -> CUDA if available, else Apple MPS if available, else CPU; others are checked.
-
-    Raises:
-        DependencyError: a CUDA / MPS device was asked for but this torch build cannot use it.
-    """
-    import torch
-
-    if device is None or (isinstance(device, str) and device.lower() == "auto"):
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    dev = torch.device(f"cuda:{device}" if isinstance(device, int) else device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DependencyError(
-            f"device={device!r} asked for CUDA, but this torch ({torch.__version__}) cannot use a GPU; "
-            "install a CUDA build of torch or use device='cpu'."
-        )
-    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise DependencyError(f"device={device!r} asked for Apple MPS, which is not available here; use device='cpu'.")
-    return dev
-
-
 @dataclass
 class RawPrediction:
     """What the network and NMS gave for one tile, before the masks are assembled (numpy only).
@@ -342,37 +300,72 @@ def mask_settings(
     }
 
 
+ENGINES = {".onnx": ("fastsam_geo.engine_onnx", "OnnxFastSAMSegmenter")}
+"""Weights suffix -> (module, class) of the engine that runs them; anything else is torch."""
+
+
+def engine_for(weights: str | os.PathLike[str]) -> type[FastSAMSegmenter]:
+    """The :class:`FastSAMSegmenter` subclass that runs ``weights`` (by suffix; torch by default).
+
+    Importing the ONNX engine imports onnxruntime only; the torch engine imports torch when built.
+    """
+    import importlib
+
+    module, name = ENGINES.get(Path(weights).suffix.lower(), ("fastsam_geo.engine_torch", "TorchFastSAMSegmenter"))
+    return getattr(importlib.import_module(module), name)
+
+
 class FastSAMSegmenter:
     """FastSAM "segment everything" on tiles, with masks assembled inside their boxes.
 
+    ``FastSAMSegmenter(weights)`` builds the engine that runs the file: an ``.onnx`` export
+    runs on ONNX Runtime (:class:`fastsam_geo.engine_onnx.OnnxFastSAMSegmenter`, no torch), a
+    ``.pt`` checkpoint on torch (:class:`fastsam_geo.engine_torch.TorchFastSAMSegmenter`). Both
+    share the letterboxing, the mask assembly and the cache-key settings of this class.
+
     Args:
-        weights: a ``.pt`` path or name, resolved by :func:`fastsam_geo.weights.resolve_weights`
-            (None: the project default). ``.pt`` files are pickles: load only trusted ones.
+        weights: a ``.pt`` or ``.onnx`` path or name, resolved by
+            :func:`fastsam_geo.weights.resolve_weights` (None: the project default, the ``.pt``
+            when torch is installed, else the ``.onnx``). ``.pt`` files are pickles: load only
+            trusted ones.
         device: ``"auto"`` (CUDA, else MPS, else CPU), ``"cpu"``, ``"cuda:0"``, ``"mps"``...
-        half: half precision; only used on CUDA (default there: True).
+            (ONNX: ``"auto"`` uses TensorRT / CUDA execution providers when onnxruntime has them).
+        half: half precision; only used on CUDA (default there: True). An ONNX file's precision
+            is fixed at export (``fastsam-geo export --half``).
         batch_size: tiles per forward pass; None: 1 on the CPU (batching measured 1.6x slower per
             tile there: 0.68 s against 0.42 s for FastSAM-s at 1024 px), 4 on a GPU.
         conf: confidence threshold of the detections.
-        iou: IoU threshold of ultralytics' NMS.
+        iou: IoU threshold of the NMS.
         max_det: most objects kept per tile (ultralytics' default of 300 caps dense city tiles).
         imgsz: network input size; None runs each batch at its tiles' own size (rounded up to
             the stride, 32), padding smaller tiles; an int resizes every tile to fit
-            ``imgsz x imgsz``.
-        threads: torch CPU threads (None: every core).
+            ``imgsz x imgsz``. An ONNX file exported with a fixed size runs at that size.
+        threads: CPU threads (None: every core).
         min_area_px: masks smaller than this many pixels are dropped.
 
     Attributes:
         weights_path: the file that was loaded.
         weights_sha256: its sha256 (traceability: written to the outputs' metadata).
         gsd: the model's working ground resolution in metres per pixel (stored in the
-            checkpoint, see :mod:`fastsam_geo.modelmeta`), or None when it has none: ``extract``
-            then reads rasters at their own resolution.
-        device: the torch device in use.
+            checkpoint or the .onnx, see :mod:`fastsam_geo.modelmeta`), or None when it has none:
+            ``extract`` then reads rasters at their own resolution.
+        device: the device in use (a ``torch.device``, or ``"cpu"`` / ``"cuda"`` for ONNX).
         model_calls: number of forward passes so far.
 
     Raises:
         WeightsError: the weights cannot be found, read, or are not an instance-segmentation model.
+        DependencyError: the engine the file needs is not installed (torch for ``.pt``).
     """
+
+    engine = "abstract"
+    device: Any
+    names: dict[int, str]
+    stride: int
+
+    def __new__(cls, weights: str | Path | None = None, **_kwargs: Any) -> FastSAMSegmenter:
+        if cls is FastSAMSegmenter:  # the public entry: pick the engine by the file's suffix
+            cls = engine_for(resolve_weights(weights))
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -396,77 +389,23 @@ class FastSAMSegmenter:
             raise ValueError(f"max_det={max_det} must be at least 1")
         if imgsz is not None and imgsz < 1:
             raise ValueError(f"imgsz={imgsz} must be positive (or None for the tile size)")
-        self.batch_size = 1 if batch_size is None else int(batch_size)  # set for the device below
+        self.batch_size = 1 if batch_size is None else int(batch_size)  # set for the device by _setup
         self.conf = float(conf)
         self.iou = float(iou)
         self.max_det = int(max_det)
         self.imgsz = imgsz
         self.min_area_px = int(min_area_px)
         self.model_calls = 0
-
         self.weights_path = resolve_weights(weights)
-        self.device = resolve_device(device)
-        if batch_size is None:
-            self.batch_size = 1 if self.device.type == "cpu" else 4
-        if half and self.device.type != "cuda":
-            log.warning("half precision is only used on CUDA; running in float32 on %s", self.device)
-        self.half = bool(self.device.type == "cuda" and (half is None or half))
-        self._load()
-        # after ultralytics is imported; predict_raw sets it again if someone changed it since
-        # (ultralytics' own predictors set cpu_count - 1, and 2 threads beat 1 by 1.8x on 2 cores)
-        self.threads = set_torch_threads(threads)
+        self._setup(device=device, half=half, batch_size=batch_size, threads=threads)
 
-    # ------------------------------------------------------------------ loading
-    def _load(self) -> None:
-        try:
-            import torch
-            from ultralytics import FastSAM
-        except ImportError as e:  # pragma: no cover - both are core dependencies
-            raise DependencyError(
-                f"FastSAM needs torch and ultralytics ({e}); install them with: pip install torch ultralytics"
-            ) from e
-        try:  # ultralytics' NMS uses torchvision's C++ kernel only when torchvision is already imported
-            import torchvision  # noqa: F401
-        except ImportError:  # pragma: no cover - a dependency; ultralytics falls back on its own (slower) NMS
-            log.debug("torchvision not importable; NMS falls back on ultralytics' TorchNMS")
-        path = self.weights_path
-        try:
-            wrapper = FastSAM(str(path))
-        except Exception as e:
-            reason = " ".join(str(e).split())[:300] or type(e).__name__
-            raise WeightsError(
-                f"Cannot load model weights {path}: {type(e).__name__}: {reason}. "
-                "Use a FastSAM or YOLO-seg .pt checkpoint (e.g. FastSAM-s.pt)."
-            ) from e
-        net = wrapper.model
-        if not isinstance(net, torch.nn.Module):
-            raise WeightsError(f"Model weights {path} are not a PyTorch .pt checkpoint; use a FastSAM .pt file.")
-        head = net.model[-1] if hasattr(net, "model") and len(net.model) else None
-        if getattr(wrapper, "task", None) != "segment" or not hasattr(head, "nm"):
-            raise WeightsError(
-                f"Model weights {path} hold a {getattr(wrapper, 'task', 'unknown')!r} model, not an instance-"
-                "segmentation one; use a FastSAM or YOLO-seg checkpoint (e.g. FastSAM-s.pt)."
-            )
-        ckpt_path = Path(getattr(wrapper, "ckpt_path", None) or path)
-        if ckpt_path.is_file():  # a bare official name downloaded by ultralytics lands here
-            self.weights_path = ckpt_path.resolve()
-        self.weights_sha256 = sha256_file(self.weights_path)
-        from fastsam_geo.modelmeta import META_KEY, default_gsd
+    def _setup(self, *, device: str | int | None, half: bool | None, batch_size: int | None, threads: int | None) -> None:
+        """Load the weights (engine-specific): sets device, half, batch_size, names, stride, weights_sha256."""
+        raise NotImplementedError
 
-        ckpt = getattr(wrapper, "ckpt", None)  # the checkpoint dict ultralytics loaded: no second read
-        meta = ckpt.get(META_KEY) if isinstance(ckpt, dict) else None
-        self.gsd: float | None = default_gsd(self.weights_path, dict(meta) if isinstance(meta, dict) else {})
-
-        if hasattr(net, "fuse"):
-            net = net.fuse(verbose=False)
-        net = net.to(self.device).eval()
-        net = net.half() if self.half else net.float()
-        for p in net.parameters():
-            p.requires_grad_(False)
-        self.net = net
-        self.names: dict[int, str] = dict(getattr(net, "names", {0: "object"}))
-        self.stride = int(max(int(torch.as_tensor(net.stride).max()), 32))
-        self.end2end = bool(getattr(net, "end2end", False))
+    def _forward(self, x: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Forward pass and NMS of a ``B x H x W x 3`` uint8 batch: ``(det, protos)`` per image (numpy)."""
+        raise NotImplementedError
 
     @property
     def metadata(self) -> dict[str, Any]:
@@ -500,11 +439,6 @@ class FastSAMSegmenter:
 
     def predict_raw(self, tiles: Sequence[Tile]) -> list[RawPrediction]:
         """Forward pass and NMS, batched; numpy detections and prototypes per tile."""
-        import torch
-        from ultralytics.utils.nms import non_max_suppression
-
-        if torch.get_num_threads() != self.threads:
-            torch.set_num_threads(self.threads)
         out: list[RawPrediction] = []
         for start in range(0, len(tiles), self.batch_size):
             batch = tiles[start : start + self.batch_size]
@@ -512,33 +446,9 @@ class FastSAMSegmenter:
             input_shape, resize = self._input_shape([im.shape[:2] for im in images])
             lbs = [letterbox_params(im.shape[:2], input_shape, resize) for im in images]
             x = np.stack([letterbox_image(im, lb) for im, lb in zip(images, lbs, strict=True)])
-            with torch.inference_mode():
-                xt = torch.from_numpy(x).to(self.device).permute(0, 3, 1, 2).contiguous()
-                xt = (xt.half() if self.half else xt.float()).div_(255.0)
-                preds = self.net(xt)
-                self.model_calls += 1
-                head = preds[0] if isinstance(preds, (tuple, list)) else preds
-                if isinstance(head, (tuple, list)):
-                    pred, protos = head[0], head[1]
-                else:
-                    pred, protos = head, preds[1]
-                for j, lb in enumerate(lbs):
-                    # one image per call: NMS's time limit then never drops the later images of a batch
-                    det = non_max_suppression(
-                        pred[j : j + 1],
-                        self.conf,
-                        self.iou,
-                        max_det=self.max_det,
-                        nc=len(self.names),
-                        end2end=self.end2end,
-                    )[0]
-                    out.append(
-                        RawPrediction(
-                            det.float().cpu().numpy(),
-                            protos[j].float().cpu().numpy(),
-                            lb,
-                        )
-                    )
+            results = self._forward(x)
+            self.model_calls += 1
+            out.extend(RawPrediction(det, protos, lb) for (det, protos), lb in zip(results, lbs, strict=True))
         return out
 
     def segment(self, tiles: Sequence[Tile]) -> list[InstanceMasks]:
@@ -548,7 +458,6 @@ class FastSAMSegmenter:
             assemble_masks(r.det, r.protos, r.letterbox, nodata=t.nodata, min_area_px=self.min_area_px)
             for r, t in zip(raws, tiles, strict=True)
         ]
-
 
 def _check_image(tile: Tile) -> np.ndarray:
     image = np.asarray(tile.image)

@@ -282,7 +282,7 @@ def train(
     the output checkpoint (see :mod:`fastsam_geo.modelmeta`), so ``extract`` reads tiles at
     the same resolution.
     """
-    from fastsam_geo.segment import set_torch_threads
+    from fastsam_geo.engine_torch import set_torch_threads
 
     os.environ.setdefault("YOLO_OFFLINE", "1")
     from ultralytics import YOLO
