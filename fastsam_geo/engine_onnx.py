@@ -94,7 +94,9 @@ class OnnxFastSAMSegmenter(FastSAMSegmenter):
 
     engine = "onnxruntime"
 
-    def _setup(self, *, device: str | int | None, half: bool | None, batch_size: int | None, threads: int | None) -> None:
+    def _setup(
+        self, *, device: str | int | None, half: bool | None, batch_size: int | None, threads: int | None
+    ) -> None:
         ort = import_onnxruntime()
         providers = select_providers(device, ort.get_available_providers())
         opts = ort.SessionOptions()

@@ -83,7 +83,9 @@ class TorchFastSAMSegmenter(FastSAMSegmenter):
 
     engine = "torch"
 
-    def _setup(self, *, device: str | int | None, half: bool | None, batch_size: int | None, threads: int | None) -> None:
+    def _setup(
+        self, *, device: str | int | None, half: bool | None, batch_size: int | None, threads: int | None
+    ) -> None:
         self.device = resolve_device(device)
         if batch_size is None:
             self.batch_size = 1 if self.device.type == "cpu" else 4

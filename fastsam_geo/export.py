@@ -55,7 +55,7 @@ def _run_exporter(pt: Path, imgsz: int, batch: int | str, opset: int | None, hal
     try:
         from ultralytics import YOLO
     except ImportError as e:
-        raise DependencyError(f"export needs ultralytics and torch ({e}): pip install \"fastsam-geo[torch]\"") from e
+        raise DependencyError(f'export needs ultralytics and torch ({e}): pip install "fastsam-geo[torch]"') from e
     try:
         model = YOLO(str(pt))
     except Exception as e:

@@ -104,8 +104,8 @@ def non_max_suppression(
     >>> p = np.zeros((4 + 1 + 2, 3), np.float32)
     >>> p[:4] = [[50, 52, 200], [50, 50, 200], [20, 20, 10], [20, 20, 10]]  # two overlapping boxes and one apart
     >>> p[4] = [0.9, 0.8, 0.1]; p[5:] = [[1, 2, 3], [4, 5, 6]]
-    >>> non_max_suppression(p, 0.25, 0.5, nc=1).tolist()
-    [[40.0, 40.0, 60.0, 60.0, 0.8999999761581055, 0.0, 1.0, 4.0]]
+    >>> non_max_suppression(p, 0.25, 0.5, nc=1).astype(np.float64).round(3).tolist()
+    [[40.0, 40.0, 60.0, 60.0, 0.9, 0.0, 1.0, 4.0]]
     """
     pred = np.asarray(prediction, np.float32)
     nc = nc or pred.shape[0] - 4

@@ -6,7 +6,8 @@ implement ``segment(tiles) -> list[InstanceMasks]``.
 :class:`FastSAMSegmenter` runs a FastSAM (YOLOv8-seg) model on batches of tiles: a ``.pt``
 checkpoint through torch and ultralytics' own NMS (:mod:`fastsam_geo.engine_torch`), or an
 ``.onnx`` export through ONNX Runtime and the same NMS in numpy (:mod:`fastsam_geo.engine_onnx`,
-:mod:`fastsam_geo.nms`). Either way it assembles each mask itself, in numpy, *only inside the object's box*: ultralytics' ``retina_masks=True`` builds a
+:mod:`fastsam_geo.nms`). Either way it assembles each mask itself, in numpy, *only inside the
+object's box*: ultralytics' ``retina_masks=True`` builds a
 full-resolution float mask per object (1 MB at 1024 px, seconds per dense tile on a CPU),
 while a building-sized crop costs tens of microseconds. The crops are the same pixels
 ultralytics would give (``ops.process_mask_native``): logits ``coef @ protos`` sampled
@@ -399,7 +400,9 @@ class FastSAMSegmenter:
         self.weights_path = resolve_weights(weights)
         self._setup(device=device, half=half, batch_size=batch_size, threads=threads)
 
-    def _setup(self, *, device: str | int | None, half: bool | None, batch_size: int | None, threads: int | None) -> None:
+    def _setup(
+        self, *, device: str | int | None, half: bool | None, batch_size: int | None, threads: int | None
+    ) -> None:
         """Load the weights (engine-specific): sets device, half, batch_size, names, stride, weights_sha256."""
         raise NotImplementedError
 

@@ -5,8 +5,10 @@ Resolution order (DESIGN.md, "Weights"):
 1. an explicit path that exists;
 2. a bare file name, looked up in the repository's ``weights/`` folder, then in
    ``$FASTSAM_GEO_WEIGHTS`` (a file of that name, or a folder holding it);
-3. nothing given: ``$FASTSAM_GEO_WEIGHTS`` when set, else ``weights/fastsam-geo-town-n.pt``
-   (the project's own small default model);
+3. nothing given: ``$FASTSAM_GEO_WEIGHTS`` when set, else the project's own small default model:
+   ``weights/fastsam-geo-town-n.pt`` when torch is installed, else ``weights/fastsam-geo-town-n.onnx``
+   (ONNX Runtime, the light install); a non-editable install finds both in
+   ``<prefix>/share/fastsam-geo/weights`` (:data:`BUNDLED_DIR`);
 4. ``FastSAM-s.pt`` / ``FastSAM-x.pt`` by bare name, for ultralytics to download, only when
    ``YOLO_OFFLINE`` is not set.
 
@@ -24,7 +26,9 @@ This module is pure Python: it never imports torch or ultralytics.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
+import sys
 from pathlib import Path
 
 from fastsam_geo.errors import WeightsError
@@ -32,9 +36,33 @@ from fastsam_geo.errors import WeightsError
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 """The repository's ``weights/`` folder."""
 
+BUNDLED_DIR = Path(sys.prefix) / "share" / "fastsam-geo" / "weights"
+"""Where ``pip install fastsam-geo`` puts the bundled default model (pyproject's data-files)."""
+
 ENV_VAR = "FASTSAM_GEO_WEIGHTS"
 DEFAULT_WEIGHTS = "fastsam-geo-town-n.pt"
 """The project's own small default model (trained by ``weights/make_default.sh``)."""
+
+DEFAULT_ONNX = "fastsam-geo-town-n.onnx"
+"""The same model exported to ONNX (``weights/export_default.sh``): the default without torch."""
+
+
+def torch_available() -> bool:
+    """True when torch can be imported (checked without importing it)."""
+    return importlib.util.find_spec("torch") is not None
+
+
+def default_weights_name() -> str:
+    """:data:`DEFAULT_WEIGHTS` (``.pt``) with torch installed, else :data:`DEFAULT_ONNX`."""
+    return DEFAULT_WEIGHTS if torch_available() else DEFAULT_ONNX
+
+
+def _bundled(name: str) -> Path | None:
+    """``name`` in the repository's ``weights/`` or the installed :data:`BUNDLED_DIR`, if there."""
+    for folder in (WEIGHTS_DIR, BUNDLED_DIR):
+        if (folder / name).is_file():
+            return folder / name
+    return None
 
 DOWNLOADABLE = frozenset({"FastSAM-s.pt", "FastSAM-x.pt"})
 """Names ultralytics can download by itself when online."""
@@ -92,19 +120,24 @@ def resolve_weights(weights: str | Path | None = None) -> Path:
     env_path = Path(env).expanduser() if env else None
 
     if weights is None:
-        default = WEIGHTS_DIR / DEFAULT_WEIGHTS
+        name = default_weights_name()
+        found = _bundled(name) or (_bundled(DEFAULT_ONNX) if name != DEFAULT_ONNX else None)
+        default = WEIGHTS_DIR / name
         if env_path is None:
-            if default.is_file():
-                return default
-            raise _not_found(f"(default {DEFAULT_WEIGHTS!r})", [str(default), f"{ENV_VAR} (not set)"])
+            if found is not None:
+                return found
+            places = [str(default), str(BUNDLED_DIR / name), f"{ENV_VAR} (not set)"]
+            raise _not_found(f"(default {name!r})", places)
         if env_path.is_file():
             return env_path.resolve()
         if not env_path.is_dir():
             raise _not_found(f"named by {ENV_VAR}", [f"{ENV_VAR}={env} (no such file)"])
-        for candidate in (env_path / DEFAULT_WEIGHTS, default):  # a folder: the default name in it, then ours
-            if candidate.is_file():
-                return candidate.resolve()
-        raise _not_found(f"(default {DEFAULT_WEIGHTS!r})", [str(env_path / DEFAULT_WEIGHTS), str(default)])
+        candidate = env_path / name  # a folder: the default name in it, then ours
+        if candidate.is_file():
+            return candidate.resolve()
+        if found is not None:
+            return found
+        raise _not_found(f"(default {name!r})", [str(env_path / name), str(default)])
 
     path = Path(weights).expanduser()
     if path.is_file():
@@ -117,10 +150,10 @@ def resolve_weights(weights: str | Path | None = None) -> Path:
     places = [str(path.resolve())]
     if _is_bare_name(weights):
         name = path.name
-        candidate = WEIGHTS_DIR / name
-        if candidate.is_file():
+        candidate = _bundled(name)
+        if candidate is not None:
             return candidate
-        places.append(str(candidate))
+        places.append(str(WEIGHTS_DIR / name))
         if env_path is None:
             places.append(f"{ENV_VAR} (not set)")
         elif env_path.is_dir():

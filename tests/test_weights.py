@@ -20,6 +20,7 @@ def repo_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     folder = tmp_path / "repo_weights"
     folder.mkdir()
     monkeypatch.setattr(W, "WEIGHTS_DIR", folder)
+    monkeypatch.setattr(W, "BUNDLED_DIR", tmp_path / "no_bundled_weights")
     monkeypatch.delenv(W.ENV_VAR, raising=False)
     monkeypatch.setenv("YOLO_OFFLINE", "1")
     cwd = tmp_path / "cwd"
@@ -140,3 +141,14 @@ def test_sha256_file_streams_and_matches_hashlib(tmp_path: Path) -> None:
 
 def test_docstring_warns_about_pickles() -> None:
     assert "pickle" in (W.__doc__ or "") and "arbitrary code" in (W.__doc__ or "")
+
+
+def test_default_is_the_onnx_without_torch(repo_weights: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without torch the default is the bundled .onnx; with torch the .pt, falling back on the .onnx."""
+    (repo_weights / W.DEFAULT_ONNX).write_bytes(b"onnx")
+    monkeypatch.setattr(W, "torch_available", lambda: False)
+    assert W.resolve_weights() == repo_weights / W.DEFAULT_ONNX
+    monkeypatch.setattr(W, "torch_available", lambda: True)
+    assert W.resolve_weights() == repo_weights / W.DEFAULT_ONNX  # no .pt there: the .onnx still runs
+    (repo_weights / W.DEFAULT_WEIGHTS).write_bytes(b"pt")
+    assert W.resolve_weights() == repo_weights / W.DEFAULT_WEIGHTS
