@@ -297,7 +297,10 @@ def _default_cache_dir() -> Path:
 def _model_options(f: Callable[..., Any]) -> Callable[..., Any]:
     opts = [
         click.option(
-            "-w", "--weights", default=None, help="FastSAM weights (.pt); default: weights/ or $FASTSAM_GEO_WEIGHTS."
+            "-w",
+            "--weights",
+            default=None,
+            help="FastSAM weights (.pt: torch; .onnx: ONNX Runtime); default: weights/ or $FASTSAM_GEO_WEIGHTS.",
         ),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:0, mps."),
         click.option(
@@ -395,8 +398,9 @@ def _run_extract(
     )
     scorer = None
     if prompts is not None and prompts.text:
-        from fastsam_geo.textprompt import ClipScorer
+        from fastsam_geo.textprompt import ClipScorer, _import_open_clip
 
+        _import_open_clip()  # without the torch extra: one line, before anything runs
         device = kw["device"]
         scorer = ClipScorer(kw["clip_model"], kw["clip_weights"], device="cpu" if device == "auto" else device)
         scorer.load()  # fail now, not after the first tiles' inference
@@ -781,7 +785,14 @@ def info(raster: Path, tile_size: int, overlap: int, weights: str | None, gsd: A
         dev = "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
         click.echo(f"device:   {dev} (torch {torch.__version__}, {torch.get_num_threads()} threads)")
     except ImportError:
-        click.echo("device:   torch not installed")
+        click.echo('device:   torch not installed (.pt weights need: pip install "fastsam-geo[torch]")')
+    try:
+        import onnxruntime
+
+        providers = ", ".join(onnxruntime.get_available_providers())
+        click.echo(f"onnx:     onnxruntime {onnxruntime.__version__} ({providers})")
+    except ImportError:
+        click.echo("onnx:     onnxruntime not installed (.onnx weights need: pip install onnxruntime)")
 
 
 from fastsam_geo.worker import worker_command  # noqa: E402

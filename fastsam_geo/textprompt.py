@@ -52,7 +52,8 @@ def _import_open_clip() -> Any:
         import open_clip
     except ImportError as exc:
         raise DependencyError(
-            f"Text prompts need open_clip, which is not importable ({exc}): pip install open-clip-torch"
+            f"Text prompts (--text) need open_clip, which is not installed ({exc}): "
+            'pip install "fastsam-geo[torch]" (torch and open_clip; the light install has no CLIP)'
         ) from exc
     return open_clip
 

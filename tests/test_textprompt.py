@@ -119,7 +119,7 @@ def test_tag_download_failure_offline_is_a_weights_error(monkeypatch):
 
 def test_missing_open_clip_is_a_dependency_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "open_clip", None)
-    with pytest.raises(DependencyError, match="pip install open-clip-torch"):
+    with pytest.raises(DependencyError, match=r"fastsam-geo\[torch\]"):
         ClipScorer(TINY_CLIP, pretrained="x.pt").load()
 
 

@@ -1,0 +1,90 @@
+"""What the light install (``pip install fastsam-geo``: ONNX Runtime, no torch) must do.
+
+Each test runs the command line in a child Python where torch, torchvision, ultralytics and
+open_clip cannot be imported (blocked in ``sys.modules``; in the light venv they are simply
+absent), so the tests mean the same in both installs. ``make test`` runs this file in the full
+``.venv`` and in ``.venv-light``, passing the torch install's F1 in ``FASTSAM_GEO_REFERENCE_F1``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.light
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "sample_tiles" / "town_s7_1024.tif"
+TRUTH = REPO / "sample_tiles" / "town_s7_1024_buildings.gpkg"
+HEAVY = ("torch", "torchvision", "ultralytics", "open_clip")
+BLOCK = f"import sys; sys.modules.update(dict.fromkeys({HEAVY!r})); from fastsam_geo.cli import main; main()"
+
+
+def fsg(*args: str, block: bool = True, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """``fastsam-geo ARGS`` in a child Python (torch and friends blocked unless ``block=False``)."""
+    cmd = [sys.executable, "-c", BLOCK, *args] if block else [sys.executable, "-m", "fastsam_geo", *args]
+    env = {**os.environ, "YOLO_OFFLINE": "1", "YOLO_VERBOSE": "False"}
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+
+
+def f1_of(gpkg: Path) -> float:
+    run = fsg("evaluate", str(gpkg), str(TRUTH), "--tile-size", "1024", "--overlap", "128", "--json")
+    assert run.returncode == 0, run.stderr
+    return float(json.loads(run.stdout)["f1"])
+
+
+@pytest.fixture(scope="module")
+def reference_f1(tmp_path_factory: pytest.TempPathFactory) -> float:
+    """F1 of the torch install on the sample tile: given by make test, else computed here with the .pt."""
+    given = os.environ.get("FASTSAM_GEO_REFERENCE_F1")
+    if given:
+        return float(given)
+    out = tmp_path_factory.mktemp("torch") / "b.gpkg"
+    run = fsg(
+        "-q", "extract", str(SAMPLE), str(out), "--weights", str(REPO / "weights/fastsam-geo-town-n.pt"), block=False
+    )
+    assert run.returncode == 0, (
+        "no FASTSAM_GEO_REFERENCE_F1 and the torch extract failed (in the light venv, make test-light sets it): "
+        + run.stderr
+    )
+    return f1_of(out)
+
+
+def test_extract_with_the_bundled_onnx_default_gives_the_torch_f1(tmp_path: Path, reference_f1: float) -> None:
+    out = tmp_path / "buildings.gpkg"
+    run = fsg("-q", "extract", str(SAMPLE), str(out), "--no-cache", "--json", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    summary = json.loads(run.stdout)
+    assert str(summary.get("weights", "")).endswith("fastsam-geo-town-n.onnx"), summary
+    f1 = f1_of(out)
+    assert f1 > 0.9 and abs(f1 - reference_f1) <= 1e-3, (f1, reference_f1)
+
+
+def test_pt_weights_without_torch_is_one_clear_line(tmp_path: Path) -> None:
+    out = tmp_path / "b.gpkg"
+    run = fsg("extract", str(SAMPLE), str(out), "--weights", str(REPO / "weights/fastsam-geo-town-n.pt"))
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and 'pip install "fastsam-geo[torch]"' in lines[0] and ".onnx" in lines[0], lines
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_text_prompt_without_open_clip_names_the_extra(tmp_path: Path) -> None:
+    out = tmp_path / "b.gpkg"
+    run = fsg("extract", str(SAMPLE), str(out), "--text", "building")
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and "fastsam-geo[torch]" in lines[0], lines
+    assert not out.exists()
+
+
+def test_info_and_help_work_without_torch() -> None:
+    run = fsg("info", str(SAMPLE))
+    assert run.returncode == 0, run.stderr
+    assert "fastsam-geo-town-n.onnx" in run.stdout and "onnxruntime" in run.stdout, run.stdout
+    assert fsg("export", "--help").returncode == 0
