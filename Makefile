@@ -2,18 +2,25 @@
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
+LIGHT ?= .venv-light
 PY := $(VENV)/bin/python
 FSG := $(VENV)/bin/fastsam-geo
 export YOLO_OFFLINE := 1
 export YOLO_VERBOSE := False
 
-.PHONY: install demo test test-unit test-qgis lint bench plugin-zip samples clean
+.PHONY: install demo test test-unit test-light test-qgis lint bench plugin-zip samples clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# constraints.txt pins torch with the torchvision built against it (from PyPI; runs on the CPU).
-	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[torch,dev]"
+	touch $@
+
+# the light install (pip install fastsam-geo: ONNX Runtime, no torch), to test it next to the full one
+$(LIGHT)/.installed: pyproject.toml constraints.txt weights/fastsam-geo-town-n.onnx $(wildcard fastsam_geo/*.py)
+	test -x $(LIGHT)/bin/python || $(PYTHON) -m venv $(LIGHT)
+	$(LIGHT)/bin/python -m pip install -q -c constraints.txt . pytest
 	touch $@
 
 install: $(VENV)/.installed
@@ -27,6 +34,15 @@ demo: install
 test: install
 	bash .ci/install-qgis.sh
 	$(PY) -m pytest -q
+	$(MAKE) test-light
+
+## test-light: the light install: no torch importable; extract with the bundled .onnx gives the torch install's F1
+test-light: install $(LIGHT)/.installed
+	$(LIGHT)/bin/python -c "import importlib.util as u, sys; sys.exit('torch importable in $(LIGHT)' if u.find_spec('torch') else 0)"
+	$(FSG) -q extract sample_tiles/town_s7_1024.tif $(LIGHT)/torch_ref.gpkg --overwrite --no-cache
+	ref=$$($(FSG) evaluate $(LIGHT)/torch_ref.gpkg sample_tiles/town_s7_1024_buildings.gpkg --json \
+	  | $(PY) -c "import json, sys; print(json.load(sys.stdin)['f1'])") && \
+	FASTSAM_GEO_REFERENCE_F1=$$ref $(LIGHT)/bin/pytest -q -p no:cacheprovider tests/test_light.py
 
 ## test-qgis: only the real-QGIS tests (QGIS installed from Debian packages when it can be)
 test-qgis: install
@@ -60,4 +76,4 @@ samples: install
 	$(FSG) sample sample_tiles/town_s9001_2048.tif --size 2048 --seed 9001 --overwrite
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache buildings.gpkg
+	rm -rf $(VENV) $(LIGHT) .pytest_cache .ruff_cache buildings.gpkg

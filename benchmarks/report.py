@@ -206,6 +206,17 @@ def _summary_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             )
         else:
             rows.append(("GPU", "no NVIDIA GPU on this machine: not measured", "(recorded where one exists)", "n/a"))
+    for m in b.get("onnx", {}).get("models", []):
+        t, o = m["torch"], m["onnxruntime"]
+        rows.append(
+            (
+                f"ONNX Runtime vs torch, CPU, {m['model']}, end to end per 1024 px tile",
+                f"{m['speedup_end_to_end']:.2f} x ({o['end_to_end_s']['median']:.3f} s vs "
+                f"{t['end_to_end_s']['median']:.3f} s; forward {m['speedup_forward']:.2f} x)",
+                ">= 1.5 x",
+                _met(m["speedup_end_to_end"] >= 1.5),
+            )
+        )
     total = r.get("total_seconds")
     if total is not None:
         rows.append(("`make bench` wall time on this machine", f"{total / 60:.1f} min", "< 30 min", _met(total < 1800)))
@@ -651,6 +662,7 @@ def render(r: dict[str, Any]) -> str:
         )
     elif gpu:
         L.append(f"Not measured: {gpu.get('note') or _failed(gpu)}.")
+    L += _onnx_section(b.get("onnx"))
     L.append("")
     L.append("## Run log")
     L.append("")
@@ -786,3 +798,56 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _onnx_section(x: dict[str, Any] | None) -> list[str]:
+    """torch vs ONNX Runtime, side by side (benchmarks/bench_onnx.py)."""
+    if not x:
+        return []
+    L = ["", "## torch vs ONNX Runtime", ""]
+    if _failed(x):
+        return [*L, f"Failed: {_failed(x)}."]
+    L.append(
+        f"onnxruntime {x['onnxruntime']}, torch {x['torch']} ({x['threads']} threads); 1024 px tile, the .pt "
+        f"exported by `fastsam-geo export` (fixed 1024 px, batch 1, float32); median of {x['runs']}, engines "
+        "interleaved. End to end = `extract_buildings` on a one-tile raster (read, forward, NMS, masks, polygons, "
+        "GeoPackage)."
+    )
+    L.append("")
+    rows = []
+    for m in x["models"]:
+        for k in ("torch", "onnxruntime"):
+            e = m[k]
+            rows.append(
+                [
+                    m["model"],
+                    k,
+                    f"{e['forward_s']['median']:.3f}",
+                    f"{e['end_to_end_s']['median']:.3f}",
+                    e["masks_per_tile"],
+                    f"{m['speedup_forward']:.2f} x / {m['speedup_end_to_end']:.2f} x" if k == "onnxruntime" else "",
+                    ("yes" if m["agreement"]["ok"] else "NO") if k == "onnxruntime" else "",
+                ]
+            )
+    L.append(
+        _table(
+            ["model", "engine", "forward s", "end to end s", "masks", "speed-up fwd / e2e", "same objects"], rows
+        )
+    )
+    gpu = x.get("gpu") or {}
+    L.append("")
+    if gpu.get("available"):
+        L.append(f"GPU {gpu.get('gpu') or 'unknown'}:")
+        L.append("")
+        L.append(
+            _table(
+                ["provider", "precision", "batch", "forward s per tile"],
+                [
+                    [g["provider"], "half" if g["half"] else "float32", g["batch"], g["forward_s_per_tile"]]
+                    for g in gpu["rows"]
+                ],
+            )
+        )
+    else:
+        L.append(f"GPU rows: not measured ({gpu.get('note', 'no GPU')}).")
+    return L

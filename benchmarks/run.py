@@ -38,6 +38,7 @@ BENCHMARKS: dict[str, tuple[str, int]] = {
     "memory": ("bench_memory.py", 1500),
     "peer": ("bench_peer.py", 1500),
     "gpu": ("bench_gpu.py", 900),
+    "onnx": ("bench_onnx.py", 900),
 }
 ALIASES = {"throughput": "throughput_300", "merge": "merge_scaling"}
 

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,8 @@ def fsg(*args: str, block: bool = True, cwd: Path | None = None) -> subprocess.C
     """``fastsam-geo ARGS`` in a child Python (torch and friends blocked unless ``block=False``)."""
     cmd = [sys.executable, "-c", BLOCK, *args] if block else [sys.executable, "-m", "fastsam_geo", *args]
     env = {**os.environ, "YOLO_OFFLINE": "1", "YOLO_VERBOSE": "False"}
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+    # cwd outside the checkout: the child imports the installed fastsam_geo, not the source folder
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd or tempfile.gettempdir(), env=env, timeout=600)
 
 
 def f1_of(gpkg: Path) -> float:
