@@ -13,12 +13,21 @@ _client: WorkerClient | None = None
 _found: tuple[str | None, list[Candidate]] | None = None
 
 
+def managed_python() -> str:
+    """The python of the engine the plugin sets up itself, under the QGIS profile folder."""
+    from qgis.core import QgsApplication
+
+    from .setup_engine import managed_venv, venv_python
+
+    return str(venv_python(managed_venv(QgsApplication.qgisSettingsDirPath())))
+
+
 def discover(refresh: bool = False) -> tuple[str | None, list[Candidate]]:
     """The Python to run the worker with, and the discovery report (cached until ``refresh``)."""
     global _found
     with _lock:
         if _found is None or refresh:
-            _found = find_python(setting(KEY_PYTHON, "", str) or None, PLUGIN_DIR)
+            _found = find_python(setting(KEY_PYTHON, "", str) or None, PLUGIN_DIR, managed=managed_python())
             python, report = _found
             log(f"engine Python: {python or 'none found'}\n{describe_candidates(report)}", "info")
         return _found

@@ -8,6 +8,8 @@ process (``<python> -m fastsam_geo worker``) that speaks JSON lines on stdin/std
 Where the Python comes from (:func:`find_python`), first found wins:
 
 1. the plugin setting (``fastsam_geo/python``), set in the settings dialog;
+1b. the engine the plugin set up itself (``<QGIS profile>/fastsam_geo/venv``, see
+   ``setup_engine.py``), when the caller passes it as ``managed``;
 2. ``fastsam-geo`` on ``PATH``: the interpreter of its shebang (``python.exe`` beside it on Windows);
 3. ``$FASTSAM_GEO_HOME``: a clone of the project (its ``.venv``) or a virtual environment;
 4. the repository the plugin folder lives in (a development checkout, or a symlink to one):
@@ -38,9 +40,10 @@ from typing import Any
 HOME_ENV = "FASTSAM_GEO_HOME"
 PROTOCOL = 1
 NOT_FOUND_HELP = (
-    "No Python with fastsam-geo was found. Install fastsam-geo in a Python 3.10+ environment "
-    "(pip install fastsam-geo, or 'make install' in a clone of the project), then choose that "
-    "environment's python in FastSAM-geo > Settings, or set FASTSAM_GEO_HOME to the clone."
+    "No Python with fastsam-geo was found. Let the plugin set one up (FastSAM-geo > Settings > "
+    "Set up engine: a virtual environment in your QGIS profile, no torch), or install fastsam-geo in "
+    "a Python 3.10+ environment (pip install fastsam-geo) and choose that environment's python in "
+    "FastSAM-geo > Settings, or set FASTSAM_GEO_HOME to a clone of the project."
 )
 
 LogFn = Callable[[str, str], None]
@@ -159,10 +162,16 @@ def probe_python(python: str, timeout: float = 60.0) -> tuple[bool, str]:
     return True, f"fastsam-geo {version}, Python {py}"
 
 
-def python_candidates(setting: str | None, plugin_dir: str | os.PathLike[str]) -> list[tuple[str, str | None, str]]:
-    """Every place looked, in order: ``(source, python or None, note when None)``."""
+def python_candidates(
+    setting: str | None, plugin_dir: str | os.PathLike[str], managed: str | os.PathLike[str] | None = None
+) -> list[tuple[str, str | None, str]]:
+    """Every place looked, in order: ``(source, python or None, note when None)``; ``managed`` is
+    the python of the environment the plugin sets up itself (listed only when given)."""
     out: list[tuple[str, str | None, str]] = []
     out.append(("plugin setting", setting or None, "not set"))
+    if managed is not None:
+        exists = os.path.isfile(managed)
+        out.append(("engine set up by the plugin", str(managed) if exists else None, f"{managed} not set up yet"))
     script = shutil.which("fastsam-geo")
     if script:
         py = shebang_python(script)
@@ -185,7 +194,10 @@ def python_candidates(setting: str | None, plugin_dir: str | os.PathLike[str]) -
 
 
 def find_python(
-    setting: str | None, plugin_dir: str | os.PathLike[str], probe: bool = True
+    setting: str | None,
+    plugin_dir: str | os.PathLike[str],
+    probe: bool = True,
+    managed: str | os.PathLike[str] | None = None,
 ) -> tuple[str | None, list[Candidate]]:
     """The first usable Python (or None) and what was found at every place looked.
 
@@ -194,7 +206,7 @@ def find_python(
     """
     found: str | None = None
     report: list[Candidate] = []
-    for source, python, note in python_candidates(setting, plugin_dir):
+    for source, python, note in python_candidates(setting, plugin_dir, managed):
         if python is None:
             report.append(Candidate(source, None, False, note))
             continue

@@ -8,11 +8,13 @@ from qgis.gui import QgsFileWidget
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtWidgets import (
     QApplication,
+    QCheckBox,
     QDialog,
     QDialogButtonBox,
     QFormLayout,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QPushButton,
     QSpinBox,
     QVBoxLayout,
@@ -22,7 +24,10 @@ from qgis.PyQt.QtWidgets import (
 from . import connection
 from .compat import GET_FILE
 from .engine import NOT_FOUND_HELP, WorkerClient, WorkerError, find_python
+from .tasks import SetupEngineTask
 from .utils import KEY_BATCH_SIZE, KEY_CACHE_DIR, KEY_PYTHON, PLUGIN_DIR, icon, set_setting, setting
+
+KEY_ENGINE_SOURCE = "engine_source"
 
 
 class SettingsDialog(QDialog):
@@ -57,9 +62,21 @@ class SettingsDialog(QDialog):
         self.batch_spin.setValue(setting(KEY_BATCH_SIZE, 1, int))
         self.batch_spin.setToolTip("Tiles per forward pass: 1 on a CPU, 4-8 on a GPU.")
         form.addRow("Batch size", self.batch_spin)
+        self.source_edit = QLineEdit(setting(KEY_ENGINE_SOURCE, "", str), self)
+        self.source_edit.setPlaceholderText("fastsam-geo from PyPI")
+        self.source_edit.setToolTip(
+            "What 'Set up engine' installs: empty for PyPI, or a local wheel, sdist or project folder."
+        )
+        form.addRow("Engine source", self.source_edit)
+        self.torch_check = QCheckBox("with torch (.pt weights, train, text prompts: a few GB)", self)
+        form.addRow("", self.torch_check)
         layout.addLayout(form)
 
         buttons_row = QHBoxLayout()
+        self.setup_button = QPushButton("Set up engine", self)
+        self.setup_button.setToolTip("Create a virtual environment in the QGIS profile and install fastsam-geo in it")
+        self.setup_button.clicked.connect(self.setup_engine)
+        buttons_row.addWidget(self.setup_button)
         self.detect_button = QPushButton("Detect", self)
         self.detect_button.setToolTip("Look for a Python with fastsam-geo again")
         self.detect_button.clicked.connect(self.detect)
@@ -93,7 +110,7 @@ class SettingsDialog(QDialog):
         """Run discovery with the current field value and show what was found where."""
         QApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)
         try:
-            python, report = find_python(self.chosen_python() or None, PLUGIN_DIR)
+            python, report = find_python(self.chosen_python() or None, PLUGIN_DIR, managed=connection.managed_python())
         finally:
             QApplication.restoreOverrideCursor()
         rows = "".join(
@@ -129,6 +146,31 @@ class SettingsDialog(QDialog):
             probe.stop()
             QApplication.restoreOverrideCursor()
         self.report_label.setText(self.report_label.text() + text)
+
+    def setup_engine(self) -> SetupEngineTask:
+        """Start the set-up task (progress and cancel in the QGIS task bar); the result lands here."""
+        from qgis.core import QgsApplication
+
+        from .setup_engine import managed_venv
+        from .tasks import SetupEngineTask
+
+        source = self.source_edit.text().strip() or None
+        set_setting(KEY_ENGINE_SOURCE, source or "")
+        venv = str(managed_venv(QgsApplication.qgisSettingsDirPath()))
+        self.setup_task = SetupEngineTask(venv, source, self.torch_check.isChecked(), on_done=self._setup_done)
+        self.setup_button.setEnabled(False)
+        self.report_label.setText(f"<p>Setting up the engine in {html.escape(venv)} (see the task bar)…</p>")
+        QgsApplication.taskManager().addTask(self.setup_task)
+        return self.setup_task
+
+    def _setup_done(self, task: SetupEngineTask, ok: bool) -> None:
+        self.setup_button.setEnabled(True)
+        if ok and task.python:
+            self.python_widget.setFilePath(task.python)
+            self.detect()
+        else:
+            err = html.escape(str(task.error or "failed"))
+            self.report_label.setText(self.report_label.text() + f"<p style='color:#b00020'>{err}</p>")
 
     def restart(self) -> None:
         connection.reset()

@@ -90,3 +90,65 @@ def load_result(result: dict[str, Any], name: str, memory: bool, temp_dir: str |
         layer = copy
     style_buildings(layer)
     return layer
+
+
+class SetupEngineTask(QgsTask):
+    """Set up the plugin's own engine (``setup_engine.setup_engine``) off the GUI thread, with
+    progress, the pip output in the QGIS log and a cancel that stops pip at once.
+
+    On success the engine's python becomes the plugin setting and discovery is refreshed;
+    ``python`` then holds it, else ``error`` the exception (``SetupCancelled`` when cancelled).
+    ``on_done(task, ok)`` is called on the GUI thread.
+    """
+
+    def __init__(
+        self,
+        venv_dir: str,
+        source: str | None = None,
+        torch: bool = False,
+        on_done: Callable[[SetupEngineTask, bool], None] | None = None,
+        base_python: str | None = None,
+    ):
+        super().__init__("Setting up the fastsam-geo engine" + (" (with torch)" if torch else ""), TASK_CAN_CANCEL)
+        self.venv_dir, self.source, self.torch, self.base_python = venv_dir, source, torch, base_python
+        self.on_done = on_done
+        self.python: str | None = None
+        self.error: BaseException | None = None
+        self.lines: list[str] = []
+
+    def _log(self, line: str) -> None:
+        self.lines.append(line)
+        log(line, "info")
+
+    def run(self) -> bool:
+        from .setup_engine import setup_engine
+
+        try:
+            self.python = setup_engine(
+                self.venv_dir,
+                source=self.source,
+                torch=self.torch,
+                base_python=self.base_python,
+                log=self._log,
+                progress=self.setProgress,
+                cancelled=self.isCanceled,
+            )
+            return True
+        except Exception as exc:  # reported on the GUI thread
+            self.error = exc
+            return False
+
+    def finished(self, result: bool) -> None:  # GUI thread
+        from .utils import KEY_PYTHON, set_setting
+
+        if result and self.python:
+            set_setting(KEY_PYTHON, self.python)
+            connection.reset()
+            log(f"engine set up: {self.python}", "success")
+        elif self.error is not None:
+            log(f"engine set-up failed: {self.error}", "critical")
+        if self.on_done is not None:
+            try:
+                self.on_done(self, result)
+            except Exception as exc:
+                log(f"error while handling the end of '{self.description()}': {exc}", "critical")

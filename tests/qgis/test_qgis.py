@@ -210,3 +210,11 @@ def test_screenshot_under_xvfb(qgis_python: str, engine_ready: None, mask_cache:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-v"]))
+
+
+def test_plugin_sets_up_its_own_engine(qgis_python: str) -> None:
+    """No engine anywhere: the plugin's SetupEngineTask creates a venv under the QGIS profile from
+    this checkout (light: no torch), with progress and cancel, and clear messages without a
+    suitable Python or a network; the engine is then found and extracts the sample tile."""
+    result = run_script("check_setup.py", timeout=1500)
+    assert result["buildings"] > 100 and result["cancel_s"] < 10

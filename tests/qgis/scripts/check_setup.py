@@ -1,0 +1,144 @@
+"""In real QGIS: with no engine anywhere, the plugin sets one up itself and then runs it.
+
+A copy of the plugin (not a symlink, so the checkout's .venv is not found next to it), a fresh
+profile, no fastsam-geo on PATH. Then, in order:
+
+1. discovery finds nothing, and the error offers the set-up;
+2. no suitable Python (only interpreters without venv): one clear sentence, nothing created;
+3. no network (pip pointed at a closed port): one clear sentence naming it, nothing left behind;
+4. cancel: the QgsTask stops pip at once and removes the half-made environment;
+5. the real set-up from this checkout (light engine, no torch) in a QgsTask with progress; then
+   discovery finds the new environment, it has no torch, and its worker extracts the sample tile
+   with the bundled ONNX model.
+
+Usage: ``/usr/bin/python3 tests/qgis/scripts/check_setup.py`` (QT_QPA_PLATFORM=offscreen).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+# pip's cache of the real home (common.py moves HOME to a temporary folder): the wheels it holds
+# need not be downloaded again
+os.environ.setdefault("PIP_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "pip"))
+
+from common import REPO, RESULT, SAMPLE, check, run_main, start_qgis  # noqa: E402
+from qgis.core import QgsApplication, QgsTask  # noqa: E402
+
+
+def wait_for(task: QgsTask, timeout: float) -> bool:
+    """Process events until ``task`` ends (True) or ``timeout`` seconds pass (False)."""
+    end = time.monotonic() + timeout
+    done = {QgsTask.TaskStatus.Complete, QgsTask.TaskStatus.Terminated}
+    while time.monotonic() < end:
+        QgsApplication.processEvents()
+        if task.status() in done:
+            for _ in range(20):  # let finished() run on this thread
+                QgsApplication.processEvents()
+                time.sleep(0.01)
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def main() -> None:
+    start_qgis(processing=False)
+    tmp = Path(tempfile.mkdtemp(prefix="fsg-setup-"))
+    plugins = tmp / "plugins"
+    shutil.copytree(REPO / "qgis_plugin", plugins / "fastsam_geo_plugin", ignore=shutil.ignore_patterns("__pycache__"))
+    sys.path.insert(0, str(plugins))
+    os.environ.pop("FASTSAM_GEO_HOME", None)
+    from fastsam_geo_plugin import connection, setup_engine
+    from fastsam_geo_plugin.engine import WorkerNotFound
+    from fastsam_geo_plugin.tasks import SetupEngineTask
+
+    venv = setup_engine.managed_venv(QgsApplication.qgisSettingsDirPath())
+    python, _report = connection.discover(refresh=True)
+    check("no engine found at first", python is None, python)
+    try:
+        connection.client()
+        check("client() without an engine raises WorkerNotFound", False)
+    except WorkerNotFound as exc:
+        check("the not-found message offers the set-up", "Set up engine" in str(exc), str(exc)[:200])
+
+    # 2. no suitable Python
+    real = setup_engine.python_candidates
+    setup_engine.python_candidates = lambda: ["/bin/false"]
+    try:
+        setup_engine.setup_engine(tmp / "nopython", log=lambda _line: None)
+        check("no suitable Python -> SetupError", False)
+    except setup_engine.SetupError as exc:
+        check("no suitable Python: clear message", "no Python 3.10+ with venv" in str(exc), exc)
+    setup_engine.python_candidates = real
+    check("no suitable Python: nothing created", not (tmp / "nopython").exists())
+
+    # 3. no network: pip cannot reach any index
+    os.environ.update(PIP_INDEX_URL="http://127.0.0.1:9/simple", PIP_RETRIES="0", PIP_TIMEOUT="3")
+    t = time.monotonic()
+    try:
+        setup_engine.setup_engine(tmp / "nonet", log=lambda _line: None)
+        check("no network -> SetupError", False)
+    except setup_engine.SetupError as exc:
+        check("no network: the message says so", "no network" in str(exc), exc)
+    check("no network: the half-made venv is removed", not (tmp / "nonet").exists())
+    RESULT["no_network_s"] = round(time.monotonic() - t, 1)
+    for key in ("PIP_INDEX_URL", "PIP_RETRIES", "PIP_TIMEOUT"):
+        os.environ.pop(key)
+
+    # 4. cancel while pip runs
+    task = SetupEngineTask(str(venv), str(REPO))
+    QgsApplication.taskManager().addTask(task)
+    end = time.monotonic() + 120
+    while time.monotonic() < end and not any(line.startswith("$ ") and " pip " in line for line in task.lines):
+        QgsApplication.processEvents()
+        time.sleep(0.05)
+    time.sleep(1.0)
+    t = time.monotonic()
+    task.cancel()
+    ended = wait_for(task, 60)
+    RESULT["cancel_s"] = round(time.monotonic() - t, 2)
+    check("cancel ends the task", ended and task.status() == QgsTask.TaskStatus.Terminated, task.status())
+    check("cancel: SetupCancelled", isinstance(task.error, setup_engine.SetupCancelled), repr(task.error))
+    check("cancel: the half-made venv is removed", not venv.exists(), venv)
+    check("cancel takes under 10 s", RESULT["cancel_s"] < 10, RESULT["cancel_s"])
+
+    # 5. the real set-up, light engine from this checkout
+    progress: list[float] = []
+    task = SetupEngineTask(str(venv), str(REPO))
+    task.progressChanged.connect(progress.append)
+    t = time.monotonic()
+    QgsApplication.taskManager().addTask(task)
+    ended = wait_for(task, 900)
+    RESULT["setup_s"] = round(time.monotonic() - t, 1)
+    check("set-up task completes", ended and task.status() == QgsTask.TaskStatus.Complete, f"{task.error}")
+    check("set-up reports progress up to 100", progress and max(progress) >= 100, progress[-5:])
+    py = str(setup_engine.venv_python(venv))
+    found, _report = connection.discover(refresh=True)
+    check("discovery now finds the new engine", found == py, found)
+    no_torch = subprocess.run(
+        [py, "-c", "import importlib.util as u; print(u.find_spec('torch') is None)"],
+        capture_output=True,
+        text=True,
+        cwd=tempfile.gettempdir(),
+    )
+    check("the light engine has no torch", no_torch.stdout.strip() == "True", no_torch.stdout + no_torch.stderr)
+    client = connection.client()
+    hello = client.start()
+    check("worker hello from the new engine", str(hello.get("default_weights", "")).endswith(".onnx"), hello)
+    out = tmp / "buildings.gpkg"
+    result = client.request("extract", {"raster": str(SAMPLE), "output": str(out), "cache": False})
+    RESULT["buildings"] = result.get("buildings")
+    check("the new engine extracts buildings", (result.get("buildings") or 0) > 100 and out.exists(), result)
+    connection.shutdown()
+    shutil.rmtree(venv, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    run_main(main)
