@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 # need not be downloaded again
 os.environ.setdefault("PIP_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "pip"))
 
-from common import REPO, RESULT, SAMPLE, check, run_main, start_qgis  # noqa: E402
-from qgis.core import QgsApplication, QgsTask  # noqa: E402
+from common import REPO, RESULT, SAMPLE, check, run_main, start_qgis
+from qgis.core import QgsApplication, QgsTask
 
 
 def wait_for(task: QgsTask, timeout: float) -> bool:
