@@ -16,3 +16,4 @@ done
 "$FSG" train "${rasters[@]}" "${labels[@]}" -o weights/fastsam-geo-town-n.pt \
   --base yolov8n-seg.yaml --imgsz 512 --batch 8 --epochs 100 --hours 1.0 --seed 0 --workers 2 \
   --work-dir "$WORK/train"
+PYTHON=.venv/bin/python weights/export_default.sh weights/fastsam-geo-town-n.pt  # the .onnx default of the light install
