@@ -64,7 +64,6 @@ def _forward_fn(seg: Any, x: Any) -> Any:
 
 def _compare_cpu(name: str, pt: Path, raster: Path, work: Path, quick: bool, **seg_kw: Any) -> dict[str, Any]:
     """Both engines on the CPU, interleaved: forward and end-to-end medians, masks per tile."""
-    import numpy as np
 
     from fastsam_geo.pipeline import extract_buildings
     from fastsam_geo.raster import RasterSource
@@ -186,9 +185,7 @@ def run(data: Path, weights: str | None, quick: bool = False) -> dict[str, Any]:
     if default is not None:
         res["models"].append(_compare_cpu("default", default, sc.raster, work, quick))
     res["models"].append(
-        _compare_cpu(
-            "FastSAM-s arch.", rand, sc.raster, work, quick, conf=FASTSAM_S_CONF, max_det=FASTSAM_S_MAX_DET
-        )
+        _compare_cpu("FastSAM-s arch.", rand, sc.raster, work, quick, conf=FASTSAM_S_CONF, max_det=FASTSAM_S_MAX_DET)
     )
     res["gpu"] = _gpu_rows(default or rand, sc.raster, work, quick)
     res["met"] = all(m["speedup_end_to_end"] >= 1.5 for m in res["models"])

@@ -217,6 +217,18 @@ def _summary_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 _met(m["speedup_end_to_end"] >= 1.5),
             )
         )
+    inst = b.get("install", {})
+    if inst.get("light"):
+        lt, tt = inst["light"], inst.get("torch", {})
+        full = f"; with torch {tt['mib']:,.0f} MiB in {tt['seconds']:.0f} s" if "mib" in tt else ""
+        rows.append(
+            (
+                "Light install (no torch) from an empty venv: size on disk, install time",
+                f"{lt['mib']:,.0f} MiB in {lt['seconds']:.0f} s{full}",
+                "< 400 MB",
+                _met(lt["mib"] * 2**20 / 1e6 < 400 and not lt["torch_importable"]),
+            )
+        )
     total = r.get("total_seconds")
     if total is not None:
         rows.append(("`make bench` wall time on this machine", f"{total / 60:.1f} min", "< 30 min", _met(total < 1800)))
@@ -663,6 +675,7 @@ def render(r: dict[str, Any]) -> str:
     elif gpu:
         L.append(f"Not measured: {gpu.get('note') or _failed(gpu)}.")
     L += _onnx_section(b.get("onnx"))
+    L += _install_section(b.get("install"))
     L.append("")
     L.append("## Run log")
     L.append("")
@@ -830,9 +843,7 @@ def _onnx_section(x: dict[str, Any] | None) -> list[str]:
                 ]
             )
     L.append(
-        _table(
-            ["model", "engine", "forward s", "end to end s", "masks", "speed-up fwd / e2e", "same objects"], rows
-        )
+        _table(["model", "engine", "forward s", "end to end s", "masks", "speed-up fwd / e2e", "same objects"], rows)
     )
     gpu = x.get("gpu") or {}
     L.append("")
@@ -850,4 +861,28 @@ def _onnx_section(x: dict[str, Any] | None) -> list[str]:
         )
     else:
         L.append(f"GPU rows: not measured ({gpu.get('note', 'no GPU')}).")
+    return L
+
+
+def _install_section(x: dict[str, Any] | None) -> list[str]:
+    """Size on disk and install time of the light and the torch install (benchmarks/bench_install.py)."""
+    if not x:
+        return []
+    L = ["", "## Installs", ""]
+    if _failed(x):
+        return [*L, f"Failed: {_failed(x)}."]
+    rows = []
+    for name, key in (("light (ONNX Runtime)", "light"), ("with torch", "torch")):
+        v = x.get(key, {})
+        if "mib" in v:
+            rows.append(
+                [name, f"{v['mib']:,.1f} MiB", f"{v['seconds']:.1f} s", str(v["torch_importable"]), f"`{v['command']}`"]
+            )
+        else:
+            rows.append([name, "not measured", "", "", v.get("skipped", "")])
+    L.append(
+        f"From an empty virtual environment (Python {x['python']}, pip's cache as it was), `du -sb` of the whole venv."
+    )
+    L.append("")
+    L.append(_table(["install", "size on disk", "install time", "torch importable", "command"], rows))
     return L

@@ -39,6 +39,7 @@ BENCHMARKS: dict[str, tuple[str, int]] = {
     "peer": ("bench_peer.py", 1500),
     "gpu": ("bench_gpu.py", 900),
     "onnx": ("bench_onnx.py", 900),
+    "install": ("bench_install.py", 2400),
 }
 ALIASES = {"throughput": "throughput_300", "merge": "merge_scaling"}
 
