@@ -4,8 +4,9 @@ Runs ultralytics' ONNX exporter (``YOLO(pt).export(format="onnx", simplify=True)
 slimmed with onnxslim, offline), in a scratch folder so that nothing is written next to the
 ``.pt``, then records in the file's ``metadata_props["fastsam_geo"]`` (JSON, see
 :mod:`fastsam_geo.modelmeta`): input size, batch, opset, half precision, class names, the
-source ``.pt``'s sha256 and the model's working ground resolution (``gsd_m``, from the ``.pt``'s
-own metadata when it has one). The ``.onnx`` appears in place only when complete.
+source ``.pt``'s sha256 and the model's working ground resolution (``gsd_m``: the ``.pt``'s own,
+else :func:`fastsam_geo.modelmeta.default_gsd`; null when unknown). The ``.onnx`` appears in
+place only when complete.
 
 Needs the torch extra (``pip install "fastsam-geo[torch]"``); running the ``.onnx`` does not.
 """
@@ -121,6 +122,8 @@ def _export_meta(src: Path, onnx_file: Path, *, imgsz: int, batch: int | str, ha
     import onnx
     import ultralytics
 
+    from fastsam_geo.modelmeta import default_gsd
+
     model = onnx.load(os.fspath(onnx_file), load_external_data=False)
     props = {p.key: p.value for p in model.metadata_props}
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
@@ -139,7 +142,7 @@ def _export_meta(src: Path, onnx_file: Path, *, imgsz: int, batch: int | str, ha
             "names": names,
             "source": src.name,
             "source_sha256": sha256_file(src),
-            "gsd_m": meta.get("gsd_m"),
+            "gsd_m": default_gsd(src, meta),
             "ultralytics": ultralytics.__version__,
             "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
