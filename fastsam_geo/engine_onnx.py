@@ -106,6 +106,7 @@ class OnnxFastSAMSegmenter(FastSAMSegmenter):
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
         path = self.weights_path
+        self._requested_providers = providers
         try:
             self.session = ort.InferenceSession(os.fspath(path), opts, providers=providers)
         except Exception as e:
@@ -123,6 +124,21 @@ class OnnxFastSAMSegmenter(FastSAMSegmenter):
             self.batch_size = self.fixed_batch
         elif batch_size is None:
             self.batch_size = 1 if self.device == "cpu" else 4
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Picklable (for process or Dask executors): the session is rebuilt from the file."""
+        state = dict(self.__dict__)
+        state.pop("session", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        ort = import_onnxruntime()
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.threads
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        self.session = ort.InferenceSession(os.fspath(self.weights_path), opts, providers=self._requested_providers)
 
     def _read_io(self, path: os.PathLike[str]) -> None:
         """Check the graph is a YOLOv8-seg one; read names, stride, input size and precision."""

@@ -129,6 +129,16 @@ def test_export_metadata_and_cache_keys(exported: dict[str, Path]) -> None:
     assert seg.model_meta == meta and seg.fixed_shape == (1024, 1024) and seg.names == {0: "item"}
 
 
+def test_onnx_segmenter_pickles(exported: dict[str, Path], tiles: dict[str, Tile]) -> None:
+    """A process or Dask executor can ship it: unpickled, it rebuilds its session and agrees."""
+    import pickle
+
+    seg = FastSAMSegmenter(exported["default"], device="cpu")
+    copy = pickle.loads(pickle.dumps(seg))
+    a, b = seg.segment([tiles["sample"]])[0], copy.segment([tiles["sample"]])[0]
+    assert len(a) > 30 and compare_instances(a, b).ok(count_tol=0, iou=1.0, score_tol=0)
+
+
 def test_export_cli_guards_its_output(tmp_path: Path) -> None:
     """An existing output needs --overwrite; a non-.onnx output is refused; nothing is left behind."""
     from fastsam_geo.export import export_onnx
