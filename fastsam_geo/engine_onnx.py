@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from fastsam_geo.errors import DependencyError, WeightsError
-from fastsam_geo.modelmeta import META_KEY, parse_meta
+from fastsam_geo.modelmeta import META_KEY, default_gsd, parse_meta
 from fastsam_geo.nms import non_max_suppression
 from fastsam_geo.segment import FastSAMSegmenter, round_up
 from fastsam_geo.weights import sha256_file
@@ -156,6 +156,7 @@ class OnnxFastSAMSegmenter(FastSAMSegmenter):
         self.fixed_shape = (h, w) if isinstance(h, int) and isinstance(w, int) else None
         props = self.session.get_modelmeta().custom_metadata_map
         self.model_meta = parse_meta(props.get(META_KEY))
+        self.gsd: float | None = default_gsd(self.weights_path, self.model_meta)
         self.names = _parse_names(props.get("names"))
         self.stride = max(int(props.get("stride", 32) or 32), 32)
         self.half = bool(self.model_meta.get("half", self.input_dtype == np.float16))

@@ -129,6 +129,11 @@ class TorchFastSAMSegmenter(FastSAMSegmenter):
         if ckpt_path.is_file():  # a bare official name downloaded by ultralytics lands here
             self.weights_path = ckpt_path.resolve()
         self.weights_sha256 = sha256_file(self.weights_path)
+        from fastsam_geo.modelmeta import META_KEY, default_gsd
+
+        ckpt = getattr(wrapper, "ckpt", None)  # the checkpoint dict ultralytics loaded: no second read
+        meta = ckpt.get(META_KEY) if isinstance(ckpt, dict) else None
+        self.gsd: float | None = default_gsd(self.weights_path, dict(meta) if isinstance(meta, dict) else {})
 
         if hasattr(net, "fuse"):
             net = net.fuse(verbose=False)

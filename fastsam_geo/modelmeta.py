@@ -218,7 +218,7 @@ def weights_gsd(weights: str | os.PathLike[str] | None) -> float | None:
     try:
         path = resolve_weights(weights)
         return default_gsd(path, read_model_meta(path))
-    except WeightsError:
+    except (WeightsError, ImportError):  # ImportError: a .pt without torch (the segmenter says so in one line)
         return None
 
 

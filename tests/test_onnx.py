@@ -139,6 +139,22 @@ def test_onnx_segmenter_pickles(exported: dict[str, Path], tiles: dict[str, Tile
     assert len(a) > 30 and compare_instances(a, b).ok(count_tol=0, iou=1.0, score_tol=0)
 
 
+def test_export_carries_the_working_resolution(tmp_path: Path) -> None:
+    """A .pt that records gsd_m gives an .onnx that records it, and the ONNX segmenter reads it."""
+    import shutil
+
+    from fastsam_geo.export import export_onnx
+    from fastsam_geo.modelmeta import write_pt_meta
+
+    pt = tmp_path / "town.pt"
+    shutil.copyfile(DEFAULT_PT, pt)
+    write_pt_meta(pt, {"gsd_m": 0.4})
+    meta = export_onnx(pt, tmp_path / "town.onnx")
+    assert meta["gsd_m"] == 0.4
+    assert FastSAMSegmenter(tmp_path / "town.onnx", device="cpu").gsd == 0.4
+    assert FastSAMSegmenter(pt, device="cpu").gsd == 0.4
+
+
 def test_export_cli_guards_its_output(tmp_path: Path) -> None:
     """An existing output needs --overwrite; a non-.onnx output is refused; nothing is left behind."""
     from fastsam_geo.export import export_onnx
