@@ -112,6 +112,9 @@ class TileMerger:
         self._complete: dict[int, bool] = {}
         self._needs: dict[int, np.ndarray] = {}
         self._attrs: dict[int, dict[str, object]] = {}
+        # (tile index, position in the tile): the order-free identity of a piece. Fragment
+        # ids follow arrival order, so every choice and every union goes by this key instead.
+        self._key: dict[int, tuple[int, int]] = {}
         self._parent: dict[int, int] = {}
         self._members: dict[int, list[int]] = {}
         self._by_tile: dict[int, set[int]] = defaultdict(set)
@@ -243,6 +246,7 @@ class TileMerger:
                 ).ravel()
                 self._needs[fid] = needs
                 self._attrs[fid] = {k: v[i] for k, v in attrs.items()}
+                self._key[fid] = (int(index), int(i))
                 self._parent[fid] = fid
                 self._members[fid] = [fid]
                 for t in needs:
@@ -301,14 +305,14 @@ class TileMerger:
         geoms, scores, tile_ids, seam, pieces = [], [], [], [], []
         attrs: dict[str, list[object]] = defaultdict(list)
         for root in sorted(roots):
-            members = sorted(self._members[root])
+            members = sorted(self._members[root], key=self._key.__getitem__)
             complete = [m for m in members if self._complete[m]]
-            best = max(members, key=lambda m: (self._score[m], -m))
+            best = max(members, key=lambda m: (self._score[m], self._neg_key(m)))
             if len(members) == 1:
                 geom = self._geom[members[0]]
                 merged = False
             elif complete:
-                best = max(complete, key=lambda m: (self._owns(m), self._score[m], -m))
+                best = max(complete, key=lambda m: (self._owns(m), self._score[m], self._neg_key(m)))
                 geom = self._geom[best]
                 merged = False
             else:
@@ -334,6 +338,7 @@ class TileMerger:
                     self._needs,
                     self._attrs,
                     self._parent,
+                    self._key,
                 ):
                     store.pop(m, None)
             self._members.pop(root, None)
@@ -345,6 +350,11 @@ class TileMerger:
             np.asarray(pieces, np.int64),
             dict(attrs),
         )
+
+    def _neg_key(self, fid: int) -> tuple[int, int]:
+        """Ties go to the earliest tile, then the first piece in it (whatever the arrival order)."""
+        t, i = self._key[fid]
+        return (-t, -i)
 
     def _owns(self, fid: int) -> bool:
         """Does the piece's own tile core hold its representative point?"""

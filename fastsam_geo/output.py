@@ -137,6 +137,42 @@ def write_attribute_tables(path: Path, tables: Mapping[str, pd.DataFrame]) -> No
         conn.close()
 
 
+def renumber_ids(path: Path, layer: str, order_by: Sequence[str]) -> None:
+    """Set ``id`` of a GeoPackage layer to 1..N in the order of ``order_by`` (ties: by fid).
+
+    ``"bounds"`` in ``order_by`` stands for the bounding box (from the layer's R-tree:
+    minx, maxy descending, maxx, miny). One SQL statement; GDAL's R-tree triggers call
+    spatial functions plain SQLite lacks, so they are set aside for it (the geometry does
+    not change, so the index stays right) and put back in the same transaction.
+    """
+    conn = sqlite3.connect(path)
+    try:
+        with conn:
+            (geom,) = conn.execute(
+                "SELECT column_name FROM gpkg_geometry_columns WHERE table_name = ?", (layer,)
+            ).fetchone()
+            rtree = f"rtree_{layer}_{geom}"
+            keys = []
+            for k in order_by:
+                keys += ["t.minx", "t.maxy DESC", "t.maxx", "t.miny"] if k == "bounds" else [f'b."{k}"']
+            triggers = conn.execute(
+                "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ?", (layer,)
+            ).fetchall()
+            for name, _ in triggers:
+                conn.execute(f'DROP TRIGGER "{name}"')
+            conn.execute("CREATE TEMP TABLE _fastsam_order (f INTEGER PRIMARY KEY, n INTEGER)")
+            conn.execute(
+                f"INSERT INTO _fastsam_order SELECT b.fid, ROW_NUMBER() OVER (ORDER BY {', '.join(keys)}, b.fid) "
+                f'FROM "{layer}" b LEFT JOIN "{rtree}" t ON t.id = b.fid'
+            )
+            conn.execute(f'UPDATE "{layer}" SET id = (SELECT n FROM _fastsam_order WHERE f = "{layer}".fid)')
+            conn.execute("DROP TABLE _fastsam_order")
+            for _, sql in triggers:
+                conn.execute(sql)
+    finally:
+        conn.close()
+
+
 class VectorWriter:
     """Incremental, atomic writer of the ``buildings`` layer.
 
@@ -226,10 +262,17 @@ class VectorWriter:
         self,
         tables: Mapping[str, pd.DataFrame] | None = None,
         empty_schema: Mapping[str, str] | None = None,
+        order_by: Sequence[str] | None = None,
     ) -> Path:
-        """Finish: add tables (GeoPackage only), convert if needed, move into place."""
+        """Finish: add tables (GeoPackage only), convert if needed, move into place.
+
+        ``order_by``: renumber ``id`` 1..N by these columns (``"bounds"`` stands for the
+        polygon's bounding box), so that ids do not depend on the order rows arrived in.
+        """
         try:
             self.flush()
+            if order_by and self._staging.exists():
+                renumber_ids(self._staging, self.layer, order_by)
             if not self._staging.exists():
                 schema = {"id": "int64", **dict(empty_schema or {}), "area_m2": "float64"}
                 empty = gpd.GeoDataFrame({k: pd.Series(dtype=v) for k, v in schema.items()}, geometry=[], crs=self.crs)
@@ -242,6 +285,7 @@ class VectorWriter:
             else:
                 final_tmp = self.output.with_name(f".{self.output.name}.{uuid.uuid4().hex[:8]}.tmp{self.output.suffix}")
                 gdf = pyogrio.read_dataframe(self._staging, layer=self.layer)
+                gdf = gdf.sort_values("id", kind="stable") if "id" in gdf.columns else gdf
                 pyogrio.write_dataframe(gdf, final_tmp, layer=self.layer, driver=self.driver, geometry_type="Polygon")
             os.replace(final_tmp, self.output)
         except Exception:

@@ -1,0 +1,289 @@
+"""Stage 1, plan: raster -> tile grid, prompts routed to their tiles, the run's parameters.
+
+One typed :class:`ExtractOptions` object carries everything a run needs (instead of the
+27 keywords of :func:`~fastsam_geo.pipeline.extract_buildings`, which builds it);
+:func:`plan_run` turns a raster and the options into a :class:`RunPlan`: the tiles to
+process, the prompts in the raster's CRS, and the parameters a resumed run must match.
+Nothing here reads pixels or loads a model, and a plan pickles (it travels to Dask
+workers), except for the open :class:`~fastsam_geo.raster.RasterSource` it may keep for
+the local executor.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import shapely
+from affine import Affine
+
+from fastsam_geo.errors import PromptError
+from fastsam_geo.output import area_m2
+from fastsam_geo.raster import RasterInfo, RasterSource
+from fastsam_geo.tiling import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, TileGrid, TileSpec
+
+if TYPE_CHECKING:
+    from fastsam_geo.prompts import Prompts
+
+
+@dataclass
+class BuildingFilter:
+    """Which "everything" masks count as buildings (used when no prompt is given)."""
+
+    min_area_m2: float = 12.0
+    max_area_m2: float = 20000.0
+    min_rectangularity: float = 0.55
+    nms_iou: float = 0.7
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class TilingOptions:
+    """How the raster is read and cut: tile grid in pixels, bands, stretch, ground resolution.
+
+    ``gsd``: working resolution in metres per pixel; None = the model's (else native),
+    ``"native"`` = the raster's own pixels.
+    """
+
+    tile_size: int = DEFAULT_TILE_SIZE
+    overlap: int = DEFAULT_OVERLAP
+    bands: tuple[int, ...] | None = None
+    stretch: str = "auto"
+    gsd: float | str | None = None
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """Which FastSAM model runs, where, and its thresholds."""
+
+    weights: str | None = None
+    device: str = "auto"
+    batch_size: int | None = None
+    conf: float = 0.25
+    iou: float = 0.7
+
+
+@dataclass(frozen=True)
+class SelectOptions:
+    """Stage 2 and vectorizing: prompts, building filter, polygon clean-up, seam matching."""
+
+    prompts: Prompts | None = None
+    building_filter: BuildingFilter = field(default_factory=BuildingFilter)
+    simplify_px: float = 1.0
+    min_area_m2: float = 2.0
+    regularize: bool = False
+    match_iou: float = 0.5
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """Where and how results are kept: overwrite/resume, layer, mask cache."""
+
+    overwrite: bool = False
+    resume: bool = False
+    layer: str = "buildings"
+    cache_dir: str | None = None
+    cache_only: bool = False
+
+
+@dataclass(frozen=True)
+class ExtractOptions:
+    """Everything a run needs, grouped by stage."""
+
+    tiling: TilingOptions = field(default_factory=TilingOptions)
+    model: ModelOptions = field(default_factory=ModelOptions)
+    select: SelectOptions = field(default_factory=SelectOptions)
+    output: OutputOptions = field(default_factory=OutputOptions)
+    prefetch: int = 4
+
+
+@dataclass(frozen=True)
+class Sheet:
+    """One source raster of a mosaic: its name and footprint in the mosaic's CRS."""
+
+    name: str
+    bounds: tuple[float, float, float, float]
+
+
+@dataclass
+class RunPlan:
+    """One raster's run: the grid, the tiles to process, prompts in the raster's CRS."""
+
+    raster: str
+    output: str
+    options: ExtractOptions
+    crs_wkt: str
+    transform: Affine
+    width: int
+    height: int
+    bands: tuple[int, ...]
+    grid: TileGrid
+    specs: list[TileSpec]
+    mode: str
+    pixel_area_m2: float
+    sheets: tuple[Sheet, ...] = ()
+    source: RasterSource | None = field(default=None, repr=False, compare=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["source"] = None  # an open dataset never travels
+        return state
+
+    @property
+    def prompts(self) -> Prompts | None:
+        """The prompts, already in the raster's CRS."""
+        return self.options.select.prompts
+
+    @property
+    def tolerance(self) -> float:
+        """Simplification tolerance in map units."""
+        return self.options.select.simplify_px * abs(self.transform.a)
+
+    @property
+    def min_area_map(self) -> float:
+        """``min_area_m2`` in squared map units."""
+        return self.options.select.min_area_m2 / self.pixel_area_m2 * abs(self.transform.a * self.transform.e)
+
+    def params(self, segmenter_name: str, weights_sha256: str | None) -> dict[str, Any]:
+        """The parameters a resumed run must match (stored in the ledger)."""
+        o = self.options
+        return {
+            "raster": str(Path(self.raster).resolve()) if "://" not in self.raster else self.raster,
+            "raster_size": os.path.getsize(self.raster) if os.path.exists(self.raster) else 0,
+            "tile_size": o.tiling.tile_size,
+            "overlap": o.tiling.overlap,
+            "bands": list(self.bands),
+            "stretch": o.tiling.stretch,
+            "prompts": repr(self.prompts),
+            "segmenter": segmenter_name,
+            "weights_sha256": weights_sha256,
+            "conf": o.model.conf,
+            "iou": o.model.iou,
+            "building_filter": asdict(o.select.building_filter),
+            "match_iou": o.select.match_iou,
+            **({"gsd": o.tiling.gsd} if o.tiling.gsd is not None else {}),
+        }
+
+
+def prompt_label(prompts: Prompts) -> str:
+    """The ``prompt`` column's value for objects chosen by ``prompts``."""
+    kinds = []
+    if prompts.points:
+        kinds.append("point")
+    if prompts.boxes:
+        kinds.append("box")
+    if prompts.text:
+        kinds.append(f"text:{prompts.text}")
+    return "+".join(kinds) or "everything"
+
+
+def open_source(raster: str | os.PathLike[str], tiling: TilingOptions) -> RasterSource:
+    """Open ``raster`` as the tiling options say (``gsd`` passed on where RasterSource takes it)."""
+    kwargs: dict[str, Any] = {"bands": tiling.bands, "stretch": tiling.stretch}
+    if isinstance(tiling.gsd, (int, float)) and "gsd" in inspect.signature(RasterSource).parameters:
+        kwargs["gsd"] = float(tiling.gsd)
+    return RasterSource(raster, **kwargs)
+
+
+def route_prompts(prompts: Prompts, grid: TileGrid, specs: list[TileSpec], info: RasterInfo) -> list[TileSpec]:
+    """The tiles that point and box prompts need; raises PromptError for a prompt outside the raster.
+
+    A point goes to every tile whose window holds it; a box to the tiles that hold it
+    whole (else to every tile it touches). Pieces found twice are merged at the seams.
+    """
+    inv = ~info.transform
+    wanted: set[int] = set()
+    corners = [((p.x, p.y), (p.x, p.y), f"point ({p.x:.3f}, {p.y:.3f})") for p in prompts.points]
+    corners += [
+        ((b.xmin, b.ymax), (b.xmax, b.ymin), f"box ({b.xmin:.3f}, {b.ymin:.3f}, {b.xmax:.3f}, {b.ymax:.3f})")
+        for b in prompts.boxes
+    ]
+    for (x0, y0), (x1, y1), what in corners:
+        c0, r0 = inv * (x0, y0)
+        c1, r1 = inv * (x1, y1)
+        c0, c1 = sorted((c0, c1))
+        r0, r1 = sorted((r0, r1))
+        if c1 < 0 or r1 < 0 or c0 >= info.width or r0 >= info.height:
+            raise PromptError(
+                f"{what} in {info.crs.to_string()} lies outside {info.path} "
+                f"(bounds {tuple(round(v, 3) for v in info.bounds)}); check the prompt's CRS."
+            )
+        touching = [int(i) for i in grid.indices_intersecting(c0, r0, max(c1, c0 + 1e-6), max(r1, r0 + 1e-6))]
+        whole = [i for i in touching if _holds(grid[i].window, c0, r0, c1, r1)]
+        wanted.update(whole or touching)
+    return [sp for sp in specs if sp.index in wanted]
+
+
+def _holds(w: Any, c0: float, r0: float, c1: float, r1: float) -> bool:
+    return bool(w.col_off <= c0 and c1 <= w.col_off + w.width and w.row_off <= r0 and r1 <= w.row_off + w.height)
+
+
+def plan_run(
+    raster: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    options: ExtractOptions,
+    *,
+    source: RasterSource | None = None,
+    sheets: tuple[Sheet, ...] = (),
+) -> RunPlan:
+    """Plan the run of ``options`` over ``raster`` into ``output``.
+
+    With ``source`` (an open RasterSource of ``raster``) the plan keeps it for the local
+    executor; else the raster is opened here to read its grid and closed again.
+    """
+    src = source or open_source(raster, options.tiling)
+    try:
+        info = src.info
+        t = options.tiling
+        grid = TileGrid(info.width, info.height, t.tile_size, t.overlap, info.transform)
+        pixel_area = float(area_m2(np.array([shapely.box(*grid.window_bounds(0))]), info.crs)[0]) / (
+            grid.tile_w * grid.tile_h
+        )
+        specs: list[TileSpec] = list(grid)
+        mode = "everything"
+        prompts = options.select.prompts
+        if prompts is not None and not prompts.is_empty:
+            prompts = prompts.to_crs(info.crs) if prompts.crs is not None else prompts
+            mode = prompts.mode
+            if prompts.points or prompts.boxes:
+                specs = route_prompts(prompts, grid, specs, info)
+            options = replace(options, select=replace(options.select, prompts=prompts))
+        return RunPlan(
+            raster=os.fspath(raster),
+            output=os.fspath(output),
+            options=options,
+            crs_wkt=info.crs.to_wkt(),
+            transform=info.transform,
+            width=info.width,
+            height=info.height,
+            bands=tuple(info.bands),
+            grid=grid,
+            specs=specs,
+            mode=mode,
+            pixel_area_m2=pixel_area,
+            sheets=sheets,
+            source=source,
+        )
+    finally:
+        if source is None:
+            src.close()
+
+
+__all__ = [
+    "BuildingFilter",
+    "ExtractOptions",
+    "ModelOptions",
+    "OutputOptions",
+    "RunPlan",
+    "SelectOptions",
+    "Sheet",
+    "TilingOptions",
+    "open_source",
+    "plan_run",
+    "prompt_label",
+    "route_prompts",
+]

@@ -1,0 +1,378 @@
+"""The stages put together: plan -> tile work (an executor) -> merge and sink.
+
+:func:`extract_rasters` runs one or many rasters: it plans each, opens a
+:class:`~fastsam_geo.sink.RunSink` per raster (replaying its resume ledger), hands every
+remaining tile to an executor, and feeds the results to their sinks in the order they
+finish. Executors only choose *where* tile work runs: :class:`LocalExecutor` here (a
+reader thread ahead of the model, batches), :class:`~fastsam_geo.cluster.DaskExecutor`
+on a Dask cluster. Both give the same output.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import rasterio
+
+from fastsam_geo.errors import Cancelled, PromptError
+from fastsam_geo.masks import InstanceMasks
+from fastsam_geo.plan import ExtractOptions, ModelOptions, RunPlan, Sheet, open_source, plan_run
+from fastsam_geo.sink import ExtractSummary, ProgressFn, RunSink, Timer, preflight
+from fastsam_geo.tilework import TileContext, TileResult, process_tiles, read_tile
+from fastsam_geo.tiling import Tile, TileSpec
+
+if TYPE_CHECKING:
+    from fastsam_geo.prompts import TextScorer
+    from fastsam_geo.segment import Segmenter
+
+GDAL_CACHE_MB = 128
+CancelFn = Callable[[], bool]
+CheckFn = Callable[[], None]
+
+
+@dataclass
+class Job:
+    """One raster's remaining tiles, as an executor sees them."""
+
+    plan: RunPlan
+    specs: list[TileSpec]
+
+    @property
+    def context(self) -> TileContext:
+        """The picklable context of the job's tiles."""
+        return TileContext.of(self.plan)
+
+
+class Executor(Protocol):
+    """Runs tile work; yields ``(job number, result)`` as tiles finish, in any order."""
+
+    seconds: dict[str, float]
+
+    def run(self, jobs: Sequence[Job], check: CheckFn) -> Iterator[tuple[int, TileResult]]: ...
+
+
+# ---------------------------------------------------------------------------------- segmenters
+class CacheOnly:
+    """A segmenter that never runs a model: for re-prompting tiles already in the cache.
+
+    Its ``metadata`` is what a CPU ``FastSAMSegmenter`` with the same settings reports, so
+    its cache keys are the ones ``extract`` wrote.
+    """
+
+    def __init__(
+        self, raster: str | os.PathLike[str], weights: str | os.PathLike[str] | None, conf: float, iou: float
+    ) -> None:
+        from fastsam_geo.segment import mask_settings
+        from fastsam_geo.weights import resolve_weights, sha256_file
+
+        self.raster = raster
+        self.weights_path = resolve_weights(weights)
+        self.weights_sha256 = sha256_file(self.weights_path)
+        self.metadata = mask_settings(self.weights_sha256, conf=conf, iou=iou)
+
+    def segment(self, tiles: Sequence[Tile]) -> list[InstanceMasks]:
+        """Refuses: a tile reached here is not in the cache."""
+        ids = ", ".join(t.id for t in tiles[:3])
+        raise PromptError(
+            f"{self.raster}: tile(s) {ids} not in the mask cache; run `fastsam-geo extract` over this raster "
+            "first (with the same weights, --conf, --iou and --bands), or use `extract` with these prompts."
+        )
+
+
+def inner(segmenter: Any) -> Any:
+    """The segmenter behind a cache wrapper."""
+    return getattr(segmenter, "segmenter", segmenter)
+
+
+def with_cache(segmenter: Any, raster: str | os.PathLike[str], cache_dir: str | os.PathLike[str], bands: str) -> Any:
+    """Wrap ``segmenter`` so that tiles already segmented come from ``cache_dir``.
+
+    Keys come from the segmenter's ``metadata`` (weights sha256, conf, iou, max_det...), the
+    same way the QGIS worker builds them, so both share the cache.
+    """
+    from fastsam_geo.cache import CachedSegmenter, MaskCache, key_fn_for
+
+    settings = getattr(segmenter, "metadata", None)
+    if settings is None:  # a plugged-in segmenter without metadata: key on its type
+        settings = {"weights_sha256": type(segmenter).__name__, "conf": 0.0, "iou": 0.0, "imgsz": None}
+    return CachedSegmenter(segmenter, MaskCache(cache_dir), key_fn_for(raster, settings, bands))
+
+
+def cache_bands_key(plan: RunPlan) -> str:
+    """The bands/stretch part of a cache key."""
+    return f"{list(plan.bands)}|{plan.options.tiling.stretch}"
+
+
+def make_segmenter(model: ModelOptions, *, raster: str = "", cache_only: bool = False) -> Segmenter:
+    """The default segmenter of ``model`` (or the cache-only one for re-prompting)."""
+    if cache_only:
+        return CacheOnly(raster, model.weights, model.conf, model.iou)  # type: ignore[return-value]
+    from fastsam_geo.segment import FastSAMSegmenter
+
+    return FastSAMSegmenter(
+        model.weights, device=model.device, batch_size=model.batch_size, conf=model.conf, iou=model.iou
+    )
+
+
+# ---------------------------------------------------------------------------------- local
+def _prefetch(src: Any, specs: Sequence[TileSpec], crs: object, depth: int) -> Iterator[tuple[TileSpec, Any]]:
+    """Read tiles in a thread, ``depth`` ahead of the consumer: ``(spec, Tile | TileResult)``."""
+    q: queue.Queue[tuple[TileSpec, Any] | None] = queue.Queue(maxsize=max(depth, 1))
+    stop = threading.Event()
+
+    def work() -> None:
+        # GDAL's block cache defaults to 5 % of RAM and keeps every block read: capped, the
+        # memory of a run stays flat in the raster's size (one row of tiles still fits).
+        try:
+            with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+                for spec in specs:
+                    if stop.is_set():
+                        return
+                    item = (spec, read_tile(src, spec, crs))
+                    while not stop.is_set():
+                        try:
+                            q.put(item, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+        finally:
+            q.put(None)
+
+    thread = threading.Thread(target=work, name="fastsam-geo-reader", daemon=True)
+    thread.start()
+    try:
+        while (item := q.get()) is not None:
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(0.05)
+
+
+class LocalExecutor:
+    """Tile work in this process: a reader thread ``prefetch`` batches ahead, ``batch_size`` tiles
+    per forward pass. ``segmenter_for(plan)`` gives the segmenter of a raster (cache-wrapped)."""
+
+    def __init__(
+        self,
+        segmenter_for: Callable[[RunPlan], Segmenter],
+        *,
+        batch_size: int = 1,
+        prefetch: int = 4,
+        text_scorer: TextScorer | None = None,
+    ) -> None:
+        self.segmenter_for = segmenter_for
+        self.batch_size = max(int(batch_size), 1)
+        self.prefetch = prefetch
+        self.text_scorer = text_scorer
+        self.seconds: dict[str, float] = {}
+
+    def run(self, jobs: Sequence[Job], check: CheckFn) -> Iterator[tuple[int, TileResult]]:
+        """Each job in turn, its tiles in grid order."""
+        timer = Timer()
+        timer.seconds = self.seconds
+        for n, job in enumerate(jobs):
+            plan, ctx = job.plan, job.context
+            segmenter = self.segmenter_for(plan)
+            src = plan.source or open_source(plan.raster, plan.options.tiling)
+            try:
+                batch: list[Tile] = []
+                t_read = time.perf_counter()
+                for _spec, item in _prefetch(src, job.specs, src.info.crs, self.prefetch * self.batch_size):
+                    timer.add("read_wait", t_read)
+                    check()
+                    if isinstance(item, TileResult):
+                        yield n, item
+                    else:
+                        batch.append(item)
+                        if len(batch) >= self.batch_size:
+                            yield from ((n, r) for r in process_tiles(batch, segmenter, ctx, self.text_scorer))
+                            batch = []
+                    t_read = time.perf_counter()
+                if batch:
+                    check()
+                    yield from ((n, r) for r in process_tiles(batch, segmenter, ctx, self.text_scorer))
+            finally:
+                if plan.source is None:
+                    src.close()
+
+
+# ---------------------------------------------------------------------------------- the run
+@dataclass
+class RasterJob:
+    """A raster to extract into an output, with its own progress callback."""
+
+    raster: str | os.PathLike[str]
+    output: str | os.PathLike[str]
+    progress: ProgressFn | None = None
+    sheets: tuple[Sheet, ...] = ()
+
+
+def _weights_of(segmenter: Any) -> tuple[str | None, str | None, str]:
+    seg = inner(segmenter)
+    path = str(getattr(seg, "weights_path", "") or "") or None
+    return path, getattr(seg, "weights_sha256", None), type(seg).__name__
+
+
+def _open_sinks(plans: list[RunPlan], jobs: list[RasterJob], describe: Any) -> list[RunSink]:
+    """A sink per plan, ledger opened or created; the first failure closes those opened."""
+    sinks: list[RunSink] = []
+    weights, sha, name = describe
+    try:
+        for plan, job in zip(plans, jobs, strict=True):
+            summary = ExtractSummary(
+                raster=str(job.raster),
+                output=str(job.output),
+                tiles_total=len(plan.specs),
+                mode=plan.mode,
+                crs=plan.source.info.crs.to_string() if plan.source is not None else _crs_string(plan),
+                weights=weights,
+                weights_sha256=sha,
+            )
+            sinks.append(RunSink(plan, summary, job.progress).open(plan.params(name, sha), name))
+    except BaseException as exc:
+        for s in sinks:
+            s.close(exc)
+        raise
+    return sinks
+
+
+def _crs_string(plan: RunPlan) -> str:
+    from rasterio.crs import CRS
+
+    return CRS.from_wkt(plan.crs_wkt).to_string()
+
+
+def drive(sinks: list[RunSink], executor: Executor, cancel: CancelFn | None) -> None:
+    """Replay ledgers, run the remaining tiles on ``executor``, merge, commit every sink."""
+    jobs = []
+    for sink in sinks:
+        finished = sink.replay() if sink.plan.options.output.resume else set()
+        jobs.append(Job(sink.plan, [sp for sp in sink.plan.specs if sp.id not in finished]))
+
+    def check() -> None:
+        if cancel is not None and cancel():
+            done, total = sum(s.done for s in sinks), sum(s.total for s in sinks)
+            where = ", ".join(str(s.plan.output) for s in sinks)
+            raise Cancelled(
+                f"cancelled after {done} of {total} tiles; nothing was written to {where}; "
+                "run again with --resume to continue."
+            )
+
+    for n, result in executor.run(jobs, check):
+        sinks[n].add(result)
+    check()
+    for sink in sinks:
+        sink.finish()
+
+
+def extract_rasters(
+    jobs: Sequence[RasterJob],
+    options: ExtractOptions,
+    *,
+    segmenter: Segmenter | None = None,
+    text_scorer: TextScorer | None = None,
+    cancel: CancelFn | None = None,
+    client: Any = None,
+    executor: Executor | None = None,
+) -> list[ExtractSummary]:
+    """Extract buildings from every raster of ``jobs``; one summary per raster.
+
+    ``client`` (a ``dask.distributed.Client``) runs tile work on its cluster, tiles of all
+    rasters together; else it runs here (or on ``executor``).
+    """
+    t_start = time.perf_counter()
+    jobs = list(jobs)
+    out = options.output
+    for job in jobs:
+        preflight(job.output, overwrite=out.overwrite, resume=out.resume)
+    if out.cache_only and out.cache_dir is None:
+        raise PromptError("re-prompting from the cache needs a cache folder (--cache-dir).")
+    plans: list[RunPlan] = []
+    try:
+        for job in jobs:
+            src = open_source(job.raster, options.tiling) if client is None else None
+            try:
+                plans.append(plan_run(job.raster, job.output, options, source=src, sheets=job.sheets))
+            except BaseException:
+                if src is not None:
+                    src.close()
+                raise
+        if any(p.prompts is not None and p.prompts.text for p in plans) and text_scorer is None and client is None:
+            from fastsam_geo.textprompt import ClipScorer
+
+            text_scorer = ClipScorer()
+        if executor is None:
+            executor, describe = _executor(plans, options, segmenter, text_scorer, client)
+        else:
+            describe = _weights_of(segmenter) if segmenter is not None else (None, None, "Segmenter")
+        sinks = _open_sinks(plans, jobs, describe)
+        try:
+            drive(sinks, executor, cancel)
+        except BaseException as exc:
+            for s in sinks:
+                s.close(exc)
+            raise
+        for s in sinks:
+            s.close(None)
+    finally:
+        for p in plans:
+            if p.source is not None:
+                p.source.close()
+    elapsed = round(time.perf_counter() - t_start, 3)
+    for s in sinks:
+        s.timer.add_seconds(executor.seconds)
+        s.summary.stage_seconds = {k: round(v, 3) for k, v in s.timer.seconds.items()}
+        s.summary.seconds = elapsed
+    return [s.summary for s in sinks]
+
+
+def _executor(
+    plans: list[RunPlan],
+    options: ExtractOptions,
+    segmenter: Segmenter | None,
+    text_scorer: TextScorer | None,
+    client: Any,
+) -> tuple[Executor, tuple[str | None, str | None, str]]:
+    """The executor of a run and (weights path, sha256, segmenter name) for its metadata."""
+    out = options.output
+    if client is not None:
+        from fastsam_geo.cluster import DaskExecutor
+
+        dask_ex = DaskExecutor(client, options, segmenter=segmenter, rasters=[p.raster for p in plans])
+        return dask_ex, dask_ex.describe
+    base = segmenter
+    if out.cache_only:
+        base = make_segmenter(options.model, raster=plans[0].raster if plans else "", cache_only=True)
+    elif base is None:
+        base = make_segmenter(options.model)
+    batch = options.model.batch_size or int(getattr(base, "batch_size", 1) or 1)
+
+    def segmenter_for(plan: RunPlan) -> Segmenter:
+        if out.cache_dir is None:
+            return base  # type: ignore[return-value]
+        return with_cache(base, plan.raster, out.cache_dir, cache_bands_key(plan))  # type: ignore[no-any-return]
+
+    local = LocalExecutor(segmenter_for, batch_size=batch, prefetch=options.prefetch, text_scorer=text_scorer)
+    return local, _weights_of(base)
+
+
+__all__ = [
+    "CacheOnly",
+    "Executor",
+    "Job",
+    "LocalExecutor",
+    "RasterJob",
+    "drive",
+    "extract_rasters",
+    "make_segmenter",
+]
