@@ -388,11 +388,53 @@ def _run_extract(
     resume: bool,
     cache_only: bool,
     use_cache: bool,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    mosaic: bool = False,
 ) -> None:
     from fastsam_geo.output import check_output
-    from fastsam_geo.pipeline import BuildingFilter, extract_buildings
 
     quiet = ctx.obj.get("quiet", False)
+    options, scorer = _extract_options(kw, cache_only=cache_only, use_cache=use_cache)
+    if not resume:
+        check_output(output, kw["overwrite"])
+    client, cluster = _connect(workers, scheduler, quiet)
+    vrt = output.with_name(f".{output.name}.mosaic.vrt")
+    try:
+        if mosaic:
+            from fastsam_geo.mosaic import write_vrt
+
+            sheets = write_vrt(inputs, vrt)
+            if not quiet:
+                click.echo(f"mosaic of {len(sheets)} sheets: {vrt}", err=True)
+            jobs = [(vrt, output, sheets)]
+        else:
+            jobs = [(r, output, ()) for r in inputs]
+        summaries, parts = _extract_all(jobs, output, options, kw, scorer, client, resume=resume, quiet=quiet)
+    except KeyboardInterrupt:
+        click.echo(
+            f"\nInterrupted. Finished tiles are kept: run the same command with --resume to continue into {output}.",
+            err=True,
+        )
+        sys.exit(130)
+    finally:
+        vrt.unlink(missing_ok=True)
+        if client is not None:
+            client.close()
+        if cluster is not None:
+            cluster.close()
+    if len(jobs) > 1:
+        _assemble(parts, output, layout, kw["overwrite"] or resume)
+        if not quiet:
+            click.echo(f"{output}: {len(parts)} rasters, layout '{layout}'", err=True)
+    if kw["as_json"]:
+        click.echo(json.dumps([s.as_dict() for s in summaries] if len(jobs) > 1 else summaries[0].as_dict(), indent=2))
+
+
+def _extract_options(kw: dict[str, Any], *, cache_only: bool, use_cache: bool) -> tuple[Any, Any]:
+    """The run's ExtractOptions from the command line, and the CLIP scorer (loaded now) for --text."""
+    from fastsam_geo.pipeline import BuildingFilter, build_options
+
     prompts = _build_prompts(
         kw["points"], kw["boxes"], kw["prompt_crs"], kw["prompt_file"], kw["text"], kw["text_threshold"], kw["top_k"]
     )
@@ -406,9 +448,9 @@ def _run_extract(
         scorer.load()  # fail now, not after the first tiles' inference
     bands = [int(b) for b in _floats(kw["bands"], (1, 3), "--bands")] if kw["bands"] else None
     cache_dir = (kw["cache_dir"] or _default_cache_dir()) if (use_cache or cache_only) else None
-    common: dict[str, Any] = dict(
+    options = build_options(
         weights=kw["weights"],
-        prompts=prompts,
+        prompts=prompts,  # type: ignore[arg-type]
         tile_size=kw["tile_size"],
         overlap=kw["overlap"],
         bands=bands,
@@ -421,53 +463,74 @@ def _run_extract(
         building_filter=BuildingFilter(
             min_area_m2=kw["min_area"], max_area_m2=kw["max_area"], enabled=not kw["no_filter"]
         ),
-        text_scorer=scorer,
         simplify_px=kw["simplify"],
         regularize=kw["regularize"],
         cache_dir=cache_dir,
         cache_only=cache_only,
     )
-    single = len(inputs) == 1
-    if not resume:
-        check_output(output, kw["overwrite"])
-    summaries = []
+    return options, scorer
+
+
+def _connect(workers: int | None, scheduler: str | None, quiet: bool) -> tuple[Any, Any]:
+    """A Dask client for --workers / --scheduler / $DASK_SCHEDULER_ADDRESS, else (None, None)."""
+    scheduler = scheduler or (None if workers else os.environ.get("DASK_SCHEDULER_ADDRESS"))
+    if not workers and not scheduler:
+        return None, None
+    from fastsam_geo.cluster import connect
+
+    client, cluster = connect(workers=workers, scheduler=scheduler)
+    if not quiet:
+        n = len(client.scheduler_info().get("workers", {}))
+        click.echo(f"Dask: {n} workers at {client.scheduler.address}; dashboard {client.dashboard_link}", err=True)
+    return client, cluster
+
+
+def _extract_all(
+    jobs: list[tuple[Path, Path, tuple[Any, ...]]],
+    output: Path,
+    options: Any,
+    kw: dict[str, Any],
+    scorer: Any,
+    client: Any,
+    *,
+    resume: bool,
+    quiet: bool,
+) -> tuple[list[Any], list[tuple[Path, Path]]]:
+    """Run every raster (one call on a Dask cluster: their tiles spread together); returns the
+    summaries and (raster, part) pairs. Several rasters go to hidden parts, assembled later."""
+    from dataclasses import replace
+
+    from fastsam_geo.run import RasterJob, extract_rasters
+
+    single = len(jobs) == 1
     parts: list[tuple[Path, Path]] = []
-    try:
-        for raster in inputs:
-            target = output if single else output.with_name(f".{output.name}.{raster.stem}.part.gpkg")
-            if not single and resume and target.exists():
-                parts.append((raster, target))  # finished before the interruption
-                continue
-            summary = extract_buildings(
-                raster,
-                target,
-                overwrite=kw["overwrite"] or (not single and not resume),
-                resume=resume and _has_ledger(target),
-                progress=_Progress(raster.name, not quiet),
-                **common,
-            )
+    todo: list[RasterJob] = []
+    for raster, _, sheets in jobs:
+        target = output if single else output.with_name(f".{output.name}.{raster.stem}.part.gpkg")
+        parts.append((raster, target))
+        if not single and resume and target.exists():
+            continue  # finished before the interruption
+        overwrite = kw["overwrite"] or (not single and not resume)
+        out = replace(options.output, overwrite=overwrite, resume=resume and _has_ledger(target))
+        todo.append(RasterJob(raster, target, _Progress(raster.name, not quiet), sheets, replace(options, output=out)))
+    summaries = []
+    groups = [todo] if client is not None else [[j] for j in todo]
+    for group in groups:
+        for job, summary in zip(group, extract_rasters(group, options, text_scorer=scorer, client=client), strict=True):
             summaries.append(summary)
-            parts.append((raster, target))
             if not quiet:
-                click.echo(
-                    f"{raster}: {summary.buildings} buildings ({summary.seam_merged} joined across seams) from "
-                    f"{summary.tiles_processed} tiles in {summary.seconds:.1f} s"
-                    + (f" ({summary.tiles_resumed} resumed)" if summary.tiles_resumed else "")
-                    + (f"; {summary.tiles_failed} tiles failed: {summary.failures[0]}" if summary.tiles_failed else ""),
-                    err=True,
-                )
-    except KeyboardInterrupt:
-        click.echo(
-            f"\nInterrupted. Finished tiles are kept: run the same command with --resume to continue into {output}.",
-            err=True,
-        )
-        sys.exit(130)
-    if not single:
-        _assemble(parts, output, layout, kw["overwrite"] or resume)
-        if not quiet:
-            click.echo(f"{output}: {len(parts)} rasters, layout '{layout}'", err=True)
-    if kw["as_json"]:
-        click.echo(json.dumps([s.as_dict() for s in summaries] if not single else summaries[0].as_dict(), indent=2))
+                _echo_summary(Path(job.raster), summary)
+    return summaries, parts
+
+
+def _echo_summary(raster: Path, summary: Any) -> None:
+    click.echo(
+        f"{raster}: {summary.buildings} buildings ({summary.seam_merged} joined across seams) from "
+        f"{summary.tiles_processed} tiles in {summary.seconds:.1f} s"
+        + (f" ({summary.tiles_resumed} resumed)" if summary.tiles_resumed else "")
+        + (f"; {summary.tiles_failed} tiles failed: {summary.failures[0]}" if summary.tiles_failed else ""),
+        err=True,
+    )
 
 
 def _has_ledger(target: Path) -> bool:
@@ -533,9 +596,28 @@ def _assemble(parts: list[tuple[Path, Path]], output: Path, layout: str, overwri
     "--resume", is_flag=True, help="Continue an interrupted run into OUTPUT; finished tiles are not computed again."
 )
 @click.option("--no-cache", is_flag=True, help="Do not keep the everything masks (no re-prompting later).")
+@click.option(
+    "--mosaic", is_flag=True, help="Treat INPUTS (same CRS, resolution, aligned grids) as one surface (a GDAL VRT)."
+)
+@click.option("--workers", type=int, default=None, help="Run tiles on a local Dask cluster of N worker processes.")
+@click.option(
+    "--scheduler",
+    default=None,
+    metavar="ADDRESS",
+    help="Run tiles on the Dask cluster at ADDRESS, e.g. tcp://host:8786 (default: $DASK_SCHEDULER_ADDRESS).",
+)
 @click.pass_context
 def extract(
-    ctx: click.Context, inputs: tuple[str, ...], output: Path, layout: str, resume: bool, no_cache: bool, **kw: Any
+    ctx: click.Context,
+    inputs: tuple[str, ...],
+    output: Path,
+    layout: str,
+    resume: bool,
+    no_cache: bool,
+    mosaic: bool,
+    workers: int | None,
+    scheduler: str | None,
+    **kw: Any,
 ) -> None:
     """Extract building polygons from INPUTS (GeoTIFF, COG or VRT files, folders, or quoted
     glob patterns) into OUTPUT (.gpkg, .geojson, .fgb). Several rasters go into one
@@ -553,9 +635,23 @@ def extract(
       fastsam-geo extract ortho.tif b.gpkg --point 500120.5,4649880.0 --point 500200,4649800,0
       fastsam-geo extract ortho.tif b.gpkg --text building --text-threshold 0.22 --clip-weights clip.pt
       fastsam-geo extract big.tif b.gpkg --resume      # after a crash or Ctrl-C
+      fastsam-geo extract 'sheets/*.tif' city.gpkg --mosaic --workers 4
+      fastsam-geo extract 'sheets/*.tif' city.gpkg --mosaic --scheduler tcp://head:8786
     """
+    if workers is not None and workers < 1:
+        raise click.BadParameter("--workers must be 1 or more.", param_hint="--workers")
     _run_extract(
-        ctx, _expand_inputs(inputs), output, kw, layout=layout, resume=resume, cache_only=False, use_cache=not no_cache
+        ctx,
+        _expand_inputs(inputs),
+        output,
+        kw,
+        layout=layout,
+        resume=resume,
+        cache_only=False,
+        use_cache=not no_cache,
+        workers=workers,
+        scheduler=scheduler,
+        mosaic=mosaic,
     )
 
 

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("fastsam_geo")
 PLUGIN = "fastsam-geo-model"
-CONNECT_TIMEOUT_S = 10
+CONNECT_TIMEOUT_S = 5
 
 
 class ClusterError(FastSAMGeoError, RuntimeError):

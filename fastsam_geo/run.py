@@ -215,6 +215,7 @@ class RasterJob:
     output: str | os.PathLike[str]
     progress: ProgressFn | None = None
     sheets: tuple[Sheet, ...] = ()
+    options: ExtractOptions | None = None  # this raster's own options (e.g. resume), else the run's
 
 
 def _weights_of(segmenter: Any) -> tuple[str | None, str | None, str]:
@@ -294,7 +295,8 @@ def extract_rasters(
     jobs = list(jobs)
     out = options.output
     for job in jobs:
-        preflight(job.output, overwrite=out.overwrite, resume=out.resume)
+        o = (job.options or options).output
+        preflight(job.output, overwrite=o.overwrite, resume=o.resume)
     if out.cache_only and out.cache_dir is None:
         raise PromptError("re-prompting from the cache needs a cache folder (--cache-dir).")
     plans: list[RunPlan] = []
@@ -302,7 +304,7 @@ def extract_rasters(
         for job in jobs:
             src = open_source(job.raster, options.tiling) if client is None else None
             try:
-                plans.append(plan_run(job.raster, job.output, options, source=src, sheets=job.sheets))
+                plans.append(plan_run(job.raster, job.output, job.options or options, source=src, sheets=job.sheets))
             except BaseException:
                 if src is not None:
                     src.close()
