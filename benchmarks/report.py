@@ -676,6 +676,7 @@ def render(r: dict[str, Any]) -> str:
         L.append(f"Not measured: {gpu.get('note') or _failed(gpu)}.")
     L += _onnx_section(b.get("onnx"))
     L += _install_section(b.get("install"))
+    L += _dask_section(b.get("dask"))
     L.append("")
     L.append("## Run log")
     L.append("")
@@ -714,6 +715,55 @@ def render(r: dict[str, Any]) -> str:
     )
     L.append("")
     return "\n".join(L)
+
+
+def _dask_section(d: dict[str, Any] | None) -> list[str]:
+    """Dask: 1 vs 2 worker processes here, and the paper estimate for 10^5 sheets."""
+    L = ["", "## Dask: worker processes, and 10^5 sheets on paper", ""]
+    if not d:
+        return [*L, "Not run yet (`benchmarks/run.py --only dask`)."]
+    if _failed(d):
+        return [*L, f"Failed: {_failed(d)}"]
+    L.append(
+        f"{d['raster']} ({d['tiles']} tiles), default model, {d['cores']} cores. Wall time of the "
+        "`extract_buildings` call; a Dask run includes the worker plugin loading the model on each worker "
+        f"(cluster start-up apart). Outputs equal to the single-process run: {d['outputs_equal']}."
+    )
+    L.append("")
+    rows = [["this process (LocalExecutor)", "-", f"{d['local_wall_s']:.1f}"]]
+    rows += [
+        [f"LocalCluster, {r['workers']} worker process(es)", f"{r['cluster_start_s']:.1f}", f"{r['wall_s']:.1f}"]
+        for r in d["dask_runs"]
+    ]
+    L.append(_table(["executor", "cluster start s", "extract s"], rows))
+    s, e = d["serial"], d["estimate"]
+    L.append("")
+    L.append(
+        f"2 workers against 1: {d['speedup_2_vs_1_workers']}x on 2 cores (the model's torch threads and the "
+        "client share the same 2 cores, so little more is possible here). Measured in one process: tile work "
+        f"{s['tile_seconds']['median']:.3f} s per 256 px tile (of which read + select + vectorize "
+        f"{s['tile_post_model_seconds']['median']:.4f} s), a pickled tile result "
+        f"{s['tile_result_bytes']['median']:.0f} bytes ({s['polygons_per_tile']} polygons), and the serial part "
+        f"(merge + write + ledger, `RunSink`) {s['sink_polygons_per_s']['median']:.0f} polygons/s"
+        + (
+            f"; the merge alone (Merge scaling above) {e['merge_only_polygons_per_s']:,} polygons/s."
+            if e.get("merge_only_polygons_per_s")
+            else "."
+        )
+    )
+    L.append("")
+    L.append(
+        f"**On paper, 10^5 sheets of 5000 x 5000 px (1 km at 0.2 m) on 100 GPU workers**, as one mosaic at tile "
+        f"1024 / overlap 128: {e['tiles']:,} tiles. Assuming {e['gpu_forward_s_assumed']} s of GPU forward per "
+        f"tile (not measured here: no GPU) plus the measured CPU part, a worker needs {e['worker_tile_s']} s a tile: "
+        f"tile work is {e['tile_work_hours_on_100']} h on 100 workers. At the measured density, a 1024 px tile "
+        f"gives about {e['polygons_per_1024_tile']} polygons and {e['result_bytes_per_1024_tile']:,} bytes of "
+        f"results; 100 workers send {e['polygons_arriving_per_s']:,} polygons/s to the client, whose serial sink "
+        f"takes {e['sink_polygons_per_s']:,}/s, i.e. {e['serial_hours']} h for all of them. The serial part bounds "
+        f"the run from about {e['workers_where_serial_bounds']} workers on: beyond that, more workers do not help "
+        "unless the merge is split (e.g. one sink per block of sheets, joined along block edges)."
+    )
+    return L
 
 
 def _why_not(r: dict[str, Any]) -> list[str]:

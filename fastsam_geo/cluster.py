@@ -183,6 +183,8 @@ class DaskExecutor:
         check_timeout_s: how long the start-up checks may take.
     """
 
+    timeout_s: float | None = None  # longest wait for the next result (None: no limit; tests set one)
+
     def __init__(
         self,
         client: Any,
@@ -271,7 +273,7 @@ class DaskExecutor:
 
         owner = self.submit_all(jobs)
         try:
-            for fut in as_completed(list(owner)):
+            for fut in as_completed(list(owner), timeout=self.timeout_s):
                 check()
                 try:
                     results = fut.result()

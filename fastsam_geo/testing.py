@@ -122,3 +122,29 @@ def compare_instances(a: InstanceMasks, b: InstanceMasks) -> Agreement:
         min_iou = min(min_iou, _mask_iou(a, int(i), b, int(j)))
         max_diff = max(max_diff, abs(float(a.scores[i]) - float(b.scores[j])))
     return Agreement((len(a), len(b)), len(used_a), min_iou, max_diff)
+
+
+class SlowSegmenter:
+    """The FastSAM model of ``weights``, ``delay_s`` slower per tile: gives a test time to act
+    mid-run (kill a Dask worker, cancel). The model loads on first use, so the object pickles
+    small (it is shipped to Dask workers)."""
+
+    def __init__(self, weights: str | os.PathLike[str], delay_s: float = 1.0, device: str = "cpu") -> None:
+        self.weights = os.fspath(weights)
+        self.delay_s = delay_s
+        self.device = device
+        self._model: object = None
+
+    def __getstate__(self) -> dict[str, object]:
+        return {**self.__dict__, "_model": None}
+
+    def segment(self, tiles: list) -> list:  # type: ignore[type-arg]
+        """The model's masks, after sleeping ``delay_s`` per tile."""
+        import time
+
+        from fastsam_geo.segment import FastSAMSegmenter
+
+        if self._model is None:
+            self._model = FastSAMSegmenter(self.weights, device=self.device)
+        time.sleep(self.delay_s * len(tiles))
+        return self._model.segment(tiles)  # type: ignore[attr-defined]
