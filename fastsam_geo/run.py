@@ -316,7 +316,9 @@ def extract_rasters(
         if executor is None:
             executor, describe = _executor(plans, options, segmenter, text_scorer, client)
         else:
-            describe = _weights_of(segmenter) if segmenter is not None else (None, None, "Segmenter")
+            describe = getattr(executor, "describe", None) or (
+                _weights_of(segmenter) if segmenter is not None else (None, None, "Segmenter")
+            )
         sinks = _open_sinks(plans, jobs, describe)
         try:
             drive(sinks, executor, cancel)

@@ -1,6 +1,6 @@
 """Sheets as one surface: --mosaic on sheets cut from real imagery gives the uncut raster's buildings.
 
-A 1024 x 1024 px crop of the real Banepa mosaic (../shared/data/real/banepa/) is cut into 4
+A 1024 x 1024 px crop (its densest part) of the real Banepa mosaic (../shared/data/real/banepa/) is cut into 4
 sheets of 512 px; `extract --mosaic` over the sheets must find the buildings that an
 extraction of the uncut crop finds (F1 >= 0.99), including those on the sheet edges, and
 say which sheets each polygon lies on. Rasters that cannot form a mosaic are refused with
@@ -27,7 +27,7 @@ from fastsam_geo.mosaic import write_vrt
 REPO = Path(__file__).resolve().parents[1]
 BANEPA = REPO.parent / "shared" / "data" / "real" / "banepa" / "banepa_west.tif"
 WEIGHTS = REPO / "weights" / "fastsam-geo-town-n.pt"
-CROP = Window(512, 1024, 1024, 1024)
+CROP = Window(1024, 1024, 1024, 1024)
 
 
 def _write(path: Path, data: np.ndarray, profile: dict, transform: object) -> Path:
