@@ -1,8 +1,8 @@
 """Dask: one process against a LocalCluster of 1 and 2 worker processes; the figures of a paper
 estimate for a national orthophoto programme.
 
-A synthetic 1280 px town (0.5 m) is extracted with the default model at tile 256 (overlap 32,
-36 tiles): in this process (``LocalExecutor``), then with ``client=`` on a LocalCluster of 1 and
+A synthetic 1024 px town (0.5 m) is extracted with the default model at tile 256 (overlap 32,
+25 tiles): in this process (``LocalExecutor``), then with ``client=`` on a LocalCluster of 1 and
 of 2 worker processes (threads_per_worker=1; cluster start-up timed apart; each Dask run
 includes the worker plugin loading the model). The outputs must be equal. Then, measured in
 this process: the tile work per tile (read, segment, select, vectorize), the pickled size of a
@@ -93,8 +93,9 @@ def _serial_part(raster: Path, kw: dict[str, Any], folder: Path) -> dict[str, An
     for k in range(3):
         out = folder / f"serial{k}.gpkg"
         out.unlink(missing_ok=True)
+        plan_k = plan_run(raster, out, options)
         t = time.perf_counter()
-        sink = RunSink(plan, ExtractSummary(str(raster), str(out))).open(plan.params("FastSAMSegmenter", None))
+        sink = RunSink(plan_k, ExtractSummary(str(raster), str(out))).open(plan_k.params("FastSAMSegmenter", None))
         for r in results:
             sink.add(r)
         sink.finish()
@@ -148,7 +149,7 @@ def estimate(serial: dict[str, Any], merge_us_per_polygon: float | None, gpu_for
 def run(data: Path, weights: Path, quick: bool = False) -> dict[str, Any]:
     import os
 
-    size = 768 if quick else 1280
+    size = 768 if quick else 1024
     sc = common.scene(data, size, seed=9010)
     kw: dict[str, Any] = dict(weights=weights, tile_size=TILE, overlap=OVERLAP, device="cpu")
     from fastsam_geo.pipeline import extract_buildings

@@ -11,7 +11,6 @@ the local executor.
 
 from __future__ import annotations
 
-import inspect
 import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -126,6 +125,7 @@ class RunPlan:
     mode: str
     pixel_area_m2: float
     sheets: tuple[Sheet, ...] = ()
+    grid_metadata: dict[str, str] = field(default_factory=dict)
     source: RasterSource | None = field(default=None, repr=False, compare=False)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -158,6 +158,7 @@ class RunPlan:
             "overlap": o.tiling.overlap,
             "bands": list(self.bands),
             "stretch": o.tiling.stretch,
+            "grid": [self.width, self.height],
             "prompts": repr(self.prompts),
             "segmenter": segmenter_name,
             "weights_sha256": weights_sha256,
@@ -165,7 +166,6 @@ class RunPlan:
             "iou": o.model.iou,
             "building_filter": asdict(o.select.building_filter),
             "match_iou": o.select.match_iou,
-            **({"gsd": o.tiling.gsd} if o.tiling.gsd is not None else {}),
         }
 
 
@@ -183,10 +183,45 @@ def prompt_label(prompts: Prompts) -> str:
 
 def open_source(raster: str | os.PathLike[str], tiling: TilingOptions) -> RasterSource:
     """Open ``raster`` as the tiling options say (``gsd`` passed on where RasterSource takes it)."""
-    kwargs: dict[str, Any] = {"bands": tiling.bands, "stretch": tiling.stretch}
-    if isinstance(tiling.gsd, (int, float)) and "gsd" in inspect.signature(RasterSource).parameters:
-        kwargs["gsd"] = float(tiling.gsd)
-    return RasterSource(raster, **kwargs)
+    src = RasterSource(raster, bands=tiling.bands, stretch=tiling.stretch)  # type: ignore[arg-type]
+    gsd = float(tiling.gsd) if isinstance(tiling.gsd, (int, float)) else None
+    if hasattr(src, "set_gsd"):
+        src.set_gsd(gsd)  # after the raster is checked
+    return src
+
+
+def resolve_gsd(options: ExtractOptions, segmenter: Any = None) -> ExtractOptions:
+    """Options whose ``tiling.gsd`` is the working resolution itself (metres, or None: native):
+    ``gsd`` when given, else the segmenter's, else the one stored with the weights."""
+    from fastsam_geo.errors import RasterError
+    from fastsam_geo.modelmeta import parse_gsd, weights_gsd, working_gsd
+
+    try:
+        checked = parse_gsd(options.tiling.gsd)
+    except ValueError as exc:
+        raise RasterError(str(exc)) from None
+    if checked is not None:
+        working = working_gsd(checked, None)
+    else:
+        inner = getattr(segmenter, "segmenter", segmenter)
+        model = getattr(inner, "gsd", None) if segmenter is not None else weights_gsd(options.model.weights)
+        working = working_gsd(None, model)
+    return replace(options, tiling=replace(options.tiling, gsd=working))
+
+
+def grid_metadata(src: RasterSource) -> dict[str, str]:
+    """Output metadata of the grid and the radiometry the tiles were read with."""
+    i = src.info
+    out = {
+        "native_gsd_m": f"{i.native_gsd_m:.6g}",
+        "gsd_m": f"{i.gsd_m:.6g}",
+        "grid": f"{i.width} x {i.height} px (native {i.native_width} x {i.native_height})",
+        "bands": ",".join(str(b) for b in i.bands),
+    }
+    radiometry = getattr(src, "radiometry", None)
+    if radiometry:
+        out["radiometry"] = str(radiometry)
+    return out
 
 
 def route_prompts(prompts: Prompts, grid: TileGrid, specs: list[TileSpec], info: RasterInfo) -> list[TileSpec]:
@@ -266,6 +301,7 @@ def plan_run(
             mode=mode,
             pixel_area_m2=pixel_area,
             sheets=sheets,
+            grid_metadata=grid_metadata(src),
             source=source,
         )
     finally:
@@ -282,8 +318,10 @@ __all__ = [
     "SelectOptions",
     "Sheet",
     "TilingOptions",
+    "grid_metadata",
     "open_source",
     "plan_run",
     "prompt_label",
+    "resolve_gsd",
     "route_prompts",
 ]

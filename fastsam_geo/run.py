@@ -22,7 +22,7 @@ import rasterio
 
 from fastsam_geo.errors import Cancelled, PromptError
 from fastsam_geo.masks import InstanceMasks
-from fastsam_geo.plan import ExtractOptions, ModelOptions, RunPlan, Sheet, open_source, plan_run
+from fastsam_geo.plan import ExtractOptions, ModelOptions, RunPlan, Sheet, open_source, plan_run, resolve_gsd
 from fastsam_geo.sink import ExtractSummary, ProgressFn, RunSink, Timer, preflight
 from fastsam_geo.tilework import TileContext, TileResult, process_tiles, read_tile
 from fastsam_geo.tiling import Tile, TileSpec
@@ -81,7 +81,7 @@ class CacheOnly:
         ids = ", ".join(t.id for t in tiles[:3])
         raise PromptError(
             f"{self.raster}: tile(s) {ids} not in the mask cache; run `fastsam-geo extract` over this raster "
-            "first (with the same weights, --conf, --iou and --bands), or use `extract` with these prompts."
+            "first (with the same weights, --conf, --iou, --bands and --gsd), or use `extract` with these prompts."
         )
 
 
@@ -299,12 +299,14 @@ def extract_rasters(
         preflight(job.output, overwrite=o.overwrite, resume=o.resume)
     if out.cache_only and out.cache_dir is None:
         raise PromptError("re-prompting from the cache needs a cache folder (--cache-dir).")
+    options = resolve_gsd(options, segmenter)
     plans: list[RunPlan] = []
     try:
         for job in jobs:
-            src = open_source(job.raster, options.tiling) if client is None else None
+            o = resolve_gsd(job.options, segmenter) if job.options is not None else options
+            src = open_source(job.raster, o.tiling) if client is None else None
             try:
-                plans.append(plan_run(job.raster, job.output, job.options or options, source=src, sheets=job.sheets))
+                plans.append(plan_run(job.raster, job.output, o, source=src, sheets=job.sheets))
             except BaseException:
                 if src is not None:
                     src.close()

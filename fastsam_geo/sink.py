@@ -237,6 +237,7 @@ class RunSink:
             "weights_sha256": self.summary.weights_sha256 or "",
             "conf": str(o.model.conf),
             "iou": str(o.model.iou),
+            **plan.grid_metadata,
             "building_filter": json.dumps(asdict(o.select.building_filter)),
             "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
