@@ -15,7 +15,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 import rasterio
@@ -299,18 +299,22 @@ def extract_rasters(
         preflight(job.output, overwrite=o.overwrite, resume=o.resume)
     if out.cache_only and out.cache_dir is None:
         raise PromptError("re-prompting from the cache needs a cache folder (--cache-dir).")
-    options = resolve_gsd(options, segmenter)
     plans: list[RunPlan] = []
     try:
         for job in jobs:
-            o = resolve_gsd(job.options, segmenter) if job.options is not None else options
-            src = open_source(job.raster, o.tiling) if client is None else None
+            o = job.options or options
+            # the raster is checked before the gsd asks the segmenter (which may load the model)
+            src = open_source(job.raster, replace(o.tiling, gsd=None)) if client is None else None
             try:
+                o = resolve_gsd(o, segmenter)
+                if src is not None and hasattr(src, "set_gsd"):
+                    src.set_gsd(o.tiling.gsd)  # type: ignore[arg-type]
                 plans.append(plan_run(job.raster, job.output, o, source=src, sheets=job.sheets))
             except BaseException:
                 if src is not None:
                     src.close()
                 raise
+        options = resolve_gsd(options, segmenter)
         if any(p.prompts is not None and p.prompts.text for p in plans) and text_scorer is None and client is None:
             from fastsam_geo.textprompt import ClipScorer
 
