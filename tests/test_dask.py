@@ -184,5 +184,7 @@ def test_an_unreachable_scheduler_is_one_line_and_exit_1_within_seconds(town, tm
     assert proc.returncode == 1, proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "tcp://127.0.0.1:9 is unreachable" in lines[0], proc.stderr
-    assert elapsed < 20, elapsed
+    # The client gives up after its 5 s connect timeout (said in the line); the rest is Python's start
+    # and imports, slow on a loaded machine, so the bound here only guards against a hang.
+    assert "after 5 s" in lines[0] and elapsed < 50, elapsed
     assert not (tmp_path / "o.gpkg").exists()
