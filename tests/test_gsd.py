@@ -7,7 +7,6 @@ from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
-import pyogrio
 import pytest
 import shapely
 from click.testing import CliRunner
@@ -40,8 +39,9 @@ class _Seen:
 
 
 def _meta(path: Path) -> dict[str, str]:
-    table = pyogrio.read_dataframe(path, layer="fastsam_geo_metadata", read_geometry=False)
-    return dict(zip(table["key"], table["value"], strict=True))
+    from fastsam_geo.output import read_run_tables
+
+    return read_run_tables(path)[0]
 
 
 def test_the_segmenters_gsd_is_used_unless_overridden(scene: Scene, tmp_path: Path) -> None:
