@@ -269,19 +269,23 @@ def export(model: str, output: Path, imgsz: int, batch: str, opset: int | None, 
 def _progress_bar(label: str, enabled: bool) -> Iterator[Callable[[int, int], None]]:
     """A tqdm bar on stderr (tiles done, rate, time left) fed by ``progress(done, total)``;
     silent with -q and when stderr is not a terminal (logs, pipes, CI)."""
-    from tqdm import tqdm
-
+    try:
+        from tqdm import tqdm
+    except ImportError:  # a dependency of the package; an odd install without it just shows no bar
+        enabled = False
     bar = None
 
     def progress(done: int, total: int) -> None:
         nonlocal bar
+        if not enabled:
+            return
         if bar is None:
             bar = tqdm(
                 total=total,
                 desc=label,
                 unit="tile",
                 file=sys.stderr,
-                disable=None if enabled else True,  # None: off when stderr is not a TTY
+                disable=None,  # off when stderr is not a TTY
                 dynamic_ncols=True,
                 leave=True,
             )
@@ -962,6 +966,8 @@ def _build_prompts(
         pts, bxs, crs = [], [], prompt_crs
     for p in points:
         v = _floats(p, (2, 3), "--point")
+        if len(v) == 3 and v[2] not in (0, 1):
+            raise click.BadParameter(f"{p!r}: the label is 1 (building) or 0 (background)", param_hint="--point")
         pts.append(PointPrompt(v[0], v[1], int(v[2]) if len(v) == 3 else 1))
     for b in boxes:
         v = _floats(b, (4,), "--box")
