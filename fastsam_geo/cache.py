@@ -161,6 +161,23 @@ def tile_grid(tile: Tile) -> list[float]:
     return [round(abs(float(t.a)), 12), round(abs(float(t.e)), 12)]
 
 
+def probe_cache_dir(folder: str | os.PathLike[str]) -> str | None:
+    """None when ``folder`` can hold cache entries (created if needed), else why not.
+
+    >>> import tempfile
+    >>> probe_cache_dir(tempfile.mkdtemp()) is None
+    True
+    """
+    p = Path(folder)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=p, prefix=".probe.", suffix=".tmp"):
+            pass
+    except OSError as exc:
+        return f"{exc.strerror or exc}".lower()
+    return None
+
+
 class MaskCache:
     """Everything masks on disk (``folder/ab/abcdef....npz``) behind an in-memory LRU.
 
@@ -177,6 +194,7 @@ class MaskCache:
         self._memory: OrderedDict[str, InstanceMasks] = OrderedDict()
         self.hits = 0
         self.misses = 0
+        self.broken = False
 
     def path(self, key: str) -> Path:
         """The file of ``key`` (which must be a 64-digit lowercase hex digest)."""
@@ -233,6 +251,20 @@ class MaskCache:
         self._remember(key, masks)
         return path
 
+    def try_put(self, key: str, masks: InstanceMasks) -> Path | None:
+        """:meth:`put`, but a cache that cannot be written (full disk, read-only folder) is
+        reported once and then left alone: an optional cache never fails a run."""
+        try:
+            return self.put(key, masks)
+        except OSError as exc:
+            self.broken = True
+            log.warning(
+                "Warning: mask cache %s cannot be written (%s); going on without it.",
+                self.folder,
+                exc.strerror or exc,
+            )
+            return None
+
     def __contains__(self, key: str) -> bool:
         return key in self._memory or self.path(key).is_file()
 
@@ -273,7 +305,7 @@ class CachedSegmenter:
             self.inner_tiles += len(todo)
             for i, masks in zip(todo, fresh, strict=True):
                 key = keys[i]
-                if key is not None:
-                    self.cache.put(key, masks)
+                if key is not None and not self.cache.broken:
+                    self.cache.try_put(key, masks)
                 out[i] = masks
         return [m for m in out if m is not None]

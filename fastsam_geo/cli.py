@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import logging
 import os
+import sqlite3
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +22,54 @@ from fastsam_geo.errors import FastSAMGeoError
 log = logging.getLogger("fastsam_geo")
 
 
+def _one_line(text: str) -> str:
+    """A message as one line (GDAL and click messages can hold newlines).
+
+    >>> _one_line("a\\n  b")
+    'a b'
+    """
+    return " ".join(str(text).split())
+
+
 class _Group(click.Group):
-    """Turn fastsam-geo errors into one line on stderr (a traceback only with -v)."""
+    """Every user error is one line on stderr and exit code 1 (a traceback only with -v):
+    fastsam-geo errors, click's usage errors and a full disk alike."""
 
     def invoke(self, ctx: click.Context) -> object:
+        from fastsam_geo.errors import describe_os_error
+
         try:
             return super().invoke(ctx)
         except FastSAMGeoError as exc:
             if ctx.obj and ctx.obj.get("verbose", 0) > 0:
                 raise
-            click.echo(f"Error: {exc}", err=True)
+            click.echo(f"Error: {_one_line(str(exc))}", err=True)
             sys.exit(1)
+        except (OSError, sqlite3.Error) as exc:  # e.g. the disk filled up under a library call
+            message = describe_os_error(exc)
+            if message is None or (ctx.obj and ctx.obj.get("verbose", 0) > 0):
+                raise
+            click.echo(f"Error: {message}", err=True)
+            sys.exit(1)
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        """Click's usage errors (bad values, missing arguments) as one line with exit code 1,
+        like every other user error, instead of click's three lines and exit code 2."""
+        kwargs["standalone_mode"] = False
+        try:
+            rv = super().main(*args, **kwargs)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            hint = ""
+            if isinstance(exc, click.UsageError) and exc.ctx is not None and not isinstance(exc, click.BadParameter):
+                hint = f" (see `{exc.ctx.command_path} --help`)"
+            click.echo(f"Error: {_one_line(exc.format_message())}{hint}", err=True)
+            sys.exit(1)
+        except click.Abort as exc:
+            click.echo("Aborted.", err=True)
+            sys.exit(130 if isinstance(exc.__cause__, KeyboardInterrupt) else 1)
+        sys.exit(rv if isinstance(rv, int) else 0)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -71,8 +110,26 @@ def sample(output: Path, size: int, seed: int, pixel_size: float, crs: str, dens
     Example:
       fastsam-geo sample sample_tiles/town.tif --size 1024 --seed 1
     """
+    from fastsam_geo.output import check_output
     from fastsam_geo.synthetic import write_scene
+    from fastsam_geo.validate import check_size
 
+    check_size(size)
+    if not (pixel_size > 0 and pixel_size < 1e6):
+        raise click.UsageError(f"--pixel-size {pixel_size}: use a ground resolution above 0 m, e.g. 0.5.")
+    if not 0 <= density <= 1:
+        raise click.UsageError(f"--density {density}: use a value from 0 to 1, e.g. 0.7.")
+    from pyproj import CRS
+    from pyproj.exceptions import CRSError
+
+    try:
+        if CRS.from_user_input(crs).is_geographic:
+            raise click.UsageError(f"--crs {crs}: use a projected CRS in metres, e.g. EPSG:32633.")
+    except CRSError:
+        raise click.UsageError(f"--crs {crs!r}: not a CRS; give e.g. EPSG:32633.") from None
+    if output.suffix.lower() not in (".tif", ".tiff"):
+        raise click.UsageError(f"{output}: sample writes a GeoTIFF; give a .tif name.")
+    check_output(output.with_suffix(".gpkg"), True)  # folder exists and is writable
     if output.exists() and not overwrite:
         raise click.UsageError(f"{output} exists; add --overwrite to replace it.")
     scene = write_scene(output, size, seed=seed, pixel_size=pixel_size, crs=crs, density=density)
@@ -208,65 +265,135 @@ def export(model: str, output: Path, imgsz: int, batch: str, opset: int | None, 
     )
 
 
-class _Progress:
-    """A one-line progress display on stderr: tiles done, rate, time left."""
+@contextlib.contextmanager
+def _progress_bar(label: str, enabled: bool) -> Iterator[Callable[[int, int], None]]:
+    """A tqdm bar on stderr (tiles done, rate, time left) fed by ``progress(done, total)``;
+    silent with -q and when stderr is not a terminal (logs, pipes, CI)."""
+    try:
+        from tqdm import tqdm
+    except ImportError:  # a dependency of the package; an odd install without it just shows no bar
+        enabled = False
+    bar = None
 
-    def __init__(self, label: str, enabled: bool) -> None:
-        self.label = label
-        self.enabled = enabled and sys.stderr is not None
-        self.t0 = time.perf_counter()
-        self.last = 0.0
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if not enabled:
+            return
+        if bar is None:
+            bar = tqdm(
+                total=total,
+                desc=label,
+                unit="tile",
+                file=sys.stderr,
+                disable=None,  # off when stderr is not a TTY
+                dynamic_ncols=True,
+                leave=True,
+            )
+        bar.total = total
+        bar.update(done - bar.n)
 
-    def __call__(self, done: int, total: int) -> None:
-        if not self.enabled:
-            return
-        now = time.perf_counter()
-        if done < total and now - self.last < 0.2:
-            return
-        self.last = now
-        elapsed = now - self.t0
-        rate = done / elapsed if elapsed > 0 else 0.0
-        left = (total - done) / rate if rate > 0 else float("nan")
-        width = 24
-        filled = int(width * done / max(total, 1))
-        bar = "#" * filled + "-" * (width - filled)
-        eta = f"{left:5.0f}s left" if left == left else "  ?s left"
-        click.echo(f"\r{self.label} [{bar}] {done}/{total} tiles {rate:5.2f} tiles/s {eta}", err=True, nl=False)
-        if done >= total:
-            click.echo("", err=True)
+    try:
+        yield progress
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def _floats(text: str, n: tuple[int, ...], what: str) -> list[float]:
     try:
         vals = [float(v) for v in text.replace(" ", "").split(",")]
     except ValueError:
-        raise click.BadParameter(f"{text!r}: {what} must be comma-separated numbers") from None
+        raise click.BadParameter(f"{text!r}: {what} must be comma-separated numbers", param_hint=what) from None
     if len(vals) not in n:
-        raise click.BadParameter(f"{text!r}: {what} takes {' or '.join(map(str, n))} numbers")
+        raise click.BadParameter(f"{text!r}: {what} takes {' or '.join(map(str, n))} numbers", param_hint=what)
+    if what in ("--point", "--box"):
+        from fastsam_geo.validate import check_finite
+
+        try:
+            check_finite(vals, what, text)
+        except FastSAMGeoError as exc:
+            raise click.BadParameter(str(exc), param_hint=what) from None
+    if what == "--bands" and not all(v.is_integer() and v >= 1 for v in vals):
+        raise click.BadParameter(f"{text!r}: --bands takes band numbers from 1, e.g. --bands 4,3,2", param_hint=what)
     return vals
 
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img")
 
 
-def _expand_inputs(inputs: tuple[str, ...]) -> list[Path]:
-    """Files, folders (their rasters) and quoted glob patterns, in a stable order."""
-    out: list[Path] = []
+def _is_url(item: str) -> bool:
+    """True for an http(s) or ftp URL, or a GDAL /vsicurl/ path.
+
+    >>> _is_url("https://example.org/a.tif"), _is_url("/vsicurl/https://e.org/a.tif"), _is_url("a.tif")
+    (True, True, False)
+    """
+    return item.lower().startswith(("http://", "https://", "ftp://", "/vsicurl/"))
+
+
+def _name(raster: str) -> str:
+    """The file name of a path or URL, for messages and layer names.
+
+    >>> _name("https://example.org/data/ortho.tif?x=1"), _name("tiles/a.tif")
+    ('ortho.tif', 'a.tif')
+    """
+    from urllib.parse import urlsplit
+
+    if _is_url(raster):
+        return Path(urlsplit(raster.removeprefix("/vsicurl/")).path).name or "raster"
+    return Path(raster).name
+
+
+def _expand_inputs(inputs: list[str]) -> list[str]:
+    """Files, URLs, folders (their rasters) and quoted glob patterns, in a stable order.
+
+    A name that exists is taken literally, even with glob characters (``ortho[2023].tif``).
+    """
+    out: list[str] = []
     for item in inputs:
+        if "\x00" in item:
+            raise click.BadParameter(f"{item!r}: a path cannot hold a NUL character.", param_hint="INPUTS")
+        if _is_url(item):
+            out.append(item)  # kept as text: Path() would turn https:// into https:/
+            continue
         p = Path(item)
-        if any(ch in item for ch in "*?["):
-            matches = sorted(Path(m) for m in glob.glob(item, recursive=True))
+        if not p.exists() and any(ch in item for ch in "*?["):
+            matches = sorted(glob.glob(item, recursive=True))
             if not matches:
-                raise click.BadParameter(f"{item}: the pattern matches no file.", param_hint="INPUTS")
+                raise click.BadParameter(
+                    f"{item}: no such file, and as a pattern it matches no file.", param_hint="INPUTS"
+                )
             out.extend(matches)
         elif p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.suffix.lower() in RASTER_SUFFIXES)
+            found = sorted(str(f) for f in p.iterdir() if f.suffix.lower() in RASTER_SUFFIXES)
             if not found:
-                raise click.BadParameter(f"{item}: the folder holds no raster ({', '.join(RASTER_SUFFIXES)}).")
+                raise click.BadParameter(
+                    f"{item}: the folder holds no raster ({', '.join(RASTER_SUFFIXES)}); give files or a pattern.",
+                    param_hint="INPUTS",
+                )
             out.extend(found)
         else:
-            out.append(p)
+            out.append(item)
     return list(dict.fromkeys(out))
+
+
+class _Gsd(click.ParamType):
+    """``--gsd METRES|native``: a ground resolution in metres per pixel, or no resampling."""
+
+    name = "METRES|native"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from fastsam_geo.modelmeta import parse_gsd
+
+        try:
+            return parse_gsd(value)
+        except ValueError:
+            self.fail(f"{value!r} is not a ground resolution: give metres per pixel (e.g. 0.3) or 'native'.")
+
+
+_GSD_HELP = (
+    "Working ground resolution in metres per pixel: tiles are read resampled to it "
+    "(default: the model's, stored in its weights; 'native': the raster's own)."
+)
 
 
 class _Gsd(click.ParamType):
@@ -312,7 +439,10 @@ def _model_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--tile-size", default=1024, show_default=True, help="Tile size in pixels (also the inference size)."
         ),
-        click.option("--overlap", default=128, show_default=True, help="Tile overlap in pixels."),
+        click.option(
+            "--overlap", default=None, type=int, help="Tile overlap in pixels (default: tile size / 8, 128 for 1024)."
+        ),
+
         click.option(
             "--bands", default=None, help="Band numbers read as RGB, e.g. 4,3,2 (default: colour interpretation)."
         ),
@@ -378,9 +508,74 @@ def _model_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
+def _default_overlap(tile_size: object) -> object:
+    """An eighth of the tile (128 px for 1024 px tiles), for any tile size.
+
+    >>> _default_overlap(1024), _default_overlap(256)
+    (128, 32)
+    """
+    return tile_size // 8 if isinstance(tile_size, int) else 0
+
+
+def _check_options(kw: dict[str, Any]) -> None:
+    """Every option value of extract/prompt, before any file is opened (one line each)."""
+    from fastsam_geo.validate import check_areas, check_extract_options
+
+    if kw["overlap"] is None:
+        kw["overlap"] = _default_overlap(kw["tile_size"])
+    check_extract_options(
+        tile_size=kw["tile_size"],
+        overlap=kw["overlap"],
+        conf=kw["conf"],
+        iou=kw["iou"],
+        batch_size=kw["batch_size"],
+        device=kw["device"],
+        simplify_px=kw["simplify"],
+    )
+    if not kw["no_filter"]:
+        check_areas(kw["min_area"], kw["max_area"])
+    if kw["text_threshold"] is not None and not -1 <= kw["text_threshold"] <= 1:
+        raise click.UsageError(
+            f"--text-threshold {kw['text_threshold']}: a CLIP cosine score lies in -1 to 1, e.g. 0.22."
+        )
+    if kw["top_k"] is not None and kw["top_k"] < 1:
+        raise click.UsageError(f"--top-k {kw['top_k']}: keep 1 mask or more.")
+    if kw["text"] is not None and not kw["text"].strip():
+        raise click.UsageError('--text is empty: give the object to find, e.g. --text "building".')
+
+
+def _guard_inputs(inputs: list[str], output: Path, kw: dict[str, Any]) -> None:
+    """Refuse an output that is one of the inputs, whatever the flags: the rasters (and a
+    VRT's sources), the prompts file, the weights, the CLIP weights."""
+    from fastsam_geo.output import refuse_input_as_output
+
+    sources: list[object] = [*inputs, kw["prompt_file"], kw["weights"], kw["clip_weights"]]
+    from fastsam_geo.raster import vrt_sources
+
+    for raster in inputs:
+        sources.extend(vrt_sources(raster))
+    refuse_input_as_output(output, sources)
+
+
+def _usable_cache_dir(cache_dir: Path | None, cache_only: bool) -> Path | None:
+    """The mask cache folder, or None (with one warning) when it cannot be written: an
+    optional cache never fails a run. ``prompt`` needs it, so there it is an error."""
+    if cache_dir is None:
+        return None
+    from fastsam_geo.cache import probe_cache_dir
+
+    problem = probe_cache_dir(cache_dir)
+    if problem is None:
+        return cache_dir
+    if cache_only:
+        raise click.UsageError(f"--cache-dir {cache_dir}: {problem}; `prompt` reads the masks from there.")
+    log.warning("Warning: mask cache %s cannot be used (%s); going on without it.", cache_dir, problem)
+    return None
+
+
 def _run_extract(
     ctx: click.Context,
-    inputs: list[Path],
+    inputs: list[str],
     output: Path,
     kw: dict[str, Any],
     *,
@@ -392,13 +587,36 @@ def _run_extract(
     scheduler: str | None = None,
     mosaic: bool = False,
 ) -> None:
+    from fastsam_geo.locks import output_lock
     from fastsam_geo.output import check_output
 
-    quiet = ctx.obj.get("quiet", False)
-    options, scorer = _extract_options(kw, cache_only=cache_only, use_cache=use_cache)
+    _check_options(kw)
+    _guard_inputs(inputs, output, kw)
+    check_output(output, overwrite=True)  # a folder, a missing or read-only folder, an unknown extension
     if not resume:
         check_output(output, kw["overwrite"])
+    with output_lock(output):
+        _run_locked(ctx, inputs, output, kw, layout, resume, cache_only, use_cache, workers, scheduler, mosaic)
+
+
+def _run_locked(
+    ctx: click.Context,
+    inputs: list[str],
+    output: Path,
+    kw: dict[str, Any],
+    layout: str,
+    resume: bool,
+    cache_only: bool,
+    use_cache: bool,
+    workers: int | None,
+    scheduler: str | None,
+    mosaic: bool,
+) -> None:
+    """_run_extract while this process holds the output's lock."""
+    quiet = ctx.obj.get("quiet", False)
+    options, scorer = _extract_options(kw, cache_only=cache_only, use_cache=use_cache)
     client, cluster = _connect(workers, scheduler, quiet)
+    parts: list[tuple[str, Path]] = []
     vrt = output.with_name(f".{output.name}.mosaic.vrt")
     try:
         if mosaic:
@@ -410,23 +628,28 @@ def _run_extract(
             jobs = [(vrt, output, sheets)]
         else:
             jobs = [(r, output, ()) for r in inputs]
-        summaries, parts = _extract_all(jobs, output, options, kw, scorer, client, resume=resume, quiet=quiet)
+        summaries = _extract_all(jobs, output, options, kw, scorer, client, parts, resume=resume, quiet=quiet)
+        if len(jobs) > 1:
+            _assemble(parts, output, layout, kw["overwrite"] or resume)
     except KeyboardInterrupt:
         click.echo(
             f"\nInterrupted. Finished tiles are kept: run the same command with --resume to continue into {output}.",
             err=True,
         )
         sys.exit(130)
+    except FastSAMGeoError:
+        if len(parts) > 1:  # a bad input: nothing to resume, no .part.gpkg left beside the output
+            for _, part in parts:
+                part.unlink(missing_ok=True)
+        raise
     finally:
         vrt.unlink(missing_ok=True)
         if client is not None:
             client.close()
         if cluster is not None:
             cluster.close()
-    if len(jobs) > 1:
-        _assemble(parts, output, layout, kw["overwrite"] or resume)
-        if not quiet:
-            click.echo(f"{output}: {len(parts)} rasters, layout '{layout}'", err=True)
+    if len(jobs) > 1 and not quiet:
+        click.echo(f"{output}: {len(parts)} rasters, layout '{layout}'", err=True)
     if kw["as_json"]:
         click.echo(json.dumps([s.as_dict() for s in summaries] if len(jobs) > 1 else summaries[0].as_dict(), indent=2))
 
@@ -465,7 +688,7 @@ def _extract_options(kw: dict[str, Any], *, cache_only: bool, use_cache: bool) -
         ),
         simplify_px=kw["simplify"],
         regularize=kw["regularize"],
-        cache_dir=cache_dir,
+        cache_dir=_usable_cache_dir(None if cache_dir is None else Path(cache_dir), cache_only),
         cache_only=cache_only,
     )
     return options, scorer
@@ -485,45 +708,59 @@ def _connect(workers: int | None, scheduler: str | None, quiet: bool) -> tuple[A
     return client, cluster
 
 
+def _part_path(output: Path, raster: str, k: int) -> Path:
+    """Where raster ``k`` of a multi-raster run is written before assembly (numbered: two
+    rasters of the same name in different folders must not share a part).
+
+    >>> _part_path(Path("out/city.gpkg"), "x/a.tif", 1).name
+    '.city.gpkg.1.a.part.gpkg'
+    """
+    return output.with_name(f".{output.name}.{k}.{Path(_name(raster)).stem}.part.gpkg")
+
+
 def _extract_all(
-    jobs: list[tuple[Path, Path, tuple[Any, ...]]],
+    jobs: list[tuple[Any, Path, tuple[Any, ...]]],
     output: Path,
     options: Any,
     kw: dict[str, Any],
     scorer: Any,
     client: Any,
+    parts: list[tuple[str, Path]],
     *,
     resume: bool,
     quiet: bool,
-) -> tuple[list[Any], list[tuple[Path, Path]]]:
+) -> list[Any]:
     """Run every raster (one call on a Dask cluster: their tiles spread together); returns the
-    summaries and (raster, part) pairs. Several rasters go to hidden parts, assembled later."""
+    summaries and fills ``parts`` with (raster, part) pairs. Several rasters go to hidden parts,
+    assembled later."""
     from dataclasses import replace
 
     from fastsam_geo.run import RasterJob, extract_rasters
 
     single = len(jobs) == 1
-    parts: list[tuple[Path, Path]] = []
     todo: list[RasterJob] = []
-    for raster, _, sheets in jobs:
-        target = output if single else output.with_name(f".{output.name}.{raster.stem}.part.gpkg")
-        parts.append((raster, target))
-        if not single and resume and target.exists():
-            continue  # finished before the interruption
-        overwrite = kw["overwrite"] or (not single and not resume)
-        out = replace(options.output, overwrite=overwrite, resume=resume and _has_ledger(target))
-        todo.append(RasterJob(raster, target, _Progress(raster.name, not quiet), sheets, replace(options, output=out)))
     summaries = []
-    groups = [todo] if client is not None else [[j] for j in todo]
-    for group in groups:
-        for job, summary in zip(group, extract_rasters(group, options, text_scorer=scorer, client=client), strict=True):
-            summaries.append(summary)
-            if not quiet:
-                _echo_summary(Path(job.raster), summary)
-    return summaries, parts
+    with contextlib.ExitStack() as bars:
+        for k, (raster, _, sheets) in enumerate(jobs):
+            target = output if single else _part_path(output, str(raster), k)
+            parts.append((str(raster), target))
+            if not single and resume and target.exists():
+                continue  # finished before the interruption
+            overwrite = kw["overwrite"] or (not single and not resume)
+            out = replace(options.output, overwrite=overwrite, resume=resume and _has_ledger(target))
+            progress = bars.enter_context(_progress_bar(_name(str(raster)), not quiet))
+            todo.append(RasterJob(raster, target, progress, sheets, replace(options, output=out)))
+        groups = [todo] if client is not None else [[j] for j in todo]
+        for group in groups:
+            results = extract_rasters(group, options, text_scorer=scorer, client=client)
+            for job, summary in zip(group, results, strict=True):
+                summaries.append(summary)
+                if not quiet:
+                    _echo_summary(job.raster, summary)
+    return summaries
 
 
-def _echo_summary(raster: Path, summary: Any) -> None:
+def _echo_summary(raster: object, summary: Any) -> None:
     click.echo(
         f"{raster}: {summary.buildings} buildings ({summary.seam_merged} joined across seams) from "
         f"{summary.tiles_processed} tiles in {summary.seconds:.1f} s"
@@ -539,7 +776,7 @@ def _has_ledger(target: Path) -> bool:
     return ledger_path(target).exists()
 
 
-def _assemble(parts: list[tuple[Path, Path]], output: Path, layout: str, overwrite: bool) -> None:
+def _assemble(parts: list[tuple[str, Path]], output: Path, layout: str, overwrite: bool) -> None:
     """One GeoPackage from per-raster parts: a layer per raster, or one merged layer."""
     import geopandas as gpd
     import pandas as pd
@@ -555,7 +792,7 @@ def _assemble(parts: list[tuple[Path, Path]], output: Path, layout: str, overwri
         if layout == "layers":
             used: set[str] = set()
             for raster, part in parts:
-                name = raster.stem
+                name = Path(_name(raster)).stem
                 while name in used:
                     name += "_"
                 used.add(name)
@@ -568,7 +805,7 @@ def _assemble(parts: list[tuple[Path, Path]], output: Path, layout: str, overwri
                 gdf = pyogrio.read_dataframe(part, layer="buildings")
                 crs = crs or gdf.crs
                 gdf = gdf.to_crs(crs) if gdf.crs != crs else gdf
-                gdf.insert(1, "raster", raster.name)
+                gdf.insert(1, "raster", _name(raster))
                 frames.append(gdf)
             merged = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs=crs)
             merged["id"] = range(1, len(merged) + 1)
@@ -581,9 +818,36 @@ def _assemble(parts: list[tuple[Path, Path]], output: Path, layout: str, overwri
         part.unlink(missing_ok=True)
 
 
+_OUTPUT_OPTION = click.option(
+    "-o",
+    "--output",
+    "output_opt",
+    default=None,
+    metavar="OUTPUT",
+    help="The output file, instead of the last positional argument (as rio's commands accept).",
+)
+
+
+def _split_output(paths: tuple[str, ...], output_opt: str | None, what: str) -> tuple[list[str], Path]:
+    """Inputs and the output from the positional arguments and -o/--output.
+
+    >>> _split_output(("a.tif", "b.gpkg"), None, "INPUTS")
+    (['a.tif'], PosixPath('b.gpkg'))
+    >>> _split_output(("a.tif", "c.tif"), "b.gpkg", "INPUTS")
+    (['a.tif', 'c.tif'], PosixPath('b.gpkg'))
+    """
+    if output_opt is not None:
+        if not paths:
+            raise click.UsageError(f"give {what} before -o/--output.")
+        return list(paths), Path(output_opt)
+    if len(paths) < 2:
+        raise click.UsageError(f"give {what} and OUTPUT (or -o OUTPUT), e.g. ortho.tif buildings.gpkg.")
+    return list(paths[:-1]), Path(paths[-1])
+
+
 @main.command(short_help="Extract building polygons from rasters.")
-@click.argument("inputs", nargs=-1, required=True)
-@click.argument("output", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("paths", nargs=-1, required=True, metavar="INPUTS... OUTPUT")
+@_OUTPUT_OPTION
 @_model_options
 @click.option(
     "--layout",
@@ -609,8 +873,8 @@ def _assemble(parts: list[tuple[Path, Path]], output: Path, layout: str, overwri
 @click.pass_context
 def extract(
     ctx: click.Context,
-    inputs: tuple[str, ...],
-    output: Path,
+    paths: tuple[str, ...],
+    output_opt: str | None,
     layout: str,
     resume: bool,
     no_cache: bool,
@@ -640,6 +904,7 @@ def extract(
     """
     if workers is not None and workers < 1:
         raise click.BadParameter("--workers must be 1 or more.", param_hint="--workers")
+    inputs, output = _split_output(paths, output_opt, "INPUTS")
     _run_extract(
         ctx,
         _expand_inputs(inputs),
@@ -656,11 +921,11 @@ def extract(
 
 
 @main.command(short_help="Re-select buildings with new prompts from the mask cache (no inference).")
-@click.argument("raster", type=click.Path(dir_okay=False, path_type=Path))
-@click.argument("output", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("paths", nargs=-1, required=True, metavar="RASTER OUTPUT")
+@_OUTPUT_OPTION
 @_model_options
 @click.pass_context
-def prompt(ctx: click.Context, raster: Path, output: Path, **kw: Any) -> None:
+def prompt(ctx: click.Context, paths: tuple[str, ...], output_opt: str | None, **kw: Any) -> None:
     """Apply new prompts to RASTER using the everything masks cached by an earlier
     `fastsam-geo extract` (same weights, --conf, --iou, --bands, --gsd): no model runs, so a new
     click or a new text costs milliseconds per tile. Tiles not in the cache are an error.
@@ -673,7 +938,12 @@ def prompt(ctx: click.Context, raster: Path, output: Path, **kw: Any) -> None:
     """
     if not (kw["points"] or kw["boxes"] or kw["prompt_file"] or kw["text"]):
         raise click.UsageError("give a prompt: --point, --box, --prompts or --text.")
-    _run_extract(ctx, [raster], output, kw, layout="layers", resume=False, cache_only=True, use_cache=True)
+    rasters, output = _split_output(paths, output_opt, "RASTER")
+    if len(rasters) != 1:
+        raise click.UsageError(f"prompt takes one RASTER, got {len(rasters)}: {' '.join(rasters)}.")
+    _run_extract(
+        ctx, _expand_inputs(rasters), output, kw, layout="layers", resume=False, cache_only=True, use_cache=True
+    )
 
 
 def _build_prompts(
@@ -696,6 +966,8 @@ def _build_prompts(
         pts, bxs, crs = [], [], prompt_crs
     for p in points:
         v = _floats(p, (2, 3), "--point")
+        if len(v) == 3 and v[2] not in (0, 1):
+            raise click.BadParameter(f"{p!r}: the label is 1 (building) or 0 (background)", param_hint="--point")
         pts.append(PointPrompt(v[0], v[1], int(v[2]) if len(v) == 3 else 1))
     for b in boxes:
         v = _floats(b, (4,), "--box")
@@ -729,7 +1001,7 @@ def _build_prompts(
     help="One source to score (repeatable): a per-source table and the pooled scores.",
 )
 @click.option("--tile-size", default=1024, show_default=True)
-@click.option("--overlap", default=128, show_default=True)
+@click.option("--overlap", default=None, type=int, help="Tile overlap in pixels (default: tile size / 8).")
 @click.option("--json", "as_json", is_flag=True, help="Print the scores as JSON.")
 def evaluate(
     pred: Path | None,
@@ -738,7 +1010,7 @@ def evaluate(
     raster: Path | None,
     pairs: tuple[tuple[Path, Path, Path], ...],
     tile_size: int,
-    overlap: int,
+    overlap: int | None,
     as_json: bool,
 ) -> None:
     """Building F1 of PRED against TRUTH (SpaceNet rule: one-to-one matches at IoU >= 0.5),
@@ -792,12 +1064,17 @@ def evaluate(
     _print_table([*sources, ("all (pooled)", total)])
 
 
-def _score_on_raster(pred: Path, truth: Path, raster: Path, iou: float, tile_size: int, overlap: int) -> Any:
+def _score_on_raster(
+    pred: Path, truth: Path, raster: Path, iou: float, tile_size: int, overlap: int | None
+) -> Any:
     """Scores of one source on its raster, seams from the grid the prediction was made on."""
     from fastsam_geo.evaluate import evaluate_on_raster, seam_lines
     from fastsam_geo.raster import RasterSource
     from fastsam_geo.tiling import TileGrid
+    from fastsam_geo.validate import check_tiling
 
+    overlap = _default_overlap(tile_size) if overlap is None else overlap
+    check_tiling(tile_size, overlap)
     with RasterSource(raster, gsd=_prediction_gsd(pred)) as src:
         grid = TileGrid(src.info.width, src.info.height, tile_size, overlap, src.info.transform)
     return evaluate_on_raster(pred, truth, raster, iou_threshold=iou, seams=seam_lines(grid))
@@ -806,10 +1083,9 @@ def _score_on_raster(pred: Path, truth: Path, raster: Path, iou: float, tile_siz
 def _prediction_gsd(pred: Path) -> float | None:
     """The working gsd a fastsam-geo GeoPackage was extracted at (its metadata), else None."""
     try:
-        import pyogrio
+        from fastsam_geo.output import read_run_tables
 
-        table = pyogrio.read_dataframe(pred, layer="fastsam_geo_metadata", read_geometry=False)
-        meta = dict(zip(table["key"], table["value"], strict=True))
+        meta = read_run_tables(pred)[0]
         return float(meta["gsd_m"]) if meta.get("gsd_m") else None
     except Exception:  # another tool's file, or an older fastsam-geo output: the raster's own grid
         return None
@@ -828,12 +1104,12 @@ def _print_table(rows: list[tuple[str, Any]]) -> None:
 
 
 @main.command(short_help="Describe a raster: size, CRS, bands, tiles, device, weights.")
-@click.argument("raster", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("raster")
 @click.option("--tile-size", default=1024, show_default=True)
-@click.option("--overlap", default=128, show_default=True)
+@click.option("--overlap", default=None, type=int, help="Tile overlap in pixels (default: tile size / 8).")
 @click.option("-w", "--weights", default=None, help="Weights to resolve (default lookup otherwise).")
 @click.option("--gsd", type=_Gsd(), default=None, help=_GSD_HELP)
-def info(raster: Path, tile_size: int, overlap: int, weights: str | None, gsd: Any) -> None:
+def info(raster: str, tile_size: int, overlap: int | None, weights: str | None, gsd: Any) -> None:
     """What RASTER is, its ground resolution, how it would be tiled at the model's working
     resolution, and which device and weights would be used.
 
@@ -853,6 +1129,10 @@ def info(raster: Path, tile_size: int, overlap: int, weights: str | None, gsd: A
         model_gsd = default_gsd(w, read_model_meta(w))
     except FastSAMGeoError as exc:
         w_error = str(exc)
+    from fastsam_geo.validate import check_tiling
+
+    overlap = _default_overlap(tile_size) if overlap is None else overlap
+    check_tiling(tile_size, overlap)
     with RasterSource(raster) as src:
         n = src.info
         src.set_gsd(working_gsd(gsd, model_gsd))

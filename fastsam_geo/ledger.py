@@ -11,6 +11,7 @@ the tile table (``fastsam_geo_tiles``).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
@@ -33,6 +34,73 @@ def ledger_path(output: str | os.PathLike[str]) -> Path:
     """
     out = Path(output)
     return out.with_name(f".{out.name}.resume.sqlite")
+
+
+WHOLE_HASH_BYTES = 64 << 20
+"""Files up to this size are hashed whole for the stamp; larger ones in samples."""
+
+
+def content_hash(path: str | os.PathLike[str], *, whole_below: int = WHOLE_HASH_BYTES, block: int = 1 << 20) -> str:
+    """sha256 of a file: whole when small, else of its size and 16 blocks spread over it
+    (start and end included: a GeoTIFF's header and directory live there).
+
+    >>> import tempfile
+    >>> p = Path(tempfile.mkdtemp()) / "a.bin"; _ = p.write_bytes(b"abc")
+    >>> content_hash(p) == hashlib.sha256(b"abc").hexdigest()
+    True
+    """
+    h = hashlib.sha256()
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        if size <= whole_below:
+            for chunk in iter(lambda: f.read(block), b""):
+                h.update(chunk)
+        else:
+            h.update(str(size).encode())
+            for k in range(16):
+                f.seek((size - block) * k // 15)
+                h.update(f.read(block))
+    return h.hexdigest()
+
+
+def raster_stamp(files: list[str] | tuple[str, ...]) -> list[dict[str, Any]]:
+    """What identifies the pixels a run reads: for each local file (a VRT and its sources)
+    its size, modification time (ns) and :func:`content_hash`; a URL by its text.
+
+    A resumed run compares it with the interrupted run's, so pixels changed in place (same
+    path, same size) are noticed.
+    """
+    out: list[dict[str, Any]] = []
+    for f in files:
+        f = os.fspath(f)
+        if f.startswith("/vsi") or "://" in f or not os.path.isfile(f):
+            out.append({"file": f})
+            continue
+        st = os.stat(f)
+        stamp = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": content_hash(f)}
+        out.append({"file": os.path.abspath(f), **stamp})
+    return out
+
+
+def _stamp_change(old: Any, new: Any) -> str:
+    """What differs between two raster stamps, in words."""
+    old_by = {d.get("file"): d for d in old or []}
+    for d in new or []:
+        o = old_by.get(d.get("file"))
+        if o is None:
+            return f"{d.get('file')} is new"
+        what = [k for k in ("size", "sha256", "mtime_ns") if o.get(k) != d.get(k)]
+        if what:
+            words = {"size": "its size", "sha256": "its pixels", "mtime_ns": "its modification time"}
+            return f"{d['file']} changed ({', '.join(words[k] for k in what)})"
+    return "the raster's files changed"
+
+
+def _write_error(exc: BaseException, path: Path) -> OutputError:
+    """An OutputError for a ledger that cannot be written (full disk, read-only folder...)."""
+    from fastsam_geo.errors import describe_os_error
+
+    return OutputError(describe_os_error(exc, path) or f"{path}: cannot write the resume ledger ({exc}).")
 
 
 @dataclass
@@ -90,6 +158,15 @@ class Ledger:
         for p in (path, Path(f"{path}-journal")):
             if p.exists():
                 p.unlink()
+        try:
+            return cls._create(path, params)
+        except (sqlite3.Error, OSError) as exc:
+            for p in (path, Path(f"{path}-journal")):
+                p.unlink(missing_ok=True)
+            raise _write_error(exc, path) from None
+
+    @classmethod
+    def _create(cls, path: Path, params: Mapping[str, Any]) -> Ledger:
         conn = sqlite3.connect(path, isolation_level=None)
         conn.executescript(
             """
@@ -119,6 +196,13 @@ class Ledger:
             raise OutputError(f"{path}: resume ledger is unreadable; run again with --overwrite.") from None
         old, new = json.loads(saved), json.loads(json.dumps(dict(params), sort_keys=True))
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        if diff == ["raster_stamp"]:  # only the pixels changed: say so
+            conn.close()
+            raise OutputError(
+                f"{output}: cannot resume: {_stamp_change(old.get('raster_stamp'), new.get('raster_stamp'))} since "
+                "the interrupted run; its tiles would mix old and new pixels. Drop --resume and pass --overwrite "
+                "to start again."
+            )
         if diff:
             conn.close()
             raise OutputError(
@@ -161,13 +245,16 @@ class Ledger:
             (int(index), n, bytes(w), float(s), str(lab))
             for n, (w, s, lab) in enumerate(zip(wkbs, scores, labels, strict=True))
         ]
-        with self._conn:
-            self._conn.execute("BEGIN")
-            self._conn.execute(
-                "INSERT INTO tiles (tile_index, tile_id, status, error) VALUES (?, ?, ?, ?)",
-                (int(index), tile_id, status, error),
-            )
-            self._conn.executemany("INSERT INTO pieces VALUES (?, ?, ?, ?, ?)", rows)
+        try:
+            with self._conn:
+                self._conn.execute("BEGIN")
+                self._conn.execute(
+                    "INSERT INTO tiles (tile_index, tile_id, status, error) VALUES (?, ?, ?, ?)",
+                    (int(index), tile_id, status, error),
+                )
+                self._conn.executemany("INSERT INTO pieces VALUES (?, ?, ?, ?, ?)", rows)
+        except (sqlite3.Error, OSError) as exc:
+            raise _write_error(exc, self.path) from None
 
     def done_indices(self) -> set[int]:
         """Indices of the tiles already finished."""

@@ -3,19 +3,21 @@
 :class:`VectorWriter` appends final polygons to a staging GeoPackage beside the output
 as they arrive (memory stays flat), and only :meth:`VectorWriter.commit` moves the
 result into place (``os.replace``), so a failed or cancelled run never leaves a half
-file where the output should be. GeoPackage outputs also get a ``fastsam_geo_tiles``
-table (the tile ledger) and a ``fastsam_geo_metadata`` table (parameters, weights and
-their sha256, so a result can be traced to the exact model file).
+file where the output should be. GeoPackage outputs also record the run (parameters,
+weights and their sha256, so a result can be traced to the exact model file) and the tile
+table in the GeoPackage metadata extension (:func:`write_run_tables`): the buildings stay
+the one layer QGIS and geopandas meet.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sqlite3
 import tempfile
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 
@@ -49,6 +51,10 @@ def driver_for(path: str | os.PathLike[str]) -> str:
 def check_output(path: str | os.PathLike[str], overwrite: bool = False) -> Path:
     """Refuse an output that exists (without ``overwrite``) or whose folder is not writable."""
     out = Path(path)
+    if "\x00" in str(out) or "\n" in str(out):
+        raise OutputError(f"{str(out)!r}: an output name cannot hold a NUL or newline character; rename it.")
+    if out.is_dir():
+        raise OutputError(f"{out} is a folder; give a file name, e.g. {out / 'buildings.gpkg'}.")
     driver_for(out)
     if out.exists() and not overwrite:
         raise OutputError(f"{out} exists; pass --overwrite (overwrite=True) to replace it.")
@@ -63,6 +69,42 @@ def check_output(path: str | os.PathLike[str], overwrite: bool = False) -> Path:
             f"{folder}: output folder is not writable ({exc.strerror}); choose another output path."
         ) from None
     return out
+
+
+def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """True when two paths name one file: the same path spelled differently, a symlink to
+    it, or a hard link (same device and inode). A path that does not exist is compared
+    by its resolved spelling.
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp()); (d / "a.tif").write_bytes(b"x"); os.link(d / "a.tif", d / "b.tif")
+    1
+    >>> same_file(d / "a.tif", d / "b.tif"), same_file(d / "a.tif", f"{d}/./a.tif"), same_file(d / "a.tif", d / "c")
+    (True, True, False)
+    """
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):
+        try:
+            return Path(a).resolve() == Path(b).resolve()
+        except (OSError, RuntimeError, ValueError):  # a symlink loop
+            return os.path.abspath(a) == os.path.abspath(b)
+
+
+def refuse_input_as_output(output: str | os.PathLike[str], inputs: Sequence[object]) -> None:
+    """Raise :class:`OutputError` when ``output`` is one of ``inputs`` (rasters, their VRT
+    sources, prompt files, weights), whatever the flags: an input is never overwritten."""
+    for item in inputs:
+        if item is None:
+            continue
+        text = os.fspath(item) if isinstance(item, (str, os.PathLike)) else str(item)
+        if text.startswith("/vsi") or "://" in text:
+            continue
+        if same_file(output, text):
+            raise OutputError(
+                f"{output} is also an input ({text}); write the output to another file, e.g. "
+                f"{Path(output).with_name(Path(output).stem + '_buildings.gpkg')}."
+            )
 
 
 def local_equal_area(lon: float, lat: float) -> CRS:
@@ -104,37 +146,119 @@ def area_m2(geoms: np.ndarray | Sequence[object], crs: CRS | str | object) -> np
     return shapely.area(projected)
 
 
-def write_attribute_tables(path: Path, tables: Mapping[str, pd.DataFrame]) -> None:
-    """Add non-spatial tables to a GeoPackage in one SQLite transaction.
+def keep_area(
+    geoms: np.ndarray, index: np.ndarray, crs: object, min_m2: float, max_m2: float = float("inf")
+) -> tuple[np.ndarray, np.ndarray]:
+    """The polygons (and their source indexes) whose true area lies in ``[min_m2, max_m2]``.
 
-    They are GeoPackage *attribute* tables (registered in ``gpkg_contents``), which GDAL,
-    QGIS and pyogrio list and read as layers. One transaction instead of one GDAL open per
-    table: the tile ledger and metadata cost ~1 ms, not ~7 ms each.
+    >>> g = np.array([shapely.box(500000, 4649900, 500002, 4649902), shapely.box(500000, 4649900, 500010, 4649910)])
+    >>> kept, idx = keep_area(g, np.array([0, 1]), "EPSG:32633", 12.0)
+    >>> idx.tolist()
+    [1]
     """
-    sql_types = {"i": "INTEGER", "u": "INTEGER", "b": "BOOLEAN", "f": "REAL"}
+    geoms = np.asarray(geoms, dtype=object)
+    if geoms.size == 0 or (min_m2 <= 0 and max_m2 == float("inf")):
+        return geoms, np.asarray(index)
+    area = area_m2(geoms, crs)
+    ok = (area >= min_m2) & (area <= max_m2)
+    return geoms[ok], np.asarray(index)[ok]
+
+
+TILES_DOMAIN = "FASTSAM_GEO_TILES"
+"""GDAL metadata domain of the tile table (one item, ``tiles``: a JSON list of rows)."""
+
+_GPKG_METADATA_DDL = """
+CREATE TABLE IF NOT EXISTS gpkg_metadata (
+  id INTEGER CONSTRAINT m_pk PRIMARY KEY ASC NOT NULL, md_scope TEXT NOT NULL DEFAULT 'dataset',
+  md_standard_uri TEXT NOT NULL, mime_type TEXT NOT NULL DEFAULT 'text/xml', metadata TEXT NOT NULL DEFAULT '');
+CREATE TABLE IF NOT EXISTS gpkg_metadata_reference (
+  reference_scope TEXT NOT NULL, table_name TEXT, column_name TEXT, row_id_value INTEGER,
+  timestamp DATETIME NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')), md_file_id INTEGER NOT NULL,
+  md_parent_id INTEGER, CONSTRAINT crmr_mfi_fk FOREIGN KEY (md_file_id) REFERENCES gpkg_metadata(id),
+  CONSTRAINT crmr_mpi_fk FOREIGN KEY (md_parent_id) REFERENCES gpkg_metadata(id));
+"""
+_EXT = "http://www.geopackage.org/spec120/#extension_metadata"
+
+
+def _gdal_metadata_xml(items: Mapping[str, str], tiles: str) -> str:
+    """GDAL's PAM XML: the run metadata in the default domain, the tile table in its own."""
+    import xml.etree.ElementTree as ET
+
+    root = ET.Element("GDALMultiDomainMetadata")
+    md = ET.SubElement(root, "Metadata")
+    for k, v in items.items():
+        ET.SubElement(md, "MDI", key=str(k)).text = str(v)
+    ET.SubElement(ET.SubElement(root, "Metadata", domain=TILES_DOMAIN), "MDI", key="tiles").text = tiles
+    return ET.tostring(root, encoding="unicode")
+
+
+def write_run_tables(path: Path, tables: Mapping[str, pd.DataFrame], layer: str = LAYER) -> None:
+    """Store the run metadata and the tile table in the GeoPackage *metadata extension*
+    (``gpkg_metadata``, referenced to ``layer``), in GDAL's own format, in one transaction.
+
+    Why not attribute tables: GDAL, QGIS, pyogrio and geopandas list every table registered in
+    ``gpkg_contents`` as a layer (QGIS then asks which to add; geopandas warns), and with
+    GDAL's default ``LIST_ALL_TABLES=AUTO`` they list unregistered tables too. Metadata is
+    what the extension is for: the buildings stay the one layer, ``ogrinfo`` and QGIS's layer
+    properties show the run metadata, and :func:`read_run_tables` gives both back.
+
+    ``tables`` holds ``fastsam_geo_metadata`` (columns key, value) and ``fastsam_geo_tiles``.
+    """
+    meta = tables.get("fastsam_geo_metadata")
+    items = dict(zip(meta["key"], meta["value"], strict=True)) if meta is not None else {}
+    tiles = tables.get("fastsam_geo_tiles")
+    tiles_json = "[]" if tiles is None else tiles.to_json(orient="records", force_ascii=False)
     conn = sqlite3.connect(path)
     try:
         with conn:
-            for name, table in tables.items():
-                cols = [str(c) for c in table.columns]
-                decl = ", ".join(f'"{c}" {sql_types.get(table[c].dtype.kind, "TEXT")}' for c in cols)
-                conn.execute(f'DROP TABLE IF EXISTS "{name}"')
-                conn.execute(f'CREATE TABLE "{name}" (fid INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, {decl})')
-                marks = ", ".join("?" for _ in cols)
-                rows = [
-                    tuple(v.item() if hasattr(v, "item") else v for v in row) for row in table.itertuples(index=False)
-                ]
-                conn.executemany(
-                    f'INSERT INTO "{name}" ({", ".join(chr(34) + c + chr(34) for c in cols)}) VALUES ({marks})', rows
-                )
-                conn.execute("DELETE FROM gpkg_contents WHERE table_name = ?", (name,))
+            conn.executescript(_GPKG_METADATA_DDL)
+            for name in ("gpkg_metadata", "gpkg_metadata_reference"):
                 conn.execute(
-                    "INSERT INTO gpkg_contents (table_name, data_type, identifier, last_change) "
-                    "VALUES (?, 'attributes', ?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
-                    (name, name),
+                    "INSERT INTO gpkg_extensions (table_name, column_name, extension_name, definition, scope) "
+                    "SELECT ?, NULL, 'gpkg_metadata', ?, 'read-write' WHERE NOT EXISTS "
+                    "(SELECT 1 FROM gpkg_extensions WHERE table_name = ? AND extension_name = 'gpkg_metadata')",
+                    (name, _EXT, name),
                 )
+            cur = conn.execute(
+                "INSERT INTO gpkg_metadata (md_scope, md_standard_uri, mime_type, metadata) "
+                "VALUES ('dataset', 'http://gdal.org', 'text/xml', ?)",
+                (_gdal_metadata_xml(items, tiles_json),),
+            )
+            conn.execute(
+                "INSERT INTO gpkg_metadata_reference (reference_scope, table_name, md_file_id) VALUES ('table', ?, ?)",
+                (layer, cur.lastrowid),
+            )
     finally:
         conn.close()
+
+
+def read_run_tables(path: str | os.PathLike[str], layer: str = LAYER) -> tuple[dict[str, str], pd.DataFrame]:
+    """The run metadata (a dict) and the tile table (tile_id, status, objects, error) of an output
+    GeoPackage written by fastsam-geo; empty when it has none."""
+    import json
+    import xml.etree.ElementTree as ET
+
+    conn = sqlite3.connect(f"file:{os.fspath(path)}?mode=ro", uri=True)
+    try:
+        rows = conn.execute(
+            "SELECT m.metadata FROM gpkg_metadata m JOIN gpkg_metadata_reference r ON r.md_file_id = m.id "
+            "WHERE r.reference_scope = 'table' AND r.table_name = ? AND m.md_standard_uri = 'http://gdal.org'",
+            (layer,),
+        ).fetchall()
+    except sqlite3.OperationalError:
+        rows = []
+    finally:
+        conn.close()
+    meta: dict[str, str] = {}
+    tiles: list[dict[str, object]] = []
+    for (xml,) in rows:
+        for md in ET.fromstring(xml).iter("Metadata"):
+            for mdi in md.iter("MDI"):
+                if md.get("domain") == TILES_DOMAIN and mdi.get("key") == "tiles":
+                    tiles.extend(json.loads(mdi.text or "[]"))
+                elif md.get("domain") is None:
+                    meta[str(mdi.get("key"))] = mdi.text or ""
+    return meta, pd.DataFrame(tiles, columns=["tile_id", "status", "objects", "error"])
 
 
 def renumber_ids(path: Path, layer: str, order_by: Sequence[str]) -> None:
@@ -171,6 +295,34 @@ def renumber_ids(path: Path, layer: str, order_by: Sequence[str]) -> None:
                 conn.execute(sql)
     finally:
         conn.close()
+
+
+@contextlib.contextmanager
+def _write_errors(output: Path) -> Iterator[None]:
+    """Turn a full disk or a read-only folder met while writing into one OutputError line."""
+    from fastsam_geo.errors import describe_os_error
+
+    try:
+        yield
+    except OutputError:
+        raise
+    except Exception as exc:  # OSError, sqlite3 and pyogrio errors alike
+        message = describe_os_error(exc, output)
+        if message is None and _nearly_full(output.parent):
+            # GDAL reports a full disk as whatever failed next ("no such table: gpkg_contents")
+            message = describe_os_error(OSError(errno.ENOSPC, "No space left on device"), output)
+        if message is None:
+            raise
+        raise OutputError(message) from None
+
+
+def _nearly_full(folder: Path, margin: int = 256 << 10) -> bool:
+    """True when the file system of ``folder`` has less than ``margin`` bytes left."""
+    try:
+        st = os.statvfs(folder if str(folder) else ".")
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < margin
 
 
 class VectorWriter:
@@ -247,16 +399,17 @@ class VectorWriter:
         gdf = self._buffer[0] if len(self._buffer) == 1 else pd.concat(self._buffer, ignore_index=True)
         self._buffer, self._buffered = [], 0
         append = self._staging.exists()
-        pyogrio.write_dataframe(
-            gdf,
-            self._staging,
-            layer=self.layer,
-            driver="GPKG",
-            append=append,
-            geometry_type="Polygon",
-            promote_to_multi=False,
-            **({} if append else GPKG_OPTIONS),
-        )
+        with _write_errors(self.output):
+            pyogrio.write_dataframe(
+                gdf,
+                self._staging,
+                layer=self.layer,
+                driver="GPKG",
+                append=append,
+                geometry_type="Polygon",
+                promote_to_multi=False,
+                **({} if append else GPKG_OPTIONS),
+            )
 
     def commit(
         self,
@@ -270,31 +423,43 @@ class VectorWriter:
         polygon's bounding box), so that ids do not depend on the order rows arrived in.
         """
         try:
-            self.flush()
-            if order_by and self._staging.exists():
-                renumber_ids(self._staging, self.layer, order_by)
-            if not self._staging.exists():
-                schema = {"id": "int64", **dict(empty_schema or {}), "area_m2": "float64"}
-                empty = gpd.GeoDataFrame({k: pd.Series(dtype=v) for k, v in schema.items()}, geometry=[], crs=self.crs)
-                pyogrio.write_dataframe(
-                    empty, self._staging, layer=self.layer, driver="GPKG", geometry_type="Polygon", **GPKG_OPTIONS
-                )
-            if self.driver == "GPKG":
-                write_attribute_tables(self._staging, tables or {})
-                final_tmp = self._staging
-            else:
-                final_tmp = self.output.with_name(f".{self.output.name}.{uuid.uuid4().hex[:8]}.tmp{self.output.suffix}")
-                gdf = pyogrio.read_dataframe(self._staging, layer=self.layer)
-                gdf = gdf.sort_values("id", kind="stable") if "id" in gdf.columns else gdf
-                pyogrio.write_dataframe(gdf, final_tmp, layer=self.layer, driver=self.driver, geometry_type="Polygon")
-            os.replace(final_tmp, self.output)
-        except Exception:
+            with _write_errors(self.output):
+                self._commit(tables, empty_schema, order_by)
+        except BaseException:
             self.abort()
             raise
         self._done = True
         if self._staging.exists():
             self._staging.unlink()
         return self.output
+
+    def _commit(
+        self,
+        tables: Mapping[str, pd.DataFrame] | None,
+        empty_schema: Mapping[str, str] | None,
+        order_by: Sequence[str] | None,
+    ) -> None:
+        self.flush()
+        if order_by and self._staging.exists():
+            renumber_ids(self._staging, self.layer, order_by)
+        if not self._staging.exists():
+            schema = {"id": "int64", **dict(empty_schema or {}), "area_m2": "float64"}
+            empty = gpd.GeoDataFrame({k: pd.Series(dtype=v) for k, v in schema.items()}, geometry=[], crs=self.crs)
+            pyogrio.write_dataframe(
+                empty, self._staging, layer=self.layer, driver="GPKG", geometry_type="Polygon", **GPKG_OPTIONS
+            )
+        if self.driver == "GPKG":
+            write_run_tables(self._staging, tables or {}, self.layer)
+            os.replace(self._staging, self.output)
+            return
+        final_tmp = self.output.with_name(f".{self.output.name}.{uuid.uuid4().hex[:8]}.tmp{self.output.suffix}")
+        try:
+            gdf = pyogrio.read_dataframe(self._staging, layer=self.layer)
+            gdf = gdf.sort_values("id", kind="stable") if "id" in gdf.columns else gdf
+            pyogrio.write_dataframe(gdf, final_tmp, layer=self.layer, driver=self.driver, geometry_type="Polygon")
+            os.replace(final_tmp, self.output)
+        finally:
+            final_tmp.unlink(missing_ok=True)
 
     def abort(self) -> None:
         """Drop the staging file: nothing is left where the output should be."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -21,8 +20,9 @@ import shapely
 from affine import Affine
 
 from fastsam_geo.errors import PromptError
+from fastsam_geo.ledger import raster_stamp
 from fastsam_geo.output import area_m2
-from fastsam_geo.raster import RasterInfo, RasterSource
+from fastsam_geo.raster import RasterInfo, RasterSource, display_path, gdal_path, vrt_sources
 from fastsam_geo.tiling import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, TileGrid, TileSpec
 
 if TYPE_CHECKING:
@@ -148,12 +148,19 @@ class RunPlan:
         """``min_area_m2`` in squared map units."""
         return self.options.select.min_area_m2 / self.pixel_area_m2 * abs(self.transform.a * self.transform.e)
 
+    @property
+    def area_range(self) -> tuple[float, float]:
+        """The area range (m²) of the polygons written: the building filter's where it applies
+        (everything and text mode), checked on the final shapes (after merging, simplifying and
+        squaring), so nothing smaller than --min-area reaches the output."""
+        return area_limits(self.options.select.building_filter, self.prompts, self.options.select.min_area_m2)
+
     def params(self, segmenter_name: str, weights_sha256: str | None) -> dict[str, Any]:
         """The parameters a resumed run must match (stored in the ledger)."""
         o = self.options
         return {
-            "raster": str(Path(self.raster).resolve()) if "://" not in self.raster else self.raster,
-            "raster_size": os.path.getsize(self.raster) if os.path.exists(self.raster) else 0,
+            "raster": display_path(self.raster),
+            "raster_stamp": raster_stamp([gdal_path(self.raster), *vrt_sources(self.raster)]),
             "tile_size": o.tiling.tile_size,
             "overlap": o.tiling.overlap,
             "bands": list(self.bands),
@@ -167,6 +174,20 @@ class RunPlan:
             "building_filter": asdict(o.select.building_filter),
             "match_iou": o.select.match_iou,
         }
+
+
+def area_limits(bfilter: BuildingFilter, prompts: Any, min_area_m2: float) -> tuple[float, float]:
+    """``(min, max)`` m² of written polygons (see :attr:`RunPlan.area_range`).
+
+    >>> area_limits(BuildingFilter(min_area_m2=100, max_area_m2=500), None, 2.0)
+    (100.0, 500.0)
+    >>> area_limits(BuildingFilter(enabled=False), None, 2.0)
+    (2.0, inf)
+    """
+    pointed = prompts is not None and bool(getattr(prompts, "points", ()) or getattr(prompts, "boxes", ()))
+    if bfilter.enabled and not pointed:
+        return max(float(bfilter.min_area_m2), float(min_area_m2)), float(bfilter.max_area_m2)
+    return float(min_area_m2), float("inf")
 
 
 def prompt_label(prompts: Prompts) -> str:

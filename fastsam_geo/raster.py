@@ -263,35 +263,171 @@ class RasterInfo:
         return bool(self.crs.is_geographic)
 
 
-def _open(path: str | os.PathLike[str]) -> rasterio.io.DatasetReader:
+def gdal_path(path: str | os.PathLike[str]) -> str:
+    """The path GDAL opens: an ``http(s)://`` or ``ftp://`` URL becomes ``/vsicurl/URL``.
+
+    >>> gdal_path("https://example.org/ortho.tif"), gdal_path("ortho.tif")
+    ('/vsicurl/https://example.org/ortho.tif', 'ortho.tif')
+    """
     spath = os.fspath(path)
-    if "://" not in spath and not spath.startswith("/vsi") and not Path(spath).exists():
-        raise RasterError(f"{spath}: no such file; check the path.")
+    if spath.lower().startswith(("http://", "https://", "ftp://")):
+        return f"/vsicurl/{spath}"
+    return spath
+
+
+def display_path(path: str | os.PathLike[str]) -> str:
+    """How a raster is named in metadata and messages: a URL as the URL (``/vsicurl/`` and
+    ``pathlib`` would mangle it), a local file as its absolute path.
+
+    >>> display_path("/vsicurl/https://example.org/ortho.tif")
+    'https://example.org/ortho.tif'
+    >>> display_path("/data/./ortho.tif")
+    '/data/ortho.tif'
+    """
+    spath = os.fspath(path)
+    if spath.startswith("/vsicurl/"):
+        return spath[len("/vsicurl/") :]
+    if "://" in spath or spath.startswith("/vsi"):
+        return spath
+    return os.path.abspath(spath)
+
+
+def _open(path: str | os.PathLike[str]) -> rasterio.io.DatasetReader:
+    shown = display_path(path) if "://" in os.fspath(path) else os.fspath(path)
+    spath = gdal_path(path)
+    if "\x00" in spath:
+        raise RasterError(f"{spath!r}: a path cannot hold a NUL character; rename the file.")
+    if spath.startswith("/vsicurl/"):
+        # No directory listing and no sidecar probing over HTTP: each is a request, and
+        # each 404 was a GDAL warning line on stderr.
+        os.environ.setdefault("GDAL_DISABLE_READDIR_ON_OPEN", "EMPTY_DIR")
+        os.environ.setdefault("GDAL_HTTP_MAX_RETRY", "2")
+    elif "://" not in spath and not spath.startswith("/vsi"):
+        p = Path(spath)
+        if p.is_dir():
+            raise RasterError(f"{spath} is a folder; give a raster file (extract also takes a folder of rasters).")
+        if not p.exists():
+            hint = " (a broken symbolic link)" if p.is_symlink() else ""
+            raise RasterError(f"{spath}: no such file{hint}; check the path.")
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), rasterio.Env(CPL_LOG_ERRORS="OFF"):
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            return rasterio.open(spath)
-    except RasterioIOError as exc:
-        reason = str(exc).split("\n")[0]
+            ds = rasterio.open(spath)
+    except (RasterioIOError, OSError) as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise RasterError(f"{shown}: cannot be read as a raster ({reason}); give a GeoTIFF, COG or VRT.") from None
+    missing = _missing_sources(ds)
+    if missing:
+        ds.close()
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
         raise RasterError(
-            f"{spath}: cannot be read as a raster ({reason}); give a GeoTIFF, COG or VRT."
-        ) from None
+            f"{shown}: source file {missing[0]}{more} of this VRT does not exist; restore it, "
+            "or rebuild the VRT from the files you have (gdalbuildvrt)."
+        )
+    return ds
+
+
+def gdal_reason(exc: BaseException) -> str:
+    """GDAL's own words for a failure, on one line: rasterio's "Read failed. See previous
+    exception" wraps the real message in ``__cause__``.
+
+    >>> gdal_reason(RasterioIOError("Read failed.\\nmore"))
+    'Read failed. more'
+    """
+    msgs = []
+    e: BaseException | None = exc
+    while e is not None and len(msgs) < 5:
+        text = " ".join(str(e).split())
+        if text and "See previous exception" not in text:
+            msgs.append(text)
+        e = e.__cause__ or e.__context__
+    return msgs[-1] if msgs else " ".join(str(exc).split()) or type(exc).__name__
+
+
+def vrt_sources(path: str | os.PathLike[str]) -> list[str]:
+    """The source files a local VRT names (relative ones resolved against its folder); [] otherwise.
+
+    >>> vrt_sources("ortho.tif")
+    []
+    """
+    import xml.etree.ElementTree as ET
+
+    spath = os.fspath(path)
+    if not spath.lower().endswith(".vrt") or not os.path.isfile(spath):
+        return []
+    try:
+        root = ET.parse(spath).getroot()
+    except (ET.ParseError, OSError):
+        return []
+    out = []
+    for el in root.iter("SourceFilename"):
+        name = (el.text or "").strip()
+        out.append(os.path.join(os.path.dirname(spath), name) if el.get("relativeToVRT") == "1" else name)
+    return out
+
+
+def _missing_sources(ds: rasterio.io.DatasetReader) -> list[str]:
+    """The local source files a VRT (or any multi-file dataset) lists but that do not exist."""
+    if ds.driver != "VRT":
+        return []
+    try:
+        files = list(ds.files)[1:]
+    except Exception:
+        return []
+    return [f for f in files if not f.startswith("/vsi") and "://" not in f and not os.path.exists(f)]
+
+
+def expand_palette(indices: np.ndarray, colormap: dict[int, tuple[int, ...]]) -> np.ndarray:
+    """Colour-table indices (``H x W``) to RGB (``3 x H x W`` uint8); unknown indices are black.
+
+    >>> expand_palette(np.array([[0, 1]], np.uint8), {0: (0, 0, 0, 255), 1: (200, 100, 50, 255)}).tolist()
+    [[[0, 200]], [[0, 100]], [[0, 50]]]
+    """
+    size = max(int(indices.max(initial=0)) + 1, max(colormap, default=0) + 1)
+    lut = np.zeros((size, 3), np.uint8)
+    for k, rgba in colormap.items():
+        if 0 <= k < size:
+            lut[k] = rgba[:3]
+    return np.ascontiguousarray(lut[indices.astype(np.intp)].transpose(2, 0, 1))
+
+
+def _palette(ds: rasterio.io.DatasetReader, bands: Sequence[int] | None) -> dict[int, tuple[int, ...]] | None:
+    """The colour table of a one-band paletted raster read with default bands, else None."""
+    if bands is not None or ds.count != 1 or ds.colorinterp[0] != ColorInterp.palette:
+        return None
+    try:
+        return ds.colormap(1)
+    except ValueError:  # palette interpretation but no table
+        return None
 
 
 def validate(ds: rasterio.io.DatasetReader, path: str) -> None:
     """Raise :class:`RasterError` naming the broken rule when ``ds`` cannot be tiled."""
     if ds.width == 0 or ds.height == 0 or ds.count == 0:
         raise RasterError(f"{path}: raster is empty ({ds.width} x {ds.height} px, {ds.count} bands).")
-    if ds.crs is None:
-        raise RasterError(
-            f"{path}: raster has no CRS; assign one, e.g. `gdal_edit.py -a_srs EPSG:32633 {path}`."
-        )
     t = ds.transform
-    if t.is_identity:
+    gcps, _ = ds.gcps
+    if gcps and t.is_identity:
         raise RasterError(
-            f"{path}: raster has no geotransform (not georeferenced); georeference it, "
-            f"e.g. `gdal_edit.py -a_ullr ULX ULY LRX LRY {path}`."
+            f"{path}: raster is georeferenced by {len(gcps)} ground control points only; warp it with them first, "
+            f"e.g. `gdalwarp -order 1 {path} warped.tif` (or -tps for a thin-plate spline)."
         )
+    editable = ds.driver == "GTiff"
+    if t.is_identity:
+        stem = Path(path).with_suffix("")
+        how = (
+            f"`gdal_edit.py -a_srs EPSG:32633 -a_ullr ULX ULY LRX LRY {path}`"
+            if editable
+            else f"`gdal_translate -a_srs EPSG:32633 -a_ullr ULX ULY LRX LRY {path} {stem}.tif`"
+        )
+        raise RasterError(f"{path}: raster has no geotransform (not georeferenced); georeference it, e.g. {how}.")
+    if ds.crs is None:
+        how = (
+            f"`gdal_edit.py -a_srs EPSG:32633 {path}`"
+            if editable
+            else f"`gdal_translate -a_srs EPSG:32633 {path} {Path(path).with_suffix('')}.tif`"
+        )
+        raise RasterError(f"{path}: raster has no CRS; assign one, e.g. {how}.")
     if t.b != 0 or t.d != 0:
         raise RasterError(
             f"{path}: raster transform is rotated; warp it north-up first, "
@@ -343,11 +479,15 @@ class RasterSource:
                 # choose_bands does not know the file: name it, as every raster error does.
                 raise RasterError(f"{self.path}: {exc}") from None
             dtype = self._ds.dtypes[self.bands[0] - 1]
+            self._palette = _palette(self._ds, bands)
             if stretch not in ("auto", "none", "percentile"):
                 raise RasterError(f"{self.path}: stretch={stretch!r}: use 'auto', 'none' or 'percentile'.")
             self.stretch: Stretch | None
             self.radiometry = f"{dtype}{_bit_depth(self._ds, dtype)}; RGB from bands {self.bands} ({band_rule})"
-            if stretch == "percentile" or (stretch == "auto" and dtype != "uint8"):
+            if self._palette is not None:  # colour-table entries are 8-bit RGB already
+                self.stretch = None
+                self.radiometry += "; colour table expanded to RGB"
+            elif stretch == "percentile" or (stretch == "auto" and dtype != "uint8"):
                 self.stretch, how = self._global_stretch(percentiles)
                 self.radiometry += f"; {how}"
             else:
@@ -439,7 +579,14 @@ class RasterSource:
     def _global_stretch(self, percentiles: tuple[float, float]) -> tuple[Stretch, str]:
         """Per-band percentiles of the valid pixels of the whole raster, and a gamma for dark
         high-bit-depth data; returns the stretch and how it was made (for the metadata)."""
-        sample = self._stats_sample()
+        try:
+            sample = self._stats_sample()
+        except (RasterioIOError, OSError) as exc:
+            reason = gdal_reason(exc)
+            raise RasterError(
+                f"{self.path}: cannot read the raster for its global statistics ({reason}); "
+                "the file may be truncated or corrupt (check it with gdalinfo -checksum)."
+            ) from None
         idx = list(dict.fromkeys(self.bands))
         valid = ~np.ma.getmaskarray(sample).any(axis=0)
         data = np.ma.getdata(sample).astype(np.float64)
@@ -485,6 +632,8 @@ class RasterSource:
         shape = (int(window.height), int(window.width))
         # shrinking averages (area), enlarging is bilinear; the mask takes the nearest pixel
         resampling = Resampling.average if self._scale[0] > 1 else Resampling.bilinear
+        if self._palette is not None:  # colour-table indices are labels: never averaged
+            resampling = Resampling.nearest
         try:
             if src_win is window:
                 data = ds.read(uniq, window=window)
@@ -493,7 +642,7 @@ class RasterSource:
                 data = ds.read(uniq, window=src_win, out_shape=(len(uniq), *shape), resampling=resampling)
                 valid = ds.dataset_mask(window=src_win, out_shape=shape) > 0
         except RasterioIOError as exc:
-            reason = str(exc).split("\n")[0]
+            reason = gdal_reason(exc)
             raise RasterError(
                 f"{self.path}: cannot read window {window!r} ({reason}); "
                 "the file may be truncated or corrupt."
@@ -502,6 +651,8 @@ class RasterSource:
             valid &= np.isfinite(data).all(axis=0)
         pos = {b: i for i, b in enumerate(uniq)}
         data = data[[pos[b] for b in self.bands]]
+        if self._palette is not None:
+            data = expand_palette(data[0], self._palette)
         if self.stretch is not None:
             rgb = self.stretch.apply(data)
         elif data.dtype == np.uint8:

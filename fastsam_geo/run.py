@@ -21,11 +21,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 import rasterio
 
 from fastsam_geo.errors import Cancelled, PromptError
+from fastsam_geo.locks import locks_job_outputs
 from fastsam_geo.masks import InstanceMasks
+from fastsam_geo.output import refuse_input_as_output
 from fastsam_geo.plan import ExtractOptions, ModelOptions, RunPlan, Sheet, open_source, plan_run, resolve_gsd
 from fastsam_geo.sink import ExtractSummary, ProgressFn, RunSink, Timer, preflight
 from fastsam_geo.tilework import TileContext, TileResult, process_tiles, read_tile
 from fastsam_geo.tiling import Tile, TileSpec
+from fastsam_geo.validate import check_run
 
 if TYPE_CHECKING:
     from fastsam_geo.prompts import TextScorer
@@ -276,6 +279,7 @@ def drive(sinks: list[RunSink], executor: Executor, cancel: CancelFn | None) -> 
         sink.finish()
 
 
+@locks_job_outputs
 def extract_rasters(
     jobs: Sequence[RasterJob],
     options: ExtractOptions,
@@ -293,6 +297,7 @@ def extract_rasters(
     """
     t_start = time.perf_counter()
     jobs = list(jobs)
+    check_run(jobs, options)
     out = options.output
     for job in jobs:
         o = (job.options or options).output
@@ -305,6 +310,8 @@ def extract_rasters(
             o = job.options or options
             # the raster is checked before the gsd asks the segmenter (which may load the model)
             src = open_source(job.raster, replace(o.tiling, gsd=None)) if client is None else None
+            if src is not None:
+                refuse_input_as_output(job.output, src.dataset.files)  # any other multi-file format too
             try:
                 o = resolve_gsd(o, segmenter)
                 if src is not None and hasattr(src, "set_gsd"):

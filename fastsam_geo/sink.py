@@ -26,8 +26,9 @@ from fastsam_geo import __version__
 from fastsam_geo.errors import OutputError, RasterError
 from fastsam_geo.ledger import Ledger, NoLedger, ledger_path
 from fastsam_geo.merge import MergedObjects, TileMerger
-from fastsam_geo.output import VectorWriter, check_output
+from fastsam_geo.output import VectorWriter, check_output, keep_area
 from fastsam_geo.plan import RunPlan
+from fastsam_geo.raster import display_path
 from fastsam_geo.tilework import TileResult
 from fastsam_geo.vectorize import polygon_parts, simplify
 
@@ -179,6 +180,7 @@ class RunSink:
             px = abs(plan.transform.a)
             geoms = regularize_array(geoms, tolerance=px, max_hausdorff=2.5 * px)
         parts, idx = polygon_parts(geoms, min_area=plan.min_area_map)
+        parts, idx = keep_area(parts, idx, plan.crs_wkt, *plan.area_range)  # final shapes, true m²
         t0 = self.timer.add("vectorize", t0)
         cols: dict[str, Any] = {
             "score": np.round(objs.scores[idx].astype(float), 4),
@@ -227,7 +229,7 @@ class RunSink:
         plan, o = self.plan, self.plan.options
         meta = {
             "fastsam_geo_version": __version__,
-            "raster": str(Path(plan.raster).resolve()) if "://" not in plan.raster else plan.raster,
+            "raster": display_path(plan.raster),
             "crs": self.summary.crs,
             "mode": plan.mode,
             "prompts": repr(plan.prompts) if plan.prompts is not None else "",

@@ -47,6 +47,35 @@ _HOW_TO = (
 )
 
 
+OFFLINE_ENV = ("FASTSAM_GEO_OFFLINE", "YOLO_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
+def offline() -> bool:
+    """True when the environment says not to use the network (``YOLO_OFFLINE=1``, ``HF_HUB_OFFLINE=1``...)."""
+    return any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on") for k in OFFLINE_ENV)
+
+
+def _tag_is_local(open_clip: Any, model_name: str, tag: str, cache_dir: str | None) -> bool:
+    """Whether open_clip would find the weights of ``tag`` on disk (Hugging Face cache or its URL cache)."""
+    cfg = open_clip.get_pretrained_cfg(model_name, tag) or {}
+    if cfg.get("file"):
+        return Path(cfg["file"]).is_file()
+    hub = cfg.get("hf_hub", "")
+    if hub:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+        except ImportError:
+            return False
+        repo, filename = os.path.split(hub)
+        names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+        return any(isinstance(try_to_load_from_cache(repo, n, cache_dir=cache_dir), str) for n in names)
+    url = cfg.get("url", "")
+    if url:
+        folder = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "clip"
+        return (folder / os.path.basename(url)).is_file()
+    return False
+
+
 def _import_open_clip() -> Any:
     try:
         import open_clip
@@ -179,6 +208,12 @@ class ClipScorer:
             raise WeightsError(
                 f"{src!r} is neither a file nor an open_clip tag of {self.model_name!r} "
                 f"(tags: {', '.join(tags) or 'none'}); {_HOW_TO}."
+            )
+        if offline() and not _tag_is_local(open_clip, self.model_name, src, self.cache_dir):
+            raise WeightsError(
+                f"--text needs CLIP weights: open_clip tag {src!r} of {self.model_name} is not downloaded and this "
+                "run is offline (YOLO_OFFLINE / HF_HUB_OFFLINE); pass a local checkpoint with --clip-weights FILE "
+                f"(.pt/.safetensors) or set {WEIGHTS_ENV}."
             )
         return src, False
 

@@ -23,6 +23,7 @@ from click.testing import CliRunner
 from fastsam_geo import __version__
 from fastsam_geo.cli import main
 from fastsam_geo.ledger import ledger_path
+from fastsam_geo.output import read_run_tables
 from fastsam_geo.synthetic import Scene, write_scene
 
 FSG = [sys.executable, "-m", "fastsam_geo"]
@@ -201,7 +202,7 @@ def test_corrupt_tile_is_reported_and_skipped(tmp_path: Path, random_fastsam_s) 
     assert 1 <= summary["tiles_failed"] < summary["tiles_total"]
     assert summary["tiles_processed"] + summary["tiles_failed"] == summary["tiles_total"]
     assert "tiles failed" in r.stderr
-    ledger = pyogrio.read_dataframe(out, layer="fastsam_geo_tiles")
+    ledger = read_run_tables(out)[1]
     assert (ledger.status == "failed").sum() == summary["tiles_failed"]
 
 

@@ -22,6 +22,7 @@ from shapely.testing import assert_geometries_equal
 
 from fastsam_geo.errors import Cancelled
 from fastsam_geo.ledger import ledger_path
+from fastsam_geo.output import read_run_tables
 from fastsam_geo.pipeline import extract_buildings
 
 distributed = pytest.importorskip("distributed")
@@ -81,8 +82,8 @@ def test_two_workers_give_the_single_process_polygons(client, town, reference, t
     s = extract_buildings(town.raster, out, client=client, **RUN)
     assert s.tiles_processed == s.tiles_total == 9
     assert_same(reference, _read(out))
-    meta = gpd.read_file(out, layer="fastsam_geo_metadata")
-    assert dict(zip(meta.key, meta.value, strict=True))["weights_sha256"]
+    meta, _ = read_run_tables(out)
+    assert meta["weights_sha256"]
 
 
 def test_a_worker_killed_mid_run_loses_and_doubles_nothing(client, town, reference, tmp_path: Path) -> None:
@@ -103,7 +104,7 @@ def test_a_worker_killed_mid_run_loses_and_doubles_nothing(client, town, referen
     )
     assert killed and s.tiles_processed == 9 and s.tiles_failed == 0
     assert_same(reference, _read(out))
-    tiles = gpd.read_file(out, layer="fastsam_geo_tiles")
+    _, tiles = read_run_tables(out)
     assert sorted(tiles.tile_id) == sorted(set(tiles.tile_id)) and len(tiles) == 9
     client.wait_for_workers(2, timeout=120)  # the nanny restarted the dead one
 

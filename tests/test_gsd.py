@@ -7,7 +7,6 @@ from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
-import pyogrio
 import pytest
 import shapely
 from click.testing import CliRunner
@@ -40,8 +39,9 @@ class _Seen:
 
 
 def _meta(path: Path) -> dict[str, str]:
-    table = pyogrio.read_dataframe(path, layer="fastsam_geo_metadata", read_geometry=False)
-    return dict(zip(table["key"], table["value"], strict=True))
+    from fastsam_geo.output import read_run_tables
+
+    return read_run_tables(path)[0]
 
 
 def test_the_segmenters_gsd_is_used_unless_overridden(scene: Scene, tmp_path: Path) -> None:
@@ -128,10 +128,10 @@ def test_resume_refuses_another_working_grid(scene: Scene, tmp_path: Path) -> No
 def test_cli_gsd_option_and_info(scene: Scene, tmp_path: Path) -> None:
     runner = CliRunner()
     bad = runner.invoke(main, ["extract", str(scene.raster), str(tmp_path / "o.gpkg"), "--gsd", "fine"])
-    assert bad.exit_code == 2 and "'fine' is not a ground resolution" in bad.output
+    assert bad.exit_code == 1 and "'fine' is not a ground resolution" in bad.output
     assert not (tmp_path / "o.gpkg").exists()
     bad = runner.invoke(main, ["prompt", str(scene.raster), str(tmp_path / "o.gpkg"), "--gsd", "-1", "--point", "1,2"])
-    assert bad.exit_code == 2 and "not a ground resolution" in bad.output
+    assert bad.exit_code == 1 and "not a ground resolution" in bad.output
     res = runner.invoke(main, ["info", str(scene.raster), "-w", str(TOWN), "--gsd", "0.25", "--tile-size", "512"])
     assert res.exit_code == 0, res.output
     assert "ground:   0.5 m per pixel (native)" in res.output

@@ -1,0 +1,634 @@
+"""A hostile user's matrix: the real CLI in a subprocess, fed broken files and bad values.
+
+Every refusal must be: exit code 1, exactly one line on stderr (``Error: ...``) naming the
+file or option and the fix, no traceback, no output file, nothing new beside the output
+(no ``.part``, ledger, lock or staging file), and every input's bytes unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyogrio
+import pytest
+import rasterio
+from rasterio.control import GroundControlPoint
+from rasterio.windows import Window
+
+from fastsam_geo.synthetic import Scene, write_scene
+
+REPO = Path(__file__).resolve().parents[1]
+WEIGHTS = REPO / "weights" / "fastsam-geo-town-n.pt"
+FSG = [sys.executable, "-m", "fastsam_geo"]
+ENV = {
+    **os.environ,
+    "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+    "YOLO_OFFLINE": "1",
+    "HF_HUB_OFFLINE": "1",
+    "YOLO_VERBOSE": "False",
+}
+FAST = ["--tile-size", "256", "--overlap", "32", "-w", str(WEIGHTS), "--no-cache"]
+IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def run_cli(*args: str, timeout: float = 300, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*FSG, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=ENV, cwd=cwd)
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def snapshot(folders: list[Path]) -> dict[Path, str]:
+    """Every file under ``folders`` and its sha256 (symlinks by their target text)."""
+    out: dict[Path, str] = {}
+    for folder in folders:
+        for p in folder.rglob("*"):
+            if p.is_symlink():
+                out[p] = "link:" + os.readlink(p)
+            elif p.is_file():
+                out[p] = sha(p)
+    return out
+
+
+def assert_refused(
+    args: list[object], folder: Path, *must: str, output: Path | None = None, cwd: Path | None = None
+) -> str:
+    """Run the CLI and check the whole refusal contract; returns the error line."""
+    before = snapshot([folder])
+    r = run_cli(*map(str, args), cwd=cwd)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr, r.stderr
+    assert len(lines) == 1 and lines[0].startswith("Error: "), r.stderr
+    for m in must:
+        assert m in lines[0], (m, lines[0])
+    if output is not None and output not in before:
+        assert not output.exists(), output
+    after = snapshot([folder])
+    assert after == before, {"new or changed": sorted(str(p) for p in set(after.items()) ^ set(before.items()))}
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def town(tmp_path_factory: pytest.TempPathFactory) -> Scene:
+    return write_scene(tmp_path_factory.mktemp("town") / "town.tif", 512, seed=21)
+
+
+@pytest.fixture()
+def work(tmp_path: Path, town: Scene) -> Path:
+    """A folder with a copy of the town raster (``r.tif``)."""
+    shutil.copy(town.raster, tmp_path / "r.tif")
+    return tmp_path
+
+
+# ------------------------------------------------------------------ raster helpers
+def write_like(src: Path, dst: Path, dtype: str, **extra: object) -> Path:
+    with rasterio.open(src) as ds:
+        data = ds.read().astype(dtype) * (200 if dtype != "uint8" else 1)
+        profile = {**ds.profile, "dtype": dtype, **extra}
+    with rasterio.open(dst, "w", **profile) as out:
+        out.write(data)
+    return dst
+
+
+def truncate(path: Path, keep: float = 0.5) -> Path:
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        f.truncate(int(size * keep))
+    return path
+
+
+def gpkg_raster(src: Path, dst: Path) -> Path:
+    with rasterio.open(src) as ds:
+        profile = {**ds.profile, "driver": "GPKG", "blockxsize": 256, "blockysize": 256}
+        profile.pop("tiled", None)
+        profile.pop("interleave", None)
+        profile.pop("compress", None)
+        with rasterio.open(dst, "w", **profile) as out:
+            out.write(ds.read())
+    return dst
+
+
+def vrt_of(src_name: str, vrt: Path, size: int = 512) -> Path:
+    bands = "".join(
+        f'<VRTRasterBand dataType="Byte" band="{b}"><SimpleSource>'
+        f'<SourceFilename relativeToVRT="1">{src_name}</SourceFilename><SourceBand>{b}</SourceBand>'
+        f'<SrcRect xOff="0" yOff="0" xSize="{size}" ySize="{size}"/>'
+        f'<DstRect xOff="0" yOff="0" xSize="{size}" ySize="{size}"/></SimpleSource></VRTRasterBand>'
+        for b in (1, 2, 3)
+    )
+    vrt.write_text(
+        f'<VRTDataset rasterXSize="{size}" rasterYSize="{size}"><SRS>EPSG:32633</SRS>'
+        "<GeoTransform>500000, 0.5, 0, 4650000, 0, -0.5</GeoTransform>" + bands + "</VRTDataset>"
+    )
+    return vrt
+
+
+# ================================================================== option values (no model needed)
+BAD_OPTIONS = [
+    (["--point", "nan,nan"], "--point"),
+    (["--point", "inf,4649900"], "--point"),
+    (["--point", "abc,def"], "--point"),
+    (["--point", "500100,4649900,2"], "--point"),
+    (["--box", "500000,nan,500100,4649900"], "--box"),
+    (["--min-area", "500", "--max-area", "10"], "--min-area"),
+    (["--min-area", "-1"], "--min-area"),
+    (["--max-area", "nan"], "--max-area"),
+    (["--simplify", "-1"], "--simplify"),
+    (["--tile-size", "7"], "--tile-size"),
+    (["--tile-size", "256.5"], "--tile-size"),
+    (["--tile-size", "256", "--overlap", "128"], "--overlap"),
+    (["--overlap", "-5"], "--overlap"),
+    (["--conf", "2"], "--conf"),
+    (["--conf", "nan"], "--conf"),
+    (["--iou", "5"], "--iou"),
+    (["--iou", "-0.1"], "--iou"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--batch-size", "-3"], "--batch-size"),
+    (["--device", "tpu"], "--device"),
+    (["--device", "cuda:x"], "--device"),
+    (["--bands", "0"], "--bands"),
+    (["--bands", "1.5,2,3"], "--bands"),
+    (["--stretch", "bogus"], "--stretch"),
+    (["--top-k", "0", "--text", "building"], "--top-k"),
+    (["--text", " "], "--text"),
+    (["--text", "building", "--text-threshold", "5"], "--text-threshold"),
+    (["--no-such-option"], "--no-such-option"),
+]
+
+
+@pytest.mark.parametrize("extra,option", BAD_OPTIONS, ids=[" ".join(a) for a, _ in BAD_OPTIONS])
+def test_bad_option_values_are_one_line_usage_errors(work: Path, extra: list[str], option: str) -> None:
+    out = work / "b.gpkg"
+    assert_refused(["extract", work / "r.tif", out, *FAST, *extra], work, option, output=out)
+
+
+@pytest.mark.parametrize(
+    "args,must",
+    [
+        (["sample", "{w}/s.tif", "--size", "0"], "--size"),
+        (["sample", "{w}/s.tif", "--size", "-5"], "--size"),
+        (["sample", "{w}/s.tif", "--density", "2"], "--density"),
+        (["sample", "{w}/s.tif", "--size", "abc"], "--size"),
+        (["sample", "{w}/s.tif", "--crs", "bogus"], "--crs"),
+        (["info", "{w}/r.tif", "--tile-size", "7"], "--tile-size"),
+        (["extract", "{w}/r.tif"], "OUTPUT"),
+        (["bogus-command"], "bogus-command"),
+        (["prompt", "{w}/r.tif", "{w}/b.gpkg"], "--point"),
+    ],
+    ids=[
+        "sample-size-0",
+        "sample-size-neg",
+        "sample-density",
+        "sample-size-text",
+        "sample-crs",
+        "info-tile",
+        "no-output",
+        "unknown-command",
+        "prompt-without-prompt",
+    ],
+)
+def test_other_usage_errors_are_one_line(work: Path, args: list[str], must: str) -> None:
+    assert_refused([a.format(w=work) for a in args], work, must)
+
+
+# ================================================================== paths
+def test_output_is_a_folder_and_folder_without_rasters(work: Path) -> None:
+    (work / "empty").mkdir()
+    assert_refused(["extract", work / "r.tif", work / "empty", *FAST], work, "is a folder")
+    assert_refused(["extract", work / "empty", work / "b.gpkg", *FAST], work, "holds no raster", output=work / "b.gpkg")
+
+
+@pytest.mark.parametrize(
+    "make,must",
+    [
+        (lambda w: w / "missing.tif", "no such file"),
+        (lambda w: (w / "loop.tif").symlink_to(w / "loop.tif") or w / "loop.tif", "loop.tif"),
+        (lambda w: (w / "dangling.tif").symlink_to(w / "gone.tif") or w / "dangling.tif", "broken symbolic link"),
+        (lambda w: (w / "notes.tif").write_text("not a raster") and w / "notes.tif", "cannot be read as a raster"),
+        (lambda w: (w / "line\nbreak.tif").write_text("x") and w / "line\nbreak.tif", "cannot be read"),
+    ],
+    ids=["missing", "symlink-loop", "dangling-symlink", "text-file", "newline-in-name"],
+)
+def test_bad_raster_paths(work: Path, make, must: str) -> None:
+    raster = make(work)
+    assert_refused(["extract", raster, work / "b.gpkg", *FAST], work, must, output=work / "b.gpkg")
+
+
+@pytest.mark.parametrize(
+    "out,must",
+    [
+        ("b.shp", "unknown output format"),
+        ("no/such/folder/b.gpkg", "does not exist"),
+        ("b\nc.gpkg", "newline"),
+    ],
+    ids=["unknown-extension", "missing-folder", "newline-in-output"],
+)
+def test_bad_output_paths(work: Path, out: str, must: str) -> None:
+    assert_refused(["extract", work / "r.tif", work / out, *FAST], work, must)
+
+
+def test_weights_path_is_a_folder(work: Path) -> None:
+    (work / "wdir.pt").mkdir()
+    args = ["extract", work / "r.tif", work / "b.gpkg", "--tile-size", "256", "--overlap", "32", "-w", work / "wdir.pt"]
+    assert_refused(args, work, "wdir.pt", output=work / "b.gpkg")
+
+
+def test_read_only_output_folder(work: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    if not IS_ROOT:
+        pytest.skip("needs root to mount a read-only tmpfs (chmod does not stop root)")
+    ro = tmp_path_factory.mktemp("ro")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1M,ro", "tmpfs", str(ro)], check=True)
+    try:
+        assert_refused(["extract", work / "r.tif", ro / "b.gpkg", *FAST], work, "not writable")
+    finally:
+        subprocess.run(["umount", str(ro)], check=True)
+
+
+# ================================================================== an output that is an input
+@pytest.fixture()
+def gpkg_input(work: Path) -> Path:
+    return gpkg_raster(work / "r.tif", work / "r.gpkg")
+
+
+@pytest.mark.parametrize(
+    "spell",
+    [
+        lambda w: w / "r.gpkg",
+        lambda w: w / "sub" / ".." / "r.gpkg",
+        lambda w: (w / "link.gpkg").symlink_to(w / "r.gpkg") or w / "link.gpkg",
+        lambda w: os.link(w / "r.gpkg", w / "hard.gpkg") or w / "hard.gpkg",
+    ],
+    ids=["same-path", "other-spelling", "symlink", "hard-link"],
+)
+def test_output_that_is_the_raster_is_refused_even_with_overwrite(gpkg_input: Path, spell) -> None:
+    work = gpkg_input.parent
+    (work / "sub").mkdir()
+    out = spell(work)
+    line = assert_refused(["extract", gpkg_input, out, *FAST, "--overwrite"], work, "is also an input")
+    assert str(out) in line
+
+
+def test_output_that_is_the_prompts_file_or_a_vrt_source_is_refused(gpkg_input: Path, town: Scene) -> None:
+    work = gpkg_input.parent
+    prompts = work / "prompts.gpkg"
+    town.truth.iloc[:3].to_file(prompts, layer="prompts")
+    args = ["extract", work / "r.tif", prompts, *FAST, "--prompts", prompts, "--overwrite"]
+    assert_refused(args, work, "is also an input")
+    vrt = vrt_of("r.gpkg", work / "v.vrt")
+    assert_refused(["extract", vrt, gpkg_input, *FAST, "--overwrite"], work, "is also an input")
+
+
+# ================================================================== broken rasters
+def test_vrt_with_missing_source_names_it(work: Path) -> None:
+    vrt = vrt_of("gone.tif", work / "v.vrt")
+    assert_refused(["extract", vrt, work / "b.gpkg", *FAST], work, "gone.tif", "does not exist", output=work / "b.gpkg")
+    assert_refused(["info", vrt], work, "gone.tif")
+
+
+@pytest.mark.parametrize("dtype", ["uint16", "float32"])
+def test_truncated_16bit_and_float_rasters(work: Path, dtype: str) -> None:
+    raster = truncate(
+        write_like(
+            work / "r.tif", work / f"{dtype}.tif", dtype, tiled=True, blockxsize=256, blockysize=256, compress="deflate"
+        )
+    )
+    assert_refused(["extract", raster, work / "b.gpkg", *FAST], work, raster.name, "truncated", output=work / "b.gpkg")
+    assert_refused(["info", raster], work, raster.name, "truncated")
+
+
+def test_raster_without_bands(work: Path) -> None:
+    vrt = work / "zero.vrt"
+    vrt.write_text(
+        '<VRTDataset rasterXSize="64" rasterYSize="64"><SRS>EPSG:32633</SRS>'
+        "<GeoTransform>500000, 0.5, 0, 4650000, 0, -0.5</GeoTransform></VRTDataset>"
+    )
+    assert_refused(["extract", vrt, work / "b.gpkg", *FAST], work, "zero.vrt", output=work / "b.gpkg")
+
+
+def test_gcp_only_raster_hint_works(work: Path) -> None:
+    raster = work / "gcp.tif"
+    with rasterio.open(work / "r.tif") as ds:
+        profile = {**ds.profile}
+        profile.pop("transform")
+        profile.pop("crs")
+        data = ds.read()
+    gcps = [
+        GroundControlPoint(row=r, col=c, x=500000 + c * 0.5, y=4650000 - r * 0.5)
+        for r, c in ((0, 0), (0, 511), (511, 0), (511, 511))
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with rasterio.open(raster, "w", **profile) as out:
+            out.write(data)
+            out.gcps = (gcps, rasterio.crs.CRS.from_epsg(32633))
+    line = assert_refused(["extract", raster, work / "b.gpkg", *FAST], work, "ground control points", "gdalwarp")
+    if shutil.which("gdalwarp") is None:
+        pytest.skip("gdalwarp is not installed: the hint's command cannot be run here")
+    cmd = line.split("`")[1].replace("warped.tif", str(work / "warped.tif"))
+    subprocess.run(cmd.split(), check=True, capture_output=True)
+    with rasterio.open(work / "warped.tif") as ds:
+        assert ds.crs.to_epsg() == 32633 and not ds.transform.is_identity
+
+
+def test_png_without_georeferencing_hint_works(work: Path) -> None:
+    png = work / "photo.png"
+    with rasterio.open(work / "r.tif") as ds:
+        data = ds.read()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with rasterio.open(png, "w", driver="PNG", width=512, height=512, count=3, dtype="uint8") as out:
+            out.write(data)
+    line = assert_refused(["extract", png, work / "b.gpkg", *FAST], work, "gdal_translate", "-a_ullr")
+    assert "gdal_edit" not in line
+    if shutil.which("gdal_translate") is None:
+        pytest.skip("gdal_translate is not installed: the hint's command cannot be run here")
+    cmd = line.split("`")[1].replace("ULX ULY LRX LRY", "500000 4650000 500256 4649744").split()
+    subprocess.run(cmd, check=True, capture_output=True)
+    with rasterio.open(work / "photo.tif") as ds:
+        assert ds.crs.to_epsg() == 32633 and ds.transform.a == 0.5
+
+
+def test_expand_palette_reads_a_paletted_geotiff_as_its_colours(work: Path) -> None:
+    from fastsam_geo.raster import RasterSource
+
+    with rasterio.open(work / "r.tif") as ds:
+        rgb = ds.read()
+        profile = {**ds.profile, "count": 1, "photometric": "palette"}
+    q = (rgb[0] // 64) * 16 + (rgb[1] // 64) * 4 + rgb[2] // 64  # 64 colours
+    cmap = {i: (int((i // 16) * 64 + 32), int((i // 4 % 4) * 64 + 32), int((i % 4) * 64 + 32), 255) for i in range(256)}
+    with rasterio.open(work / "pal.tif", "w", **profile) as out:
+        out.write(q.astype("uint8"), 1)
+        out.write_colormap(1, cmap)
+    with RasterSource(work / "pal.tif") as src:
+        img, _ = src.read(Window(0, 0, 512, 512))
+    expect = np.stack([(q // 16) * 64 + 32, (q // 4 % 4) * 64 + 32, (q % 4) * 64 + 32], axis=-1)
+    np.testing.assert_array_equal(img, expect.astype(np.uint8))
+    assert np.abs(img.astype(int) - rgb.transpose(1, 2, 0)).mean() < 20  # the picture, not grey indices
+
+
+# ================================================================== runs with the model
+def test_min_area_holds_on_final_polygons_and_brackets_are_literal(work: Path) -> None:
+    raster = work / "ortho[2023].tif"
+    (work / "r.tif").rename(raster)
+    out = work / "b.gpkg"
+    r = run_cli("-q", "extract", raster, out, *FAST, "--min-area", "100", "--simplify", "3")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ""
+    df = pyogrio.read_dataframe(out)
+    assert len(df) > 0
+    assert df.area_m2.min() >= 100
+    assert sorted(p.name for p in work.iterdir()) == ["b.gpkg", "ortho[2023].tif"]
+    layers = pyogrio.list_layers(out)
+    assert [list(x) for x in layers] == [["buildings", "Polygon"]]
+    import geopandas as gpd
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(gpd.read_file(out)) == len(df)
+    from fastsam_geo.output import read_run_tables
+
+    meta, tiles = read_run_tables(out)
+    assert meta["tile_size"] == "256" and len(tiles) == 9 and set(tiles.status) == {"done"}
+    assert pyogrio.read_info(out)["layer_metadata"]["tile_size"] == "256"  # GDAL reads it too
+
+
+def test_dash_o_output(work: Path) -> None:
+    r = run_cli("-q", "extract", work / "r.tif", "-o", work / "b.gpkg", *FAST, "--box", "500000,4649744,500128,4649872")
+    assert r.returncode == 0, r.stderr
+    assert (work / "b.gpkg").exists()
+
+
+def test_failed_multi_raster_run_leaves_no_part_files(work: Path) -> None:
+    bad = truncate(write_like(work / "r.tif", work / "bad.tif", "uint16", tiled=True, blockxsize=256, blockysize=256))
+    out = work / "city.gpkg"
+    assert_refused(["-q", "extract", work / "r.tif", bad, out, *FAST], work, "bad.tif", output=out)
+
+
+def test_two_rasters_of_the_same_name_in_two_folders_are_both_kept(work: Path, town: Scene) -> None:
+    (work / "x").mkdir()
+    (work / "y").mkdir()
+    shutil.copy(work / "r.tif", work / "x" / "r.tif")
+    write_scene(work / "y" / "r.tif", 256, seed=8)
+    out = work / "city.gpkg"
+    box = ["--box", "500000,4649872,500128,4650000"]  # the top-left tile of both
+    r = run_cli("-q", "extract", work / "x" / "r.tif", work / "y" / "r.tif", out, *FAST, *box, "--layout", "merged")
+    assert r.returncode == 0, r.stderr
+    df = pyogrio.read_dataframe(out)
+    assert df.raster.tolist().count("r.tif") == len(df)
+    assert len(df) > 0
+    r1 = run_cli("-q", "extract", work / "x" / "r.tif", work / "one.gpkg", *FAST, *box)
+    r2 = run_cli("-q", "extract", work / "y" / "r.tif", work / "two.gpkg", *FAST, *box)
+    assert r1.returncode == 0 and r2.returncode == 0
+    n1, n2 = len(pyogrio.read_dataframe(work / "one.gpkg")), len(pyogrio.read_dataframe(work / "two.gpkg"))
+    assert len(df) == n1 + n2
+    assert not [p.name for p in work.iterdir() if ".part" in p.name or p.name.endswith(".lock")]
+
+
+def test_resume_after_pixels_changed_in_place_is_refused(work: Path) -> None:
+    from fastsam_geo.errors import Cancelled
+    from fastsam_geo.pipeline import extract_buildings
+
+    raster, out = work / "raw.tif", work / "b.gpkg"
+    write_like(work / "r.tif", raster, "uint8", compress=None)  # uncompressed: in-place writes keep the size
+    (work / "r.tif").unlink()
+    calls = []
+    with pytest.raises(Cancelled):
+        extract_buildings(
+            raster,
+            out,
+            weights=WEIGHTS,
+            tile_size=256,
+            overlap=32,
+            progress=lambda d, t: calls.append(d),
+            cancel=lambda: len(calls) >= 3,
+        )
+    st = raster.stat()
+    with rasterio.open(raster, "r+") as ds:  # same path, same size, new pixels
+        ds.write(255 - ds.read(window=Window(0, 0, 256, 256)), window=Window(0, 0, 256, 256))
+    os.utime(raster, ns=(st.st_atime_ns, st.st_mtime_ns))  # even with the old mtime
+    assert raster.stat().st_size == st.st_size
+    line = assert_refused(["extract", raster, out, *FAST, "--resume"], work, "raw.tif", "pixels", "--overwrite")
+    assert "--resume" in line
+    r = run_cli("-q", "extract", raster, out, *FAST, "--overwrite")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in work.iterdir()) == ["b.gpkg", "raw.tif"]
+
+
+def test_second_run_on_the_same_output_is_told_at_once(work: Path, town: Scene) -> None:
+    big = write_scene(work / "big.tif", 1024, seed=2).raster
+    out = work / "b.gpkg"
+    first = subprocess.Popen([*FSG, "-q", "extract", big, out, *FAST], env=ENV, stderr=subprocess.PIPE, text=True)
+    lock = work / ".b.gpkg.lock"
+    deadline = time.time() + 60
+    while not lock.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    assert lock.exists()
+    r = run_cli("extract", big, out, *FAST, timeout=60)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == [
+        f"Error: another fastsam-geo run is writing {out} (pid {first.pid}); "
+        "wait for it to finish, or stop it (a lock held by a dead process is "
+        "released by the system)."
+    ]
+    assert first.wait(300) == 0, first.stderr.read() if first.stderr else ""
+    assert out.exists() and not lock.exists()
+
+
+def test_unwritable_cache_dir_warns_once_and_goes_on(work: Path) -> None:
+    (work / "afile").write_text("x")
+    out = work / "b.gpkg"
+    args = [
+        "extract",
+        work / "r.tif",
+        out,
+        "--tile-size",
+        "256",
+        "--overlap",
+        "32",
+        "-w",
+        WEIGHTS,
+        "--cache-dir",
+        work / "afile" / "cache",
+    ]
+    r = run_cli("-q", *args)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("mask cache") == 1 and "Traceback" not in r.stderr
+    assert out.exists()
+
+
+def test_text_offline_without_clip_weights_fails_at_once(work: Path) -> None:
+    t0 = time.perf_counter()
+    assert_refused(["extract", work / "r.tif", work / "b.gpkg", *FAST, "--text", "building"], work, "--clip-weights")
+    assert time.perf_counter() - t0 < 30
+
+
+@pytest.mark.parametrize("size", ["24k", "160k"], ids=["ledger", "geopackage"])
+def test_full_disk_is_one_line_and_leaves_nothing(
+    work: Path, tmp_path_factory: pytest.TempPathFactory, size: str
+) -> None:
+    if not IS_ROOT:
+        pytest.skip("needs root to mount a small tmpfs (a real full disk)")
+    full = tmp_path_factory.mktemp("full")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(full)], check=True)
+    try:
+        big = write_scene(work / "big.tif", 1024, seed=5).raster
+        assert_refused(
+            ["extract", big, full / "b.gpkg", *FAST, "--overlap", "0", "--min-area", "1"],
+            work,
+            "no space left",
+            output=full / "b.gpkg",
+        )
+        assert list(full.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(full)], check=True)
+
+
+# ================================================================== URLs
+class _RangeHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves files with HTTP Range support (what GDAL's /vsicurl/ needs)."""
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        path = Path(self.translate_path(self.path))
+        if not path.is_file():
+            self.send_error(404)
+            return
+        data = path.read_bytes()
+        rng = self.headers.get("Range")
+        if rng and rng.startswith("bytes="):
+            a, _, b = rng[6:].partition("-")
+            start, end = int(a), min(int(b) if b else len(data) - 1, len(data) - 1)
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
+            body = data[start : end + 1]
+        else:
+            self.send_response(200)
+            body = data
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Accept-Ranges", "bytes")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_HEAD(self) -> None:
+        path = Path(self.translate_path(self.path))
+        if not path.is_file():
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(path.stat().st_size))
+        self.send_header("Accept-Ranges", "bytes")
+        self.end_headers()
+
+
+@pytest.fixture()
+def served(work: Path) -> Iterator[str]:
+    handler = lambda *a, **k: _RangeHandler(*a, directory=str(work), **k)  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_plain_url_is_read_quietly_and_recorded_as_given(work: Path, served: str, tmp_path_factory) -> None:
+    out_dir = tmp_path_factory.mktemp("urlout")
+    url = f"{served}/r.tif"
+    r = run_cli("-q", "extract", url, out_dir / "b.gpkg", *FAST)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ""  # no GDAL warning lines
+    from fastsam_geo.output import read_run_tables
+
+    meta, _ = read_run_tables(out_dir / "b.gpkg")
+    assert meta["raster"] == url
+    r = run_cli("info", url)
+    assert r.returncode == 0 and "EPSG:32633" in r.stdout, r.stderr
+    r = run_cli("info", f"{served}/missing.tif")
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "missing.tif" in r.stderr
+
+
+def test_progress_bar_only_on_a_terminal(work: Path) -> None:
+    import pty
+
+    r = run_cli("extract", work / "r.tif", work / "b.gpkg", *FAST)
+    assert r.returncode == 0 and "tile/s" not in r.stderr and "\r" not in r.stderr
+    import fcntl
+    import struct
+    import termios
+
+    main, sub = pty.openpty()
+    fcntl.ioctl(sub, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a terminal 120 columns wide
+    p = subprocess.Popen(
+        [*FSG, "extract", work / "r.tif", work / "c.gpkg", *FAST], env=ENV, stderr=sub, stdout=subprocess.DEVNULL
+    )
+    os.close(sub)
+    chunks = []
+    while True:
+        try:
+            data = os.read(main, 4096)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    assert p.wait(120) == 0
+    text = b"".join(chunks).decode(errors="replace")
+    assert "9/9" in text and ("tile/s" in text or "s/tile" in text)
