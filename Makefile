@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# constraints.txt pins torch with the torchvision built against it (from PyPI; runs on the CPU).
-	$(PY) -m pip install -q -c constraints.txt -e ".[torch,dev]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[torch,dask,dev]"
 	touch $@
 
 # the light install (pip install fastsam-geo: ONNX Runtime, no torch), to test it next to the full one

@@ -17,9 +17,14 @@ import os
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from distributed import WorkerPlugin
+from fastsam_geo.errors import DependencyError, FastSAMGeoError
 
-from fastsam_geo.errors import FastSAMGeoError
+try:
+    from distributed import WorkerPlugin
+except ImportError as exc:  # the light install: Dask is an extra
+    raise DependencyError(
+        f'Dask is not installed ({exc}); install it with: pip install "fastsam-geo[dask]" (for --workers/--scheduler).'
+    ) from None
 from fastsam_geo.plan import ExtractOptions, ModelOptions, TilingOptions, open_source
 from fastsam_geo.tilework import TileContext, TileResult, process_tiles, read_tile
 
