@@ -328,11 +328,16 @@ class WorkerClient:
             self.proc = proc
             self.hello = None
             threading.Thread(target=self._read_stdout, args=(proc,), name="fastsam-geo-out", daemon=True).start()
-            threading.Thread(target=self._read_stderr, args=(proc,), name="fastsam-geo-err", daemon=True).start()
+            self._err_thread = threading.Thread(
+                target=self._read_stderr, args=(proc,), name="fastsam-geo-err", daemon=True
+            )
+            self._err_thread.start()
             self.log(f"started fastsam-geo worker: {' '.join(cmd)} (pid {proc.pid})", "info")
         try:
             hello = self.request("hello", timeout=self.start_timeout, _starting=True)
         except WorkerDied as exc:
+            # stdout closed first; give the stderr reader time to take the last lines (the reason)
+            self._err_thread.join(timeout=5)
             tail = [t for t in self.stderr_tail if t.strip()]
             why = tail[-1] if tail else str(exc)
             raise WorkerNotFound(
