@@ -393,4 +393,4 @@ def test_cli_per_source_table(tmp_path: Path) -> None:
     got = json.loads(r.output)
     assert got["fn"] == 1 and got["truth_outside"] == 1 and got["pixel_f1"] == pytest.approx(2 / 3, abs=0.01)
     r = CliRunner().invoke(main, ["evaluate", str(pred)])
-    assert r.exit_code == 2 and "give both PRED and TRUTH" in r.output
+    assert r.exit_code == 1 and "give both PRED and TRUTH" in r.output
