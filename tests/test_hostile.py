@@ -23,6 +23,7 @@ import numpy as np
 import pyogrio
 import pytest
 import rasterio
+from range_http_server import RangeHandler
 from rasterio.control import GroundControlPoint
 from rasterio.windows import Window
 
@@ -537,33 +538,6 @@ def test_full_disk_is_one_line_and_leaves_nothing(
 
 
 # ================================================================== URLs
-class _RangeHandler(http.server.SimpleHTTPRequestHandler):
-    """Serves files with HTTP Range support (what GDAL's /vsicurl/ needs)."""
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        path = Path(self.translate_path(self.path))
-        if not path.is_file():
-            self.send_error(404)
-            return
-        data = path.read_bytes()
-        rng = self.headers.get("Range")
-        if rng and rng.startswith("bytes="):
-            a, _, b = rng[6:].partition("-")
-            start, end = int(a), min(int(b) if b else len(data) - 1, len(data) - 1)
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
-            body = data[start : end + 1]
-        else:
-            self.send_response(200)
-            body = data
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Accept-Ranges", "bytes")
-        self.end_headers()
-        self.wfile.write(body)
-
     def do_HEAD(self) -> None:
         path = Path(self.translate_path(self.path))
         if not path.is_file():
@@ -577,7 +551,7 @@ class _RangeHandler(http.server.SimpleHTTPRequestHandler):
 
 @pytest.fixture()
 def served(work: Path) -> Iterator[str]:
-    handler = lambda *a, **k: _RangeHandler(*a, directory=str(work), **k)  # noqa: E731
+    handler = lambda *a, **k: RangeHandler(*a, directory=str(work), **k)  # noqa: E731
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
