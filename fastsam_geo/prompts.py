@@ -25,8 +25,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-import cv2
 import numpy as np
+import shapely
 from affine import Affine
 
 from fastsam_geo.errors import PromptError
@@ -628,17 +628,54 @@ def shape_stats(masks: InstanceMasks) -> dict[str, np.ndarray]:
     angle = np.zeros(n, np.float64)
     areas = masks.areas.astype(np.float64)
     for i, crop in enumerate(masks.crops):
-        contours, _ = cv2.findContours(crop.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-        if not contours:
+        pts = _row_ends(crop)
+        if len(pts) == 0:
             continue
-        pts = np.vstack([c.reshape(-1, 2) for c in contours]).astype(np.float32)
-        (_, _), (rw, rh), ang = cv2.minAreaRect(pts)
-        # The contour runs through pixel centres: the pixels' outline is half a pixel further out.
+        rw, rh, ang = min_area_rect(pts)
+        # The points are pixel centres: the pixels' outline is half a pixel further out.
         rw, rh = rw + 1.0, rh + 1.0
         rect[i] = min(areas[i] / (rw * rh), 1.0)
         elong[i] = max(rw, rh) / min(rw, rh)
         angle[i] = ang
     return {"area": masks.areas, "rectangularity": rect, "elongation": elong, "angle": angle}
+
+
+def _row_ends(crop: np.ndarray) -> np.ndarray:
+    """``(x, y)`` centres of the first and last set pixel of each row: their hull is the mask's."""
+    rows = np.flatnonzero(crop.any(axis=1))
+    if len(rows) == 0:
+        return np.empty((0, 2), np.float64)
+    sub = crop[rows]
+    first = sub.argmax(axis=1)
+    last = sub.shape[1] - 1 - sub[:, ::-1].argmax(axis=1)
+    return np.concatenate([np.c_[first, rows], np.c_[last, rows]]).astype(np.float64)
+
+
+def min_area_rect(points: np.ndarray) -> tuple[float, float, float]:
+    """Width, height and angle (degrees in [0, 90)) of the minimum-area rectangle around ``points``.
+
+    Rotating calipers: the best rectangle has a side on an edge of the convex hull. Collinear
+    points give a height of 0, one point gives 0 x 0.
+
+    >>> w, h, a = min_area_rect(np.array([[0, 0], [4, 4], [3, 5], [-1, 1]], float))
+    >>> round(w * h, 6), round(a, 6)
+    (8.0, 45.0)
+    >>> min_area_rect(np.array([[0, 0], [0, 3]], float))
+    (3.0, 0.0, 0.0)
+    """
+    hull = shapely.convex_hull(shapely.multipoints(np.asarray(points, np.float64)))
+    xy = shapely.get_coordinates(hull)
+    if len(xy) < 2:
+        return 0.0, 0.0, 0.0
+    edges = np.diff(xy, axis=0)
+    edges = edges[np.hypot(edges[:, 0], edges[:, 1]) > 0]
+    u = edges / np.hypot(edges[:, 0], edges[:, 1])[:, None]
+    along, across = u @ xy.T, np.c_[-u[:, 1], u[:, 0]] @ xy.T
+    w = along.max(axis=1) - along.min(axis=1)
+    h = across.max(axis=1) - across.min(axis=1)
+    k = int(np.argmin(w * h))
+    ang = float(np.degrees(np.arctan2(u[k, 1], u[k, 0])))
+    return float(w[k]), float(h[k]), ang % 90.0
 
 
 def building_filter(

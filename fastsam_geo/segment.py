@@ -110,9 +110,9 @@ def letterbox_image(image: np.ndarray, lb: Letterbox) -> np.ndarray:
     h, w = lb.tile_shape
     nh, nw = round(h * lb.gain[0]), round(w * lb.gain[1])
     if (nh, nw) != (h, w):
-        import cv2
-
-        image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
+        rows = linear_taps(nh, h / nh, 0.5 * h / nh - 0.5, h)
+        cols = linear_taps(nw, w / nw, 0.5 * w / nw - 0.5, w)
+        image = np.rint(resample_bilinear(image, rows, cols)).clip(0, 255).astype(np.uint8)
     out = np.full((*lb.input_shape, 3), PAD_VALUE, dtype=np.uint8)
     top, left = lb.pad
     out[top : top + nh, left : left + nw] = image
@@ -150,6 +150,41 @@ def _taps(start: int, stop: int, gain: float, pad: int, ratio: float, size: int)
     return int(math.floor(lo)), min(int(math.floor(hi)) + 1, size - 1) + 1
 
 
+Taps = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def linear_taps(n: int, step: float, start: float, size: int) -> Taps:
+    """Linear-interpolation taps of ``n`` output samples at source coordinates ``start + step * j``.
+
+    Coordinates are in source-cell units (cell ``i`` has its centre at ``i``) and are clamped
+    to ``[0, size - 1]``: the border rule of ``F.interpolate(align_corners=False)`` and of
+    OpenCV's ``INTER_LINEAR``. Returns the lower and upper source index and the upper weight.
+
+    >>> lo, hi, w = linear_taps(4, 0.5, -0.25, 2)   # 2 cells upsampled 2x
+    >>> lo.tolist(), hi.tolist(), w.tolist()
+    ([0, 0, 0, 1], [1, 1, 1, 1], [0.0, 0.25, 0.75, 0.0])
+    """
+    s = np.clip(start + step * np.arange(n, dtype=np.float64), 0.0, size - 1)
+    lo = np.floor(s).astype(np.intp)
+    return lo, np.minimum(lo + 1, size - 1), (s - lo).astype(np.float32)
+
+
+def resample_bilinear(a: np.ndarray, rows: Taps, cols: Taps) -> np.ndarray:
+    """Separable bilinear resampling of the first two axes of ``a`` (float32 result).
+
+    >>> a = np.array([[0.0, 4.0], [8.0, 12.0]])
+    >>> resample_bilinear(a, linear_taps(1, 1.0, 0.5, 2), linear_taps(3, 0.5, 0.0, 2)).tolist()
+    [[4.0, 6.0, 8.0]]
+    """
+    a = np.asarray(a, dtype=np.float32)
+    extra = (1,) * (a.ndim - 1)
+    r0, r1, wr = rows
+    c0, c1, wc = cols
+    wr, wc = wr.reshape(-1, *extra), wc.reshape(1, -1, *extra[1:])
+    t = a[r0] * (1.0 - wr) + a[r1] * wr
+    return t[:, c0] * (1.0 - wc) + t[:, c1] * wc
+
+
 def _upsample(
     logits: np.ndarray,
     box: tuple[int, int, int, int],
@@ -161,28 +196,16 @@ def _upsample(
 
     ``logits`` is the prototype-grid crop whose top-left cell is ``origin``; ``box`` is
     ``(r0, c0, r1, c1)`` in tile pixels. Equal to ``F.interpolate(full_logits, input_shape)``
-    cropped to the tile and the box, without building the full-size map.
+    cropped to the tile and the box, without building the full-size map: tile pixel centre
+    ``p + 0.5`` lies at input ``(p + 0.5) * gain + pad``, at prototype coordinate
+    ``that * ratio - 0.5``. Clamping to the crop is clamping to the grid (:func:`_taps`).
     """
-    import cv2
-
     r0, c0, r1, c1 = box
     pr0, pc0 = origin
-    f = round(1 / ratio[0])
-    if lb.gain == (1.0, 1.0) and abs(1 / ratio[0] - f) < 1e-9 and abs(1 / ratio[1] - f) < 1e-9:
-        # the default case (no resize): an integer upsampling of the crop, then a slice of input pixels
-        up = cv2.resize(logits, (logits.shape[1] * f, logits.shape[0] * f), interpolation=cv2.INTER_LINEAR)
-        top, left = lb.pad[0] - f * pr0, lb.pad[1] - f * pc0
-        return up[r0 + top : r1 + top, c0 + left : c1 + left]
-    # resized tiles: the same sampling as an affine map from box pixels to the crop's cells
     ky, kx = lb.gain[0] * ratio[0], lb.gain[1] * ratio[1]
-    m = np.array(
-        [
-            [kx, 0.0, (c0 + 0.5) * kx + lb.pad[1] * ratio[1] - 0.5 - pc0],
-            [0.0, ky, (r0 + 0.5) * ky + lb.pad[0] * ratio[0] - 0.5 - pr0],
-        ]
-    )
-    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
-    return cv2.warpAffine(logits, m, (c1 - c0, r1 - r0), flags=flags, borderMode=cv2.BORDER_REPLICATE)
+    rows = linear_taps(r1 - r0, ky, (r0 + 0.5) * ky + lb.pad[0] * ratio[0] - 0.5 - pr0, logits.shape[0])
+    cols = linear_taps(c1 - c0, kx, (c0 + 0.5) * kx + lb.pad[1] * ratio[1] - 0.5 - pc0, logits.shape[1])
+    return resample_bilinear(logits, rows, cols)
 
 
 def assemble_masks(
