@@ -223,12 +223,16 @@ def train(
         err=True,
     )
     if result.per_source:
-        click.echo(f"{'validation by source':<24} {'crops':>5} {'bldgs':>6} {'mask P':>7} {'mask R':>7} {'mAP50':>6}")
+        head = f"{'validation by source':<24} {'crops':>5} {'bldgs':>6} {'mask P':>7} {'mask R':>7} {'mAP50':>6}"
+        click.echo(f"{head} {'conf':>5}")
         for sc in result.per_source:
+            conf = "-" if sc.conf is None else f"{sc.conf:.2f}"
             click.echo(
                 f"{sc.source[:24]:<24} {sc.images:>5} {sc.instances:>6} {sc.precision:>7.3f} {sc.recall:>7.3f} "
-                f"{sc.map50:>6.3f}"
+                f"{sc.map50:>6.3f} {conf:>5}"
             )
+        if result.conf is not None:
+            click.echo(f"confidence threshold stored in the model (median of the sources'): {result.conf:.2f}")
 
 
 @main.command(short_help="Export a .pt model to ONNX (runs without torch).")
@@ -454,7 +458,12 @@ def _model_options(f: Callable[..., Any]) -> Callable[..., Any]:
             help="auto: 8-bit as is, other dtypes stretched with global 2-98 % percentiles.",
         ),
         click.option("--gsd", type=_Gsd(), default=None, help=_GSD_HELP),
-        click.option("--conf", default=0.25, show_default=True, help="Minimum mask confidence."),
+        click.option(
+            "--conf",
+            type=float,
+            default=None,
+            help="Minimum mask confidence (default: the model's, calibrated when it was trained; else 0.25).",
+        ),
         click.option("--iou", default=0.7, show_default=True, help="NMS IoU threshold of the segmenter."),
         click.option(
             "--point",
@@ -1117,16 +1126,17 @@ def info(raster: str, tile_size: int, overlap: int | None, weights: str | None, 
     Example:
       fastsam-geo info ortho.tif --tile-size 1024
     """
-    from fastsam_geo.modelmeta import default_gsd, read_model_meta, working_gsd
+    from fastsam_geo.modelmeta import default_conf, default_gsd, read_model_meta, working_gsd
     from fastsam_geo.raster import RasterSource
     from fastsam_geo.tiling import TileGrid
 
-    model_gsd, w, w_error = None, None, ""
+    model_gsd, model_conf, w, w_error = None, None, None, ""
     try:
         from fastsam_geo.weights import resolve_weights
 
         w = resolve_weights(weights)
-        model_gsd = default_gsd(w, read_model_meta(w))
+        meta = read_model_meta(w)
+        model_gsd, model_conf = default_gsd(w, meta), default_conf(meta)
     except FastSAMGeoError as exc:
         w_error = str(exc)
     from fastsam_geo.validate import check_tiling
@@ -1155,6 +1165,8 @@ def info(raster: str, tile_size: int, overlap: int | None, weights: str | None, 
     click.echo(f"grid:     {i.width} x {i.height} px, pixel {i.res[0]:.6g} x {i.res[1]:.6g} map units")
     click.echo(f"tiles:    {len(grid)} ({grid.shape[0]} x {grid.shape[1]}) of {tile_size} px, overlap {overlap}")
     click.echo(f"weights:  {w}" if w is not None else f"weights:  not found ({w_error})")
+    if model_conf is not None:
+        click.echo(f"conf:     {model_conf:g} (the model's confidence threshold; --conf overrides it)")
     try:
         import torch
 

@@ -133,7 +133,8 @@ class TorchFastSAMSegmenter(FastSAMSegmenter):
 
         ckpt = getattr(wrapper, "ckpt", None)  # the checkpoint dict ultralytics loaded: no second read
         meta = ckpt.get(META_KEY) if isinstance(ckpt, dict) else None
-        self.gsd: float | None = default_gsd(self.weights_path, dict(meta) if isinstance(meta, dict) else {})
+        self.model_meta = dict(meta) if isinstance(meta, dict) else {}
+        self.gsd: float | None = default_gsd(self.weights_path, self.model_meta)
 
         if hasattr(net, "fuse"):
             net = net.fuse(verbose=False)

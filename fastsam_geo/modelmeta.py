@@ -169,6 +169,58 @@ def default_gsd(path: str | os.PathLike[str], meta: dict[str, Any]) -> float | N
     return None
 
 
+#: Confidence threshold of a model whose file does not store one (ultralytics' own default).
+DEFAULT_CONF = 0.25
+
+
+def default_conf(meta: dict[str, Any]) -> float:
+    """The confidence threshold of a model: its stored ``conf`` (calibrated when it was trained), else 0.25.
+
+    >>> default_conf({"conf": 0.12}), default_conf({}), default_conf({"conf": "bad"})
+    (0.12, 0.25, 0.25)
+    """
+    try:
+        value = float(meta.get("conf", DEFAULT_CONF))
+    except (TypeError, ValueError):
+        return DEFAULT_CONF
+    return value if 0.0 < value < 1.0 else DEFAULT_CONF
+
+
+def best_conf(px: Any, f1: Any, lo: float = 0.05, hi: float = 0.5) -> float:
+    """The confidence that maximises a validation F1-confidence curve (as ultralytics picks it:
+    the curve smoothed by a box filter of 10 % of its length), kept within ``[lo, hi]``, to 0.01.
+
+    ``px`` holds the confidences (ultralytics: 1000 in [0, 1]) and ``f1`` the F1 at each
+    (one row per class is averaged).
+
+    >>> import numpy as np
+    >>> px = np.linspace(0, 1, 1000)
+    >>> best_conf(px, np.exp(-((px - 0.13) / 0.05) ** 2))
+    0.13
+    >>> best_conf(px, 1 - px)   # the best F1 at the lowest confidence: kept at lo
+    0.05
+    """
+    import numpy as np
+
+    y = np.asarray(f1, dtype=np.float64)
+    y = y.mean(axis=0) if y.ndim == 2 else y
+    nf = round(len(y) * 0.1 * 2) // 2 + 1  # ultralytics' smooth(): odd box-filter width
+    p = np.ones(nf // 2)
+    yp = np.concatenate((p * y[0], y, p * y[-1]), 0)
+    smooth = np.convolve(yp, np.ones(nf) / nf, mode="valid")
+    return round(min(max(float(np.asarray(px)[int(smooth.argmax())]), lo), hi), 2)
+
+
+def weights_conf(weights: str | os.PathLike[str] | None) -> float:
+    """The confidence threshold stored with the weights ``weights`` resolves to (else 0.25), read cheaply."""
+    from fastsam_geo.weights import resolve_weights
+
+    try:
+        return default_conf(read_model_meta(resolve_weights(weights)))
+    except (WeightsError, ImportError):
+        return DEFAULT_CONF
+
+
 def parse_gsd(value: float | str | None) -> float | str | None:
     """A ``--gsd`` value checked: None (the model's), ``"native"`` (no resampling) or metres > 0.
 

@@ -44,7 +44,7 @@ def build_options(
     gsd: float | str | None = None,
     device: str = "auto",
     batch_size: int | None = None,
-    conf: float = 0.25,
+    conf: float | None = None,
     iou: float = 0.7,
     building_filter: BuildingFilter | bool | None = None,
     simplify_px: float = 1.0,
@@ -61,8 +61,8 @@ def build_options(
     """The typed options of :func:`extract_buildings`'s keywords.
 
     >>> o = build_options(tile_size=512, building_filter=False)
-    >>> o.tiling.tile_size, o.select.building_filter.enabled, o.model.conf
-    (512, False, 0.25)
+    >>> o.tiling.tile_size, o.select.building_filter.enabled, o.model.conf is None
+    (512, False, True)
     """
     if isinstance(building_filter, BuildingFilter):
         bfilter = building_filter
@@ -90,7 +90,7 @@ def extract_buildings(
     stretch: str = "auto",
     device: str = "auto",
     batch_size: int | None = None,
-    conf: float = 0.25,
+    conf: float | None = None,
     iou: float = 0.7,
     building_filter: BuildingFilter | bool | None = None,
     text_scorer: TextScorer | None = None,

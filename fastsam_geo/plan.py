@@ -62,7 +62,7 @@ class ModelOptions:
     weights: str | None = None
     device: str = "auto"
     batch_size: int | None = None
-    conf: float = 0.25
+    conf: float | None = None  # None: the model's (stored with its weights), else 0.25
     iou: float = 0.7
 
 
@@ -213,9 +213,15 @@ def open_source(raster: str | os.PathLike[str], tiling: TilingOptions) -> Raster
 
 def resolve_gsd(options: ExtractOptions, segmenter: Any = None) -> ExtractOptions:
     """Options whose ``tiling.gsd`` is the working resolution itself (metres, or None: native):
-    ``gsd`` when given, else the segmenter's, else the one stored with the weights."""
+    ``gsd`` when given, else the segmenter's, else the one stored with the weights. A ``model.conf``
+    of None becomes the segmenter's threshold, else the one stored with the weights (else 0.25)."""
     from fastsam_geo.errors import RasterError
-    from fastsam_geo.modelmeta import parse_gsd, weights_gsd, working_gsd
+    from fastsam_geo.modelmeta import parse_gsd, weights_conf, weights_gsd, working_gsd
+
+    if options.model.conf is None:
+        inner = getattr(segmenter, "segmenter", segmenter)
+        conf = getattr(inner, "conf", None) if segmenter is not None else weights_conf(options.model.weights)
+        options = replace(options, model=replace(options.model, conf=0.25 if conf is None else float(conf)))
 
     try:
         checked = parse_gsd(options.tiling.gsd)

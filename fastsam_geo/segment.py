@@ -358,7 +358,8 @@ class FastSAMSegmenter:
             is fixed at export (``fastsam-geo export --half``).
         batch_size: tiles per forward pass; None: 1 on the CPU (batching measured 1.6x slower per
             tile there: 0.68 s against 0.42 s for FastSAM-s at 1024 px), 4 on a GPU.
-        conf: confidence threshold of the detections.
+        conf: confidence threshold of the detections (default: the one stored with the model
+            when it was trained, see :func:`fastsam_geo.modelmeta.best_conf`; else 0.25).
         iou: IoU threshold of the NMS.
         max_det: most objects kept per tile (ultralytics' default of 300 caps dense city tiles).
         imgsz: network input size; None runs each batch at its tiles' own size (rounded up to
@@ -398,7 +399,7 @@ class FastSAMSegmenter:
         device: str | int | None = "auto",
         half: bool | None = None,
         batch_size: int | None = None,
-        conf: float = 0.25,
+        conf: float | None = None,
         iou: float = 0.7,
         max_det: int = DEFAULT_MAX_DET,
         imgsz: int | None = None,
@@ -407,21 +408,26 @@ class FastSAMSegmenter:
     ) -> None:
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size={batch_size} must be at least 1")
-        if not 0.0 <= conf <= 1.0 or not 0.0 <= iou <= 1.0:
+        if not 0.0 <= (0.25 if conf is None else conf) <= 1.0 or not 0.0 <= iou <= 1.0:
             raise ValueError(f"conf={conf} and iou={iou} must both lie in [0, 1]")
         if max_det < 1:
             raise ValueError(f"max_det={max_det} must be at least 1")
         if imgsz is not None and imgsz < 1:
             raise ValueError(f"imgsz={imgsz} must be positive (or None for the tile size)")
         self.batch_size = 1 if batch_size is None else int(batch_size)  # set for the device by _setup
-        self.conf = float(conf)
+        self.conf = 0.25 if conf is None else float(conf)
         self.iou = float(iou)
         self.max_det = int(max_det)
         self.imgsz = imgsz
         self.min_area_px = int(min_area_px)
         self.model_calls = 0
         self.weights_path = resolve_weights(weights)
+        self.model_meta: dict[str, Any] = {}
         self._setup(device=device, half=half, batch_size=batch_size, threads=threads)
+        if conf is None:  # the threshold calibrated when the model was trained, else 0.25
+            from fastsam_geo.modelmeta import default_conf
+
+            self.conf = default_conf(self.model_meta)
 
     def _setup(
         self, *, device: str | int | None, half: bool | None, batch_size: int | None, threads: int | None
