@@ -124,7 +124,7 @@ def check_extract_options(
     *,
     tile_size: object,
     overlap: object,
-    conf: float,
+    conf: float | None,
     iou: float,
     batch_size: int | None,
     device: str | None,
@@ -138,7 +138,8 @@ def check_extract_options(
     ...                       device="auto", simplify_px=1.0)
     """
     check_tiling(tile_size, overlap)
-    check_unit(conf, "--conf", 0.25)
+    if conf is not None:  # None: the model's own threshold
+        check_unit(conf, "--conf", 0.25)
     check_unit(iou, "--iou", 0.7)
     if batch_size is not None and (not _is_int(batch_size) or batch_size < 1):
         raise OptionError(f"--batch-size {batch_size}: use 1 or more tiles per forward pass.")
