@@ -119,3 +119,12 @@ def test_train_reports_validation_per_source(tmp_path: Path) -> None:
         base=str(tmp_path / "two.pt"), epochs=1, imgsz=64, batch=8, workers=0, work_dir=tmp_path / "work1",
     )
     assert [s.source for s in res.per_source] == ["a"] and res.per_source[0].images == res.dataset.val_images
+    # the confidence threshold of the best validation F1 is stored with the weights and used by extract
+    from fastsam_geo.modelmeta import read_model_meta
+    from fastsam_geo.segment import FastSAMSegmenter
+
+    confs = [s.conf for s in res.per_source if s.conf is not None]
+    stored = read_model_meta(tmp_path / "one.pt").get("conf")
+    assert stored == res.conf and (stored is None if not confs else 0.05 <= stored <= 0.5), (stored, confs)
+    assert FastSAMSegmenter(tmp_path / "one.pt", device="cpu").conf == (0.25 if stored is None else stored)
+    assert FastSAMSegmenter(tmp_path / "one.pt", device="cpu", conf=0.4).conf == 0.4
