@@ -23,7 +23,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import geopandas as gpd
 import numpy as np
 import rasterio
@@ -408,9 +407,24 @@ def _roof(img: np.ndarray, sel: np.ndarray, b: Building, n2: np.ndarray, grain: 
         roof *= np.where(side > 0, 1.12, 0.80)[:, None]
     img[sel] = roof
     # A darker rim one pixel wide: eaves and parapets.
-    er = cv2.erode(sel.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
-    rim = sel & ~er
+    rim = sel & ~erode3(sel)
     img[rim] *= 0.82
+
+
+def erode3(mask: np.ndarray) -> np.ndarray:
+    """Binary erosion by a 3 x 3 square; outside the array counts as set (OpenCV's default border).
+
+    >>> m = np.ones((4, 5), bool); m[0, 2] = False
+    >>> erode3(m).astype(int).tolist()
+    [[1, 0, 0, 0, 1], [1, 0, 0, 0, 1], [1, 1, 1, 1, 1], [1, 1, 1, 1, 1]]
+    """
+    p = np.pad(mask, 1, constant_values=True)
+    h, w = mask.shape
+    out = np.ones((h, w), bool)
+    for dy in range(3):
+        for dx in range(3):
+            out &= p[dy : dy + h, dx : dx + w]
+    return out
 
 
 # --------------------------------------------------------------------------- writing
