@@ -75,6 +75,10 @@ class Table:
         except KeyError:
             raise AttributeError(name) from None
 
+    def get(self, name: str, default: Any = None) -> Any:
+        """The column ``name``, or ``default`` when there is none."""
+        return self.columns.get(name, default)
+
     def __contains__(self, name: object) -> bool:
         return name in self.columns
 
@@ -135,6 +139,19 @@ class Features:
 
     def __len__(self) -> int:
         return len(self.geometry)
+
+    @classmethod
+    def of(cls, geoms: Sequence[Any] | np.ndarray, crs: Any = None, **columns: Any) -> Features:
+        """Features from geometries, a CRS (anything pyproj reads; None: none) and columns.
+
+        >>> f = Features.of([shapely.box(0, 0, 1, 1)], "EPSG:32633", score=[0.5])
+        >>> len(f), f.crs.to_epsg(), f.columns.score.tolist()
+        (1, 32633, [0.5])
+        """
+        arr = np.empty(len(geoms), dtype=object)
+        arr[:] = list(geoms)
+        crs = None if crs is None else CRS.from_user_input(crs)
+        return cls(arr, Table(columns, len(arr)), crs)
 
     def take(self, index: np.ndarray) -> Features:
         """The rows at ``index`` (an integer or boolean array)."""
@@ -613,6 +630,8 @@ def _gpkg_crs(conn: sqlite3.Connection, srs_id: int) -> CRS | None:
     if row is None or (srs_id in (-1, 0) and (row[2] or "").strip().lower() == "undefined"):
         return None
     org, code, definition, definition2 = row
+    if str(org).upper() == "GDAL" and int(code) == 99999:  # GDAL's "Undefined SRS" of a layer without CRS
+        return None
     if str(org).upper() == "EPSG":
         try:
             return CRS.from_epsg(int(code))
