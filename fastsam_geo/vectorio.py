@@ -589,7 +589,8 @@ def list_layers(path: str | os.PathLike[str]) -> list[tuple[str, str | None]]:
     """(name, geometry type) of each layer, as pyogrio names them ("Polygon", ...; None: a table)."""
     p = Path(path)
     if _is_geojson(p):
-        return [(p.stem, _read_geojson(p).geometry_type)]
+        feats = _read_geojson(p)  # GDAL's name: the "name" member, else the file's stem
+        return [(feats.layer, feats.geometry_type)]
     if not _is_gpkg(p):
         pyogrio = _pyogrio(p)
         return [(str(name), None if kind is None else str(kind)) for name, kind in pyogrio.list_layers(p)]

@@ -1,8 +1,8 @@
 """What the light install (``pip install fastsam-geo``: ONNX Runtime, no torch) must do.
 
-Each test runs the command line in a child Python where torch, torchvision, ultralytics and
-open_clip cannot be imported (blocked in ``sys.modules``; in the light venv they are simply
-absent), so the tests mean the same in both installs. ``make test`` runs this file in the full
+Each test runs the command line in a child Python where torch, torchvision, ultralytics,
+open_clip, geopandas, pandas and pyogrio cannot be imported (blocked in ``sys.modules``; in the
+light venv they are simply absent), so the tests mean the same in both installs. ``make test`` runs this file in the full
 ``.venv`` and in ``.venv-light``, passing the torch install's F1 in ``FASTSAM_GEO_REFERENCE_F1``.
 """
 
@@ -10,19 +10,22 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
+import shapely
 
 pytestmark = pytest.mark.light
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "sample_tiles" / "town_s7_1024.tif"
 TRUTH = REPO / "sample_tiles" / "town_s7_1024_buildings.gpkg"
-HEAVY = ("torch", "torchvision", "ultralytics", "open_clip")
+HEAVY = ("torch", "torchvision", "ultralytics", "open_clip", "geopandas", "pandas", "pyogrio")
 BLOCK = f"import sys; sys.modules.update(dict.fromkeys({HEAVY!r})); from fastsam_geo.cli import main; main()"
 
 
@@ -90,3 +93,33 @@ def test_info_and_help_work_without_torch() -> None:
     assert run.returncode == 0, run.stderr
     assert "fastsam-geo-town-n.onnx" in run.stdout and "onnxruntime" in run.stdout, run.stdout
     assert fsg("export", "--help").returncode == 0
+
+
+def test_extract_prompt_evaluate_and_layouts_without_geopandas(tmp_path: Path) -> None:
+    """The vector side of the light path (GeoPackage/GeoJSON writing and reading, prompt files,
+    evaluate, --layout merged) with geopandas, pandas and pyogrio blocked."""
+    from fastsam_geo.vectorio import read_features, write_geojson
+
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    run = fsg("-q", "extract", str(SAMPLE), str(tmp_path / "all.gpkg"), *cache, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    truth = read_features(TRUTH, layer="buildings")
+    picks = truth.geometry[:5]
+    clicks = read_features(tmp_path / "all.gpkg").geometry  # points inside 5 found buildings
+    chosen = [shapely.point_on_surface(g) for g in clicks if any(g.intersects(p) for p in picks)][:5]
+    assert len(chosen) == 5
+    write_geojson(tmp_path / "clicks.geojson", "clicks", np.array(chosen, dtype=object), {"label": [1] * 5}, truth.crs)
+    out = tmp_path / "picked.geojson"
+    run = fsg("prompt", str(SAMPLE), str(out), "--prompts", str(tmp_path / "clicks.geojson"), *cache, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    picked = read_features(out)
+    assert len(picked) == 5 and picked.crs.to_epsg() == 32633 and sorted(picked.columns.id) == [1, 2, 3, 4, 5]
+    run = fsg("evaluate", str(out), str(tmp_path / "all.gpkg"), "--json")
+    assert run.returncode == 0 and json.loads(run.stdout)["tp"] == 5, run.stdout + run.stderr
+    for name in ("a.tif", "b.tif"):
+        shutil.copy(SAMPLE, tmp_path / name)
+    rasters = [str(tmp_path / "a.tif"), str(tmp_path / "b.tif")]
+    run = fsg("-q", "extract", *rasters, "--layout", "merged", "-o", str(tmp_path / "m.gpkg"), *cache)
+    assert run.returncode == 0, run.stderr
+    merged = read_features(tmp_path / "m.gpkg", layer="buildings")
+    assert len(merged) == 2 * len(clicks) and list(merged.columns.columns)[:2] == ["id", "raster"]
