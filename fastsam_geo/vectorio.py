@@ -597,13 +597,27 @@ def list_layers(path: str | os.PathLike[str]) -> list[tuple[str, str | None]]:
     conn = _open_ro(p)
     try:
         rows = conn.execute(
-            "SELECT c.table_name, g.geometry_type_name FROM gpkg_contents c LEFT JOIN gpkg_geometry_columns g "
-            "ON lower(g.table_name) = lower(c.table_name) WHERE c.data_type IN ('features', 'attributes') "
+            "SELECT c.table_name, g.geometry_type_name, g.z, g.m FROM gpkg_contents c "
+            "LEFT JOIN gpkg_geometry_columns g ON lower(g.table_name) = lower(c.table_name) "
+            "WHERE c.data_type IN ('features', 'attributes') "
             "ORDER BY c.rowid"
         ).fetchall()
     finally:
         conn.close()
-    return [(name, None if kind is None else _OGR_TYPES.get(kind.upper(), "Unknown")) for name, kind in rows]
+    return [(name, _ogr_type(kind, z, m)) for name, kind, z, m in rows]
+
+
+def _ogr_type(kind: str | None, z: int | None, m: int | None) -> str | None:
+    """GDAL's name of a GeoPackage geometry type (``z``/``m``: 0 no, 1 yes, 2 optional).
+
+    >>> _ogr_type("POLYGON", 0, 0), _ogr_type("MULTIPOLYGON", 1, 0), _ogr_type(None, None, None)
+    ('Polygon', 'MultiPolygon Z', None)
+    """
+    if kind is None:
+        return None
+    suffix = ("Z" if z == 1 else "") + ("M" if m == 1 else "")
+    name = _OGR_TYPES.get(kind.upper(), "Unknown")
+    return f"{name} {suffix}" if suffix else name
 
 
 def read_features(path: str | os.PathLike[str], layer: str | None = None) -> Features:
@@ -686,7 +700,9 @@ def _geojson_crs(doc: Mapping[str, Any]) -> CRS:
         return CRS.from_epsg(4326)
     props = member.get("properties") or {}
     if member.get("type") == "name" and props.get("name"):
-        return CRS.from_user_input(props["name"])
+        crs = CRS.from_user_input(props["name"])
+        # GDAL reads CRS84 (WGS 84 in lon/lat order, RFC 7946's) as EPSG:4326, as do geopandas and QGIS
+        return CRS.from_epsg(4326) if crs.to_authority() == ("OGC", "CRS84") else crs
     if member.get("type") == "EPSG" and props.get("code"):
         return CRS.from_epsg(int(props["code"]))
     raise VectorFormatError(f"unsupported GeoJSON crs member {json.dumps(member)[:120]}")
