@@ -124,3 +124,23 @@ def test_extract_prompt_evaluate_and_layouts_without_geopandas(tmp_path: Path) -
     assert run.returncode == 0, run.stderr
     merged = read_features(tmp_path / "m.gpkg", layer="buildings")
     assert len(merged) == 2 * len(clicks) and list(merged.columns.columns)[:2] == ["id", "raster"]
+
+
+def test_flatgeobuf_without_pyogrio_names_the_extra_before_any_work(tmp_path: Path) -> None:
+    out = tmp_path / "b.fgb"
+    run = fsg("extract", str(SAMPLE), str(out), "--no-cache", cwd=tmp_path)
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and 'pip install "fastsam-geo[vector]"' in lines[0] and "b.fgb" in lines[0], lines
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_geojson_output_without_geopandas(tmp_path: Path) -> None:
+    from fastsam_geo.vectorio import read_features
+
+    out = tmp_path / "b.geojson"
+    run = fsg("-q", "extract", str(SAMPLE), str(out), "--no-cache", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    got = read_features(out)
+    assert got.crs.to_epsg() == 32633 and len(got) > 100 and got.columns.id.tolist() == list(range(1, len(got) + 1))
+    assert f1_of(out) > 0.9
