@@ -39,7 +39,7 @@ from shapely.geometry.base import BaseGeometry
 
 from fastsam_geo.errors import EvaluationError
 from fastsam_geo.tiling import TileGrid
-from fastsam_geo.vectorio import Features, read_features
+from fastsam_geo.vectorio import VECTOR_EXTRA, Features, read_features
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -255,6 +255,8 @@ def _load(data: Footprints, role: str) -> Features:
             frame = read_features(path, layer=layer)
         except Exception as exc:
             reason = str(exc).split("\n")[0]
+            if VECTOR_EXTRA in reason:  # a Shapefile, FlatGeobuf, ... in the light install
+                raise EvaluationError(reason) from None
             raise EvaluationError(
                 f"{path}: cannot be read as a {role} vector layer ({reason}); give a GeoPackage, "
                 "GeoJSON, FlatGeobuf or Shapefile."
