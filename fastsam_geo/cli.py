@@ -111,8 +111,16 @@ def sample(output: Path, size: int, seed: int, pixel_size: float, crs: str, dens
       fastsam-geo sample sample_tiles/town.tif --size 1024 --seed 1
     """
     from fastsam_geo.output import check_output
-    from fastsam_geo.synthetic import write_scene
     from fastsam_geo.validate import check_size
+
+    try:
+        import geopandas  # noqa: F401  (the synthetic scene's truth is a GeoDataFrame)
+    except ImportError:
+        from fastsam_geo.errors import DependencyError
+        from fastsam_geo.vectorio import VECTOR_EXTRA
+
+        raise DependencyError(f"fastsam-geo sample needs geopandas: {VECTOR_EXTRA}") from None
+    from fastsam_geo.synthetic import write_scene
 
     check_size(size)
     if not (pixel_size > 0 and pixel_size < 1e6):

@@ -144,3 +144,11 @@ def test_geojson_output_without_geopandas(tmp_path: Path) -> None:
     got = read_features(out)
     assert got.crs.to_epsg() == 32633 and len(got) > 100 and got.columns.id.tolist() == list(range(1, len(got) + 1))
     assert f1_of(out) > 0.9
+
+
+def test_sample_without_geopandas_names_the_extra(tmp_path: Path) -> None:
+    run = fsg("sample", str(tmp_path / "s.tif"), "--size", "256", cwd=tmp_path)
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and 'pip install "fastsam-geo[vector]"' in lines[0], lines
+    assert list(tmp_path.iterdir()) == []
