@@ -152,3 +152,48 @@ def test_sample_without_geopandas_names_the_extra(tmp_path: Path) -> None:
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and 'pip install "fastsam-geo[vector]"' in lines[0], lines
     assert list(tmp_path.iterdir()) == []
+
+
+def test_qgis_worker_extracts_without_geopandas(tmp_path: Path) -> None:
+    """The QGIS plugin's engine (``fastsam-geo worker``) on the light path: a click -> a GeoPackage."""
+    from fastsam_geo.vectorio import read_features
+
+    everything = tmp_path / "all.gpkg"
+    out = tmp_path / "click.gpkg"
+    env = {**os.environ, "YOLO_OFFLINE": "1", "YOLO_VERBOSE": "False"}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", BLOCK, "worker", "--cache-dir", str(tmp_path / "cache")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    )
+    def ask(request: dict) -> dict:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(json.dumps(request) + "\n")
+        proc.stdin.flush()
+        reply = {"type": "progress"}
+        while reply.get("type") == "progress":  # the job's progress lines, then its answer
+            reply = json.loads(proc.stdout.readline() or '{"type": "eof"}')
+        return reply
+
+    try:
+        first = ask({"id": 1, "cmd": "extract", "params": {"raster": str(SAMPLE), "output": str(everything)}})
+        assert first.get("type") == "result" and first["result"]["buildings"] > 100, first
+        b = max(read_features(everything).geometry, key=lambda g: g.area)
+        pt = b.representative_point()
+        params = {"raster": str(SAMPLE), "output": str(out), "prompts": {"points": [[pt.x, pt.y, 1]]}}
+        reply = ask({"id": 2, "cmd": "extract", "params": params})
+        assert proc.stdin is not None
+        proc.stdin.write('{"id": 3, "cmd": "shutdown"}\n')
+        proc.stdin.flush()
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0 and reply.get("type") == "result", (reply, err)
+    assert reply["result"]["buildings"] == 1 and reply["result"]["cache"]["hits"] >= 1, reply
+    got = read_features(out, layer="buildings")
+    assert len(got) == 1 and got.geometry[0].intersection(b).area / got.geometry[0].union(b).area > 0.8
