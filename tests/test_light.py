@@ -161,15 +161,17 @@ def test_qgis_worker_extracts_without_geopandas(tmp_path: Path) -> None:
     everything = tmp_path / "all.gpkg"
     out = tmp_path / "click.gpkg"
     env = {**os.environ, "YOLO_OFFLINE": "1", "YOLO_VERBOSE": "False"}
+    log = open(tmp_path / "worker.log", "w+")  # noqa: SIM115  (a file: a full stderr pipe cannot stall the worker)
     proc = subprocess.Popen(
         [sys.executable, "-c", BLOCK, "worker", "--cache-dir", str(tmp_path / "cache")],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=log,
         text=True,
         cwd=tmp_path,
         env=env,
     )
+
     def ask(request: dict) -> dict:
         assert proc.stdin is not None and proc.stdout is not None
         proc.stdin.write(json.dumps(request) + "\n")
@@ -189,10 +191,13 @@ def test_qgis_worker_extracts_without_geopandas(tmp_path: Path) -> None:
         assert proc.stdin is not None
         proc.stdin.write('{"id": 3, "cmd": "shutdown"}\n')
         proc.stdin.flush()
-        _, err = proc.communicate(timeout=120)
+        proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
+        log.seek(0)
+        err = log.read()
+        log.close()
     assert proc.returncode == 0 and reply.get("type") == "result", (reply, err)
     assert reply["result"]["buildings"] == 1 and reply["result"]["cache"]["hits"] >= 1, reply
     got = read_features(out, layer="buildings")
