@@ -55,8 +55,8 @@ class Table:
     """Columns of equal length by name, read as attributes or items (a pandas-free frame).
 
     >>> t = Table({"tile_id": np.array(["a", "b"], dtype=object), "objects": np.array([3, 0])})
-    >>> len(t), t.objects.sum(), list(t["tile_id"]), t.rows()[1]
-    (2, np.int64(3), ['a', 'b'], {'tile_id': 'b', 'objects': 0})
+    >>> len(t), int(t.objects.sum()), list(t["tile_id"]), t.rows()[1]
+    (2, 3, ['a', 'b'], {'tile_id': 'b', 'objects': 0})
     """
 
     def __init__(self, columns: Mapping[str, Any] | None = None, length: int | None = None) -> None:
