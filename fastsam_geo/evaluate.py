@@ -11,11 +11,13 @@
   footprint (:func:`raster_footprint`: a chip scored against its city's footprint file, a
   sparse mosaic with masked holes), plus pixel F1 (:func:`pixel_scores`) on the raster's grid.
 
-Pure numpy / shapely / geopandas: no model is needed to score a result.
+Pure numpy / shapely / pyproj: no model is needed to score a result. Footprints are a vector
+file path, a :class:`~fastsam_geo.vectorio.Features`, or (where geopandas is installed) a
+GeoDataFrame / GeoSeries.
 
     >>> from shapely.geometry import box
-    >>> truth = gpd.GeoDataFrame(geometry=[box(0, 0, 10, 10), box(20, 0, 30, 10)], crs="EPSG:32633")
-    >>> pred = gpd.GeoDataFrame(geometry=[box(0, 0, 10, 9), box(50, 50, 60, 60)], crs="EPSG:32633")
+    >>> truth = Features.of([box(0, 0, 10, 10), box(20, 0, 30, 10)], "EPSG:32633")
+    >>> pred = Features.of([box(0, 0, 10, 9), box(50, 50, 60, 60)], "EPSG:32633")
     >>> s = evaluate(pred, truth)
     >>> s.tp, s.fp, s.fn, s.f1
     (1, 1, 1, 0.5)
@@ -27,28 +29,34 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 
-import geopandas as gpd
 import numpy as np
 import shapely
+from pyproj import CRS, Transformer
 from shapely.geometry import LineString
 from shapely.geometry.base import BaseGeometry
 
 from fastsam_geo.errors import EvaluationError
 from fastsam_geo.tiling import TileGrid
+from fastsam_geo.vectorio import VECTOR_EXTRA, Features, read_features
+
+if TYPE_CHECKING:
+    import geopandas as gpd
 
 #: Share of a truth building's area that a second prediction may cover before the
 #: building counts as split (seam score).
 SPLIT_COVER = 0.10
 
-Footprints = gpd.GeoDataFrame | gpd.GeoSeries | str | os.PathLike[str]
+Footprints = Union[Features, "gpd.GeoDataFrame", "gpd.GeoSeries", str, os.PathLike]
 
 
 # --------------------------------------------------------------------------- matching
 def _as_geometry_array(geoms: Sequence[BaseGeometry | None] | np.ndarray | gpd.GeoSeries) -> np.ndarray:
     """A 1-D object array of geometries; invalid polygons repaired so that overlays cannot fail."""
-    if isinstance(geoms, (gpd.GeoSeries, gpd.GeoDataFrame)):
+    if isinstance(geoms, Features):
+        arr = np.asarray(geoms.geometry, dtype=object)
+    elif hasattr(geoms, "geometry") and hasattr(geoms, "crs"):  # a GeoSeries / GeoDataFrame
         arr = np.asarray(geoms.geometry.values, dtype=object)
     else:
         arr = np.empty(len(geoms), dtype=object)
@@ -225,11 +233,13 @@ def scores_from_counts(tp: int, fp: int, fn: int, mean_iou: float = 0.0) -> Scor
     return Scores(tp, fp, fn, precision, recall, f1, float(mean_iou))
 
 
-def _load(data: Footprints, role: str) -> gpd.GeoDataFrame:
-    if isinstance(data, gpd.GeoSeries):
-        data = gpd.GeoDataFrame(geometry=data)
-    if isinstance(data, gpd.GeoDataFrame):
-        frame = data
+def _load(data: Footprints, role: str) -> Features:
+    """Footprints as :class:`Features` (a file's ``buildings`` layer, else its first), null and
+    empty geometries left out; a missing file, an unreadable one or a layer without CRS: one line."""
+    if isinstance(data, Features):
+        frame, name = data, f"{role} footprints"
+    elif hasattr(data, "geometry") and hasattr(data, "crs"):  # a GeoDataFrame / GeoSeries
+        frame = Features.of(np.asarray(data.geometry.values, dtype=object), data.crs)
         name = f"{role} footprints"
     elif isinstance(data, (str, os.PathLike)):
         path = Path(data)
@@ -237,21 +247,23 @@ def _load(data: Footprints, role: str) -> gpd.GeoDataFrame:
         if not path.exists():
             raise EvaluationError(f"{path}: no such {role} file; check the path.")
         try:
-            import pyogrio
+            from fastsam_geo.vectorio import list_layers
 
-            layers = [name for name, _ in pyogrio.list_layers(path)]
+            layers = [name for name, _ in list_layers(path)]
             # fastsam-geo's GeoPackages also hold tables (tile ledger, metadata): read "buildings".
             layer = "buildings" if "buildings" in layers else layers[0]
-            frame = gpd.read_file(path, layer=layer)
+            frame = read_features(path, layer=layer)
         except Exception as exc:
             reason = str(exc).split("\n")[0]
+            if VECTOR_EXTRA in reason:  # a Shapefile, FlatGeobuf, ... in the light install
+                raise EvaluationError(reason) from None
             raise EvaluationError(
                 f"{path}: cannot be read as a {role} vector layer ({reason}); give a GeoPackage, "
                 "GeoJSON, FlatGeobuf or Shapefile."
             ) from None
     else:
         raise EvaluationError(
-            f"{role}: expected a GeoDataFrame, GeoSeries or a vector file path, got {type(data).__name__}."
+            f"{role}: expected a GeoDataFrame, GeoSeries, Features or a vector file path, got {type(data).__name__}."
         )
     if frame.crs is None:
         raise EvaluationError(
@@ -259,8 +271,16 @@ def _load(data: Footprints, role: str) -> gpd.GeoDataFrame:
             f"`ogr2ogr -a_srs EPSG:32633 fixed.gpkg {name}`."
         )
     geoms = frame.geometry
-    keep = ~(geoms.isna() | geoms.is_empty)
-    return frame.loc[keep.to_numpy()]
+    return frame.take(np.flatnonzero(~(shapely.is_missing(geoms) | shapely.is_empty(geoms))))
+
+
+def _to_crs(frame: Features, crs: CRS) -> Features:
+    """``frame`` reprojected to ``crs`` (x/y order, as geopandas' ``to_crs``); itself when equal."""
+    if frame.crs is None or frame.crs.equals(crs):
+        return frame
+    tr = Transformer.from_crs(frame.crs, crs, always_xy=True)
+    geoms = shapely.transform(frame.geometry, lambda xy: np.column_stack(tr.transform(xy[:, 0], xy[:, 1])))
+    return Features(geoms, frame.columns, crs, frame.layer, frame.geometry_type)
 
 
 def evaluate(
@@ -284,17 +304,15 @@ def evaluate(
     layer has no CRS.
 
     >>> from shapely.geometry import box
-    >>> truth = gpd.GeoSeries([box(0, 0, 10, 10)], crs="EPSG:32633")
-    >>> halves = gpd.GeoSeries([box(0, 0, 5, 10), box(5, 0, 10, 10)], crs="EPSG:32633")
+    >>> truth = Features.of([box(0, 0, 10, 10)], "EPSG:32633")
+    >>> halves = Features.of([box(0, 0, 5, 10), box(5, 0, 10, 10)], "EPSG:32633")
     >>> evaluate(halves, truth, seams=[LineString([(5, -5), (5, 20)])]).seam_score
     0.0
     >>> evaluate(truth, truth, seams=[LineString([(5, -5), (5, 20)])]).seam_score
     1.0
     """
     truth_df = _load(truth, "truth")
-    pred_df = _load(pred, "prediction")
-    if not pred_df.crs.equals(truth_df.crs):
-        pred_df = pred_df.to_crs(truth_df.crs)
+    pred_df = _to_crs(_load(pred, "prediction"), truth_df.crs)
     p = _as_geometry_array(pred_df.geometry)
     t = _as_geometry_array(truth_df.geometry)
     pi, ti, inter, iou = _pairs(p, t)
@@ -417,8 +435,9 @@ def evaluate_on_raster(
     image shows. Both layers are brought to the raster's CRS; ``seams`` are in that CRS.
     """
     area, crs = raster_footprint(raster)
-    truth_df = _load(truth, "truth").to_crs(crs)
-    pred_df = _load(pred, "prediction").to_crs(crs)
+    crs = CRS.from_user_input(crs.to_wkt() if hasattr(crs, "to_wkt") else crs)
+    truth_df = _to_crs(_load(truth, "truth"), crs)
+    pred_df = _to_crs(_load(pred, "prediction"), crs)
     t = _as_geometry_array(truth_df.geometry)
     p = _as_geometry_array(pred_df.geometry)
     near_t = shapely.STRtree(t).query(area, predicate="intersects") if len(t) else np.zeros(0, np.int64)
@@ -426,7 +445,7 @@ def evaluate_on_raster(
     keep_t[near_t] = inside(t[near_t], area)
     keep_p = inside(p, area)
     out = evaluate(
-        gpd.GeoSeries(p[keep_p], crs=crs), gpd.GeoSeries(t[keep_t], crs=crs), iou_threshold=iou_threshold, seams=seams
+        Features.of(p[keep_p], crs), Features.of(t[keep_t], crs), iou_threshold=iou_threshold, seams=seams
     )
     out.truth_outside = int(len(t) - keep_t.sum())
     out.pixel_precision, out.pixel_recall, out.pixel_f1 = pixel_scores(p[keep_p], t[keep_t], raster)

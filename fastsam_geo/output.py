@@ -21,19 +21,16 @@ from collections.abc import Iterator, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 
-import geopandas as gpd
 import numpy as np
-import pandas as pd
-import pyogrio
 import shapely
 from pyproj import CRS, Transformer
 
+from fastsam_geo import vectorio
 from fastsam_geo.errors import OutputError
 
 DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON", ".fgb": "FlatGeobuf"}
 LAYER = "buildings"
-# GeoPackage 1.2: read without warnings by the GDAL of QGIS 3.22 (GDAL 3.6 warns on 1.4).
-GPKG_OPTIONS = {"dataset_options": {"VERSION": "1.2"}}
+TILE_COLUMNS = ("tile_id", "status", "objects", "error")
 
 
 def driver_for(path: str | os.PathLike[str]) -> str:
@@ -55,7 +52,8 @@ def check_output(path: str | os.PathLike[str], overwrite: bool = False) -> Path:
         raise OutputError(f"{str(out)!r}: an output name cannot hold a NUL or newline character; rename it.")
     if out.is_dir():
         raise OutputError(f"{out} is a folder; give a file name, e.g. {out / 'buildings.gpkg'}.")
-    driver_for(out)
+    if driver_for(out) not in ("GPKG", "GeoJSON"):
+        _need_pyogrio(out)
     if out.exists() and not overwrite:
         raise OutputError(f"{out} exists; pass --overwrite (overwrite=True) to replace it.")
     folder = out.parent if str(out.parent) else Path(".")
@@ -192,7 +190,42 @@ def _gdal_metadata_xml(items: Mapping[str, str], tiles: str) -> str:
     return ET.tostring(root, encoding="unicode")
 
 
-def write_run_tables(path: Path, tables: Mapping[str, pd.DataFrame], layer: str = LAYER) -> None:
+def _need_pyogrio(out: Path) -> None:
+    """FlatGeobuf is written by GDAL: without pyogrio, say which extra to install, before any work."""
+    try:
+        import pyogrio  # noqa: F401
+    except ImportError:
+        raise OutputError(
+            f"{out}: writing {driver_for(out)} needs GDAL: {vectorio.VECTOR_EXTRA}, or write a .gpkg or .geojson."
+        ) from None
+
+
+def _metadata_items(meta: object) -> dict[str, str]:
+    """Run metadata given as a dict or as a key/value table (dict of columns, Table, DataFrame).
+
+    >>> _metadata_items({"a": 1}), _metadata_items({"key": ["a"], "value": ["b"]})
+    ({'a': '1'}, {'a': 'b'})
+    """
+    if meta is None:
+        return {}
+    if isinstance(meta, Mapping) and not ("key" in meta and "value" in meta):
+        return {str(k): str(v) for k, v in meta.items()}
+    keys, values = meta["key"], meta["value"]  # type: ignore[index]
+    return {str(k): str(v) for k, v in zip(list(keys), list(values), strict=True)}
+
+
+def _tile_rows(tiles: object) -> list[dict[str, object]]:
+    """The tile table as a list of row dicts (given as rows, a Table or a DataFrame)."""
+    if tiles is None:
+        return []
+    if isinstance(tiles, vectorio.Table):
+        return tiles.rows()
+    if hasattr(tiles, "to_dict"):  # a pandas DataFrame, where pandas is installed
+        tiles = tiles.to_dict(orient="records")  # type: ignore[union-attr]
+    return [{k: vectorio._py(v) for k, v in dict(r).items()} for r in tiles]  # type: ignore[union-attr]
+
+
+def write_run_tables(path: Path, tables: Mapping[str, object], layer: str = LAYER) -> None:
     """Store the run metadata and the tile table in the GeoPackage *metadata extension*
     (``gpkg_metadata``, referenced to ``layer``), in GDAL's own format, in one transaction.
 
@@ -202,12 +235,14 @@ def write_run_tables(path: Path, tables: Mapping[str, pd.DataFrame], layer: str 
     what the extension is for: the buildings stay the one layer, ``ogrinfo`` and QGIS's layer
     properties show the run metadata, and :func:`read_run_tables` gives both back.
 
-    ``tables`` holds ``fastsam_geo_metadata`` (columns key, value) and ``fastsam_geo_tiles``.
+    ``tables`` holds ``fastsam_geo_metadata`` (a dict, or key/value columns) and
+    ``fastsam_geo_tiles`` (rows: a list of dicts, a :class:`~fastsam_geo.vectorio.Table` or a DataFrame).
     """
-    meta = tables.get("fastsam_geo_metadata")
-    items = dict(zip(meta["key"], meta["value"], strict=True)) if meta is not None else {}
-    tiles = tables.get("fastsam_geo_tiles")
-    tiles_json = "[]" if tiles is None else tiles.to_json(orient="records", force_ascii=False)
+    import json
+
+    items = _metadata_items(tables.get("fastsam_geo_metadata"))
+    rows = _tile_rows(tables.get("fastsam_geo_tiles"))
+    tiles_json = json.dumps(rows, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     conn = sqlite3.connect(path)
     try:
         with conn:
@@ -232,9 +267,9 @@ def write_run_tables(path: Path, tables: Mapping[str, pd.DataFrame], layer: str 
         conn.close()
 
 
-def read_run_tables(path: str | os.PathLike[str], layer: str = LAYER) -> tuple[dict[str, str], pd.DataFrame]:
-    """The run metadata (a dict) and the tile table (tile_id, status, objects, error) of an output
-    GeoPackage written by fastsam-geo; empty when it has none."""
+def read_run_tables(path: str | os.PathLike[str], layer: str = LAYER) -> tuple[dict[str, str], vectorio.Table]:
+    """The run metadata (a dict) and the tile table (a :class:`~fastsam_geo.vectorio.Table` of
+    tile_id, status, objects, error) of an output GeoPackage written by fastsam-geo; empty when it has none."""
     import json
     import xml.etree.ElementTree as ET
 
@@ -258,7 +293,8 @@ def read_run_tables(path: str | os.PathLike[str], layer: str = LAYER) -> tuple[d
                     tiles.extend(json.loads(mdi.text or "[]"))
                 elif md.get("domain") is None:
                     meta[str(mdi.get("key"))] = mdi.text or ""
-    return meta, pd.DataFrame(tiles, columns=["tile_id", "status", "objects", "error"])
+    cols = {c: vectorio._json_column([t.get(c) for t in tiles]) for c in TILE_COLUMNS}
+    return meta, vectorio.Table(cols, len(tiles))
 
 
 def renumber_ids(path: Path, layer: str, order_by: Sequence[str]) -> None:
@@ -335,8 +371,8 @@ class VectorWriter:
     >>> with VectorWriter(f"{d}/b.gpkg", "EPSG:32633") as w:
     ...     n = w.write(np.array([shapely.box(500000, 4649900, 500010, 4649910)]), {"score": [0.9]})
     ...     path = w.commit()
-    >>> df = gpd.read_file(path, layer="buildings")
-    >>> int(df.id[0]), float(df.area_m2[0]), df.crs.to_epsg()
+    >>> f = vectorio.read_features(path, layer="buildings")
+    >>> int(f.columns.id[0]), float(f.columns.area_m2[0]), f.crs.to_epsg()
     (1, 100.08, 32633)
     """
 
@@ -355,7 +391,7 @@ class VectorWriter:
         self.crs = CRS.from_user_input(crs)
         self.layer = layer
         self.count = 0
-        self._buffer: list[gpd.GeoDataFrame] = []
+        self._buffer: list[tuple[np.ndarray, dict[str, np.ndarray]]] = []
         self._buffered = 0
         self._staging = self.output.with_name(f".{self.output.name}.{uuid.uuid4().hex[:8]}.partial.gpkg")
         self._done = False
@@ -375,17 +411,16 @@ class VectorWriter:
     def write(self, geoms: np.ndarray, columns: Mapping[str, Sequence[object] | np.ndarray]) -> int:
         """Append polygons with their attribute columns; ``id`` and ``area_m2`` are added here.
 
-        Rows are buffered and written ``FLUSH_ROWS`` at a time (each GeoPackage append opens
-        the file: per tile that cost more than tracing the masks).
+        Rows are buffered and written ``FLUSH_ROWS`` at a time, one transaction per batch.
         """
         geoms = np.asarray(geoms, dtype=object)
         n = len(geoms)
         if n == 0:
             return 0
-        data: dict[str, object] = {"id": np.arange(self.count + 1, self.count + n + 1, dtype=np.int64)}
-        data.update({k: list(v) if not isinstance(v, np.ndarray) else v for k, v in columns.items()})
+        data: dict[str, np.ndarray] = {"id": np.arange(self.count + 1, self.count + n + 1, dtype=np.int64)}
+        data.update({k: vectorio._as_array(v) for k, v in columns.items()})
         data["area_m2"] = np.round(area_m2(geoms, self.crs), 2)
-        self._buffer.append(gpd.GeoDataFrame(data, geometry=list(geoms), crs=self.crs))
+        self._buffer.append((geoms, data))
         self._buffered += n
         self.count += n
         if self._buffered >= self.FLUSH_ROWS:
@@ -393,27 +428,22 @@ class VectorWriter:
         return n
 
     def flush(self) -> None:
-        """Write the buffered rows to the staging GeoPackage."""
+        """Write the buffered rows to the staging GeoPackage (the layer is made on the first flush)."""
         if not self._buffer:
             return
-        gdf = self._buffer[0] if len(self._buffer) == 1 else pd.concat(self._buffer, ignore_index=True)
-        self._buffer, self._buffered = [], 0
-        append = self._staging.exists()
+        batch, self._buffer, self._buffered = self._buffer, [], 0
+        geoms = np.concatenate([g for g, _ in batch])
+        names = list(batch[0][1])
+        cols = {k: np.concatenate([vectorio._as_array(d[k]) for _, d in batch]) for k in names}
         with _write_errors(self.output):
-            pyogrio.write_dataframe(
-                gdf,
-                self._staging,
-                layer=self.layer,
-                driver="GPKG",
-                append=append,
-                geometry_type="Polygon",
-                promote_to_multi=False,
-                **({} if append else GPKG_OPTIONS),
-            )
+            if not self._staging.exists():
+                schema = {k: vectorio.column_type(v) for k, v in cols.items()}
+                vectorio.create_layer(self._staging, self.layer, self.crs, schema, "POLYGON")
+            vectorio.append_features(self._staging, self.layer, geoms, cols)
 
     def commit(
         self,
-        tables: Mapping[str, pd.DataFrame] | None = None,
+        tables: Mapping[str, object] | None = None,
         empty_schema: Mapping[str, str] | None = None,
         order_by: Sequence[str] | None = None,
     ) -> Path:
@@ -435,7 +465,7 @@ class VectorWriter:
 
     def _commit(
         self,
-        tables: Mapping[str, pd.DataFrame] | None,
+        tables: Mapping[str, object] | None,
         empty_schema: Mapping[str, str] | None,
         order_by: Sequence[str] | None,
     ) -> None:
@@ -444,19 +474,22 @@ class VectorWriter:
             renumber_ids(self._staging, self.layer, order_by)
         if not self._staging.exists():
             schema = {"id": "int64", **dict(empty_schema or {}), "area_m2": "float64"}
-            empty = gpd.GeoDataFrame({k: pd.Series(dtype=v) for k, v in schema.items()}, geometry=[], crs=self.crs)
-            pyogrio.write_dataframe(
-                empty, self._staging, layer=self.layer, driver="GPKG", geometry_type="Polygon", **GPKG_OPTIONS
-            )
+            types = {k: vectorio.sql_type(v) for k, v in schema.items()}
+            vectorio.create_layer(self._staging, self.layer, self.crs, types, "POLYGON")
         if self.driver == "GPKG":
             write_run_tables(self._staging, tables or {}, self.layer)
             os.replace(self._staging, self.output)
             return
         final_tmp = self.output.with_name(f".{self.output.name}.{uuid.uuid4().hex[:8]}.tmp{self.output.suffix}")
         try:
-            gdf = pyogrio.read_dataframe(self._staging, layer=self.layer)
-            gdf = gdf.sort_values("id", kind="stable") if "id" in gdf.columns else gdf
-            pyogrio.write_dataframe(gdf, final_tmp, layer=self.layer, driver=self.driver, geometry_type="Polygon")
+            feats = vectorio.read_features(self._staging, layer=self.layer)
+            if "id" in feats.columns:
+                feats = feats.take(np.argsort(feats.columns.id, kind="stable"))
+            cols = feats.columns.columns
+            if self.driver == "GeoJSON":
+                vectorio.write_geojson(final_tmp, self.layer, feats.geometry, cols, self.crs)
+            else:
+                vectorio.write_with_pyogrio(final_tmp, self.layer, feats.geometry, cols, self.crs, self.driver)
             os.replace(final_tmp, self.output)
         finally:
             final_tmp.unlink(missing_ok=True)

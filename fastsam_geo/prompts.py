@@ -222,36 +222,40 @@ def read_prompt_file(
     their bounds (one per part of a multipolygon). The file's CRS is kept on the prompts: call
     :meth:`Prompts.to_crs` with the raster's CRS.
     """
-    import geopandas as gpd
+    import shapely
+
+    from fastsam_geo.vectorio import read_features
 
     p = Path(path)
     if not p.exists():
         raise PromptError(f"Prompt file not found: {p}")
     try:
-        gdf = gpd.read_file(p, layer=layer) if layer is not None else gpd.read_file(p)
-    except Exception as exc:  # pyogrio raises its own DataSourceError / DataLayerError
+        feats = read_features(p, layer=layer)
+    except Exception as exc:  # VectorFormatError, or pyogrio's DataSourceError / DataLayerError
         raise PromptError(f"Cannot read prompt file {p}: {str(exc).splitlines()[0]}") from exc
-    if gdf.crs is None:
+    if feats.crs is None:
         raise PromptError(f"Prompt file {p} has no CRS: assign one (e.g. in QGIS) and save it again.")
-    gdf = gdf[gdf.geometry.notna() & ~gdf.geometry.is_empty]
-    if len(gdf) == 0:
+    keep = ~(shapely.is_missing(feats.geometry) | shapely.is_empty(feats.geometry))
+    feats = feats.take(np.flatnonzero(keep))
+    if len(feats) == 0:
         raise PromptError(f"Prompt file {p} has no features with a geometry.")
-    gdf = gdf.explode(index_parts=False, ignore_index=True)
-    types = set(gdf.geom_type)
-    bad = types - {"Point", "Polygon"}
+    parts, row = shapely.get_parts(feats.geometry, return_index=True)
+    types = set(shapely.get_type_id(parts).tolist())
+    names = {0: "Point", 1: "LineString", 2: "LinearRing", 3: "Polygon", 7: "GeometryCollection"}
+    bad = types - {0, 3}
     if bad:
         raise PromptError(
-            f"Prompt file {p} has unsupported geometry types {sorted(bad)}: "
+            f"Prompt file {p} has unsupported geometry types {sorted(names.get(t, str(t)) for t in bad)}: "
             "use points (clicks) or polygons (boxes)."
         )
     points: list[PointPrompt] = []
     boxes: list[BoxPrompt] = []
-    has_label = label_field in gdf.columns
-    for i, geom in enumerate(gdf.geometry):
+    labels = feats.columns.get(label_field)
+    for i, (geom, r) in enumerate(zip(parts, row.tolist(), strict=True)):
         if geom.geom_type == "Point":
             label = 1
-            if has_label:
-                label = _parse_label(gdf[label_field].iloc[i], p, label_field, i)
+            if labels is not None:
+                label = _parse_label(labels[r], p, label_field, i)
             points.append(PointPrompt(float(geom.x), float(geom.y), label))
         else:
             xmin, ymin, xmax, ymax = geom.bounds
@@ -259,7 +263,7 @@ def read_prompt_file(
                 boxes.append(BoxPrompt(xmin, ymin, xmax, ymax))
             except PromptError as exc:
                 raise PromptError(f"Prompt file {p}, feature {i}: {exc}") from exc
-    return Prompts(points=points, boxes=boxes, crs=gdf.crs)
+    return Prompts(points=points, boxes=boxes, crs=feats.crs)
 
 
 def _parse_label(value: Any, path: Path, field_name: str, i: int) -> int:

@@ -19,14 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import shapely
 
 from fastsam_geo import __version__
 from fastsam_geo.errors import OutputError, RasterError
 from fastsam_geo.ledger import Ledger, NoLedger, ledger_path
 from fastsam_geo.merge import MergedObjects, TileMerger
-from fastsam_geo.output import VectorWriter, check_output, keep_area
+from fastsam_geo.output import TILE_COLUMNS, VectorWriter, check_output, keep_area
 from fastsam_geo.plan import RunPlan
 from fastsam_geo.raster import display_path
 from fastsam_geo.tilework import TileResult
@@ -218,14 +217,14 @@ class RunSink:
                 "could not be read; the file is truncated or corrupt (check it with gdalinfo -checksum)."
             )
         tables = {
-            "fastsam_geo_tiles": pd.DataFrame(self.tiles_table, columns=["tile_id", "status", "objects", "error"]),
+            "fastsam_geo_tiles": [{k: r.get(k) for k in TILE_COLUMNS} for r in self.tiles_table],
             "fastsam_geo_metadata": self._metadata(self.segmenter_name),
         }
         s.buildings = self.writer.count
         schema = {**EMPTY_SCHEMA, **({"sheets": "str"} if plan.sheets else {})}
         self.writer.commit(tables, empty_schema=schema, order_by=("tile_ids", "bounds", "score"))
 
-    def _metadata(self, weights_label: str) -> pd.DataFrame:
+    def _metadata(self, weights_label: str) -> dict[str, str]:
         plan, o = self.plan, self.plan.options
         meta = {
             "fastsam_geo_version": __version__,
@@ -245,7 +244,7 @@ class RunSink:
         }
         if plan.sheets:
             meta["sheets"] = json.dumps([s.name for s in plan.sheets])
-        return pd.DataFrame({"key": list(meta), "value": list(meta.values())})
+        return meta
 
     def close(self, exc: BaseException | None) -> None:
         """End the run: the ledger goes when committed or when the input is at fault, else stays

@@ -394,3 +394,16 @@ def test_cli_per_source_table(tmp_path: Path) -> None:
     assert got["fn"] == 1 and got["truth_outside"] == 1 and got["pixel_f1"] == pytest.approx(2 / 3, abs=0.01)
     r = CliRunner().invoke(main, ["evaluate", str(pred)])
     assert r.exit_code == 1 and "give both PRED and TRUTH" in r.output
+
+
+def test_a_shapefile_without_pyogrio_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In the light install (pyogrio not importable) a Shapefile is one line naming the extra."""
+    import sys
+
+    shp = tmp_path / "truth.shp"
+    frame(TRUTH).to_file(shp)
+    assert evaluate(shp, shp).f1 == 1.0  # with pyogrio: read through it
+    monkeypatch.setitem(sys.modules, "pyogrio", None)
+    with pytest.raises(FastSAMGeoError, match=r'truth\.shp.*pip install "fastsam-geo\[vector\]"') as info:
+        evaluate(shp, shp)
+    assert "\n" not in str(info.value)

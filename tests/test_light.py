@@ -1,28 +1,32 @@
 """What the light install (``pip install fastsam-geo``: ONNX Runtime, no torch) must do.
 
-Each test runs the command line in a child Python where torch, torchvision, ultralytics and
-open_clip cannot be imported (blocked in ``sys.modules``; in the light venv they are simply
-absent), so the tests mean the same in both installs. ``make test`` runs this file in the full
-``.venv`` and in ``.venv-light``, passing the torch install's F1 in ``FASTSAM_GEO_REFERENCE_F1``.
+Each test runs the command line in a child Python where torch, torchvision, ultralytics,
+open_clip, geopandas, pandas and pyogrio cannot be imported (blocked in ``sys.modules``; in
+the light venv they are simply absent), so the tests mean the same in both installs.
+``make test`` runs this file in the full ``.venv`` and in ``.venv-light``, passing the torch
+install's F1 in ``FASTSAM_GEO_REFERENCE_F1``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
+import shapely
 
 pytestmark = pytest.mark.light
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "sample_tiles" / "town_s7_1024.tif"
 TRUTH = REPO / "sample_tiles" / "town_s7_1024_buildings.gpkg"
-HEAVY = ("torch", "torchvision", "ultralytics", "open_clip")
+HEAVY = ("torch", "torchvision", "ultralytics", "open_clip", "geopandas", "pandas", "pyogrio")
 BLOCK = f"import sys; sys.modules.update(dict.fromkeys({HEAVY!r})); from fastsam_geo.cli import main; main()"
 
 
@@ -90,3 +94,111 @@ def test_info_and_help_work_without_torch() -> None:
     assert run.returncode == 0, run.stderr
     assert "fastsam-geo-town-n.onnx" in run.stdout and "onnxruntime" in run.stdout, run.stdout
     assert fsg("export", "--help").returncode == 0
+
+
+def test_extract_prompt_evaluate_and_layouts_without_geopandas(tmp_path: Path) -> None:
+    """The vector side of the light path (GeoPackage/GeoJSON writing and reading, prompt files,
+    evaluate, --layout merged) with geopandas, pandas and pyogrio blocked."""
+    from fastsam_geo.vectorio import read_features, write_geojson
+
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    run = fsg("-q", "extract", str(SAMPLE), str(tmp_path / "all.gpkg"), *cache, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    truth = read_features(TRUTH, layer="buildings")
+    picks = truth.geometry[:5]
+    clicks = read_features(tmp_path / "all.gpkg").geometry  # points inside 5 found buildings
+    chosen = [shapely.point_on_surface(g) for g in clicks if any(g.intersects(p) for p in picks)][:5]
+    assert len(chosen) == 5
+    write_geojson(tmp_path / "clicks.geojson", "clicks", np.array(chosen, dtype=object), {"label": [1] * 5}, truth.crs)
+    out = tmp_path / "picked.geojson"
+    run = fsg("prompt", str(SAMPLE), str(out), "--prompts", str(tmp_path / "clicks.geojson"), *cache, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    picked = read_features(out)
+    assert len(picked) == 5 and picked.crs.to_epsg() == 32633 and sorted(picked.columns.id) == [1, 2, 3, 4, 5]
+    run = fsg("evaluate", str(out), str(tmp_path / "all.gpkg"), "--json")
+    assert run.returncode == 0 and json.loads(run.stdout)["tp"] == 5, run.stdout + run.stderr
+    for name in ("a.tif", "b.tif"):
+        shutil.copy(SAMPLE, tmp_path / name)
+    rasters = [str(tmp_path / "a.tif"), str(tmp_path / "b.tif")]
+    run = fsg("-q", "extract", *rasters, "--layout", "merged", "-o", str(tmp_path / "m.gpkg"), *cache)
+    assert run.returncode == 0, run.stderr
+    merged = read_features(tmp_path / "m.gpkg", layer="buildings")
+    assert len(merged) == 2 * len(clicks) and list(merged.columns.columns)[:2] == ["id", "raster"]
+
+
+def test_flatgeobuf_without_pyogrio_names_the_extra_before_any_work(tmp_path: Path) -> None:
+    out = tmp_path / "b.fgb"
+    run = fsg("extract", str(SAMPLE), str(out), "--no-cache", cwd=tmp_path)
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and 'pip install "fastsam-geo[vector]"' in lines[0] and "b.fgb" in lines[0], lines
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_geojson_output_without_geopandas(tmp_path: Path) -> None:
+    from fastsam_geo.vectorio import read_features
+
+    out = tmp_path / "b.geojson"
+    run = fsg("-q", "extract", str(SAMPLE), str(out), "--no-cache", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    got = read_features(out)
+    assert got.crs.to_epsg() == 32633 and len(got) > 100 and got.columns.id.tolist() == list(range(1, len(got) + 1))
+    assert f1_of(out) > 0.9
+
+
+def test_sample_without_geopandas_names_the_extra(tmp_path: Path) -> None:
+    run = fsg("sample", str(tmp_path / "s.tif"), "--size", "256", cwd=tmp_path)
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and 'pip install "fastsam-geo[vector]"' in lines[0], lines
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_qgis_worker_extracts_without_geopandas(tmp_path: Path) -> None:
+    """The QGIS plugin's engine (``fastsam-geo worker``) on the light path: a click -> a GeoPackage."""
+    from fastsam_geo.vectorio import read_features
+
+    everything = tmp_path / "all.gpkg"
+    out = tmp_path / "click.gpkg"
+    env = {**os.environ, "YOLO_OFFLINE": "1", "YOLO_VERBOSE": "False"}
+    log = open(tmp_path / "worker.log", "w+")  # noqa: SIM115  (a file: a full stderr pipe cannot stall the worker)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", BLOCK, "worker", "--cache-dir", str(tmp_path / "cache")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    )
+
+    def ask(request: dict) -> dict:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(json.dumps(request) + "\n")
+        proc.stdin.flush()
+        reply = {"type": "progress"}
+        while reply.get("type") == "progress":  # the job's progress lines, then its answer
+            reply = json.loads(proc.stdout.readline() or '{"type": "eof"}')
+        return reply
+
+    try:
+        first = ask({"id": 1, "cmd": "extract", "params": {"raster": str(SAMPLE), "output": str(everything)}})
+        assert first.get("type") == "result" and first["result"]["buildings"] > 100, first
+        b = max(read_features(everything).geometry, key=lambda g: g.area)
+        pt = b.representative_point()
+        params = {"raster": str(SAMPLE), "output": str(out), "prompts": {"points": [[pt.x, pt.y, 1]]}}
+        reply = ask({"id": 2, "cmd": "extract", "params": params})
+        assert proc.stdin is not None
+        proc.stdin.write('{"id": 3, "cmd": "shutdown"}\n')
+        proc.stdin.flush()
+        proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.seek(0)
+        err = log.read()
+        log.close()
+    assert proc.returncode == 0 and reply.get("type") == "result", (reply, err)
+    assert reply["result"]["buildings"] == 1 and reply["result"]["cache"]["hits"] >= 1, reply
+    got = read_features(out, layer="buildings")
+    assert len(got) == 1 and got.geometry[0].intersection(b).area / got.geometry[0].union(b).area > 0.8

@@ -218,3 +218,36 @@ def test_plugin_sets_up_its_own_engine(qgis_python: str) -> None:
     suitable Python or a network; the engine is then found and extracts the sample tile."""
     result = run_script("check_setup.py", timeout=1500)
     assert result["buildings"] > 100 and result["cancel_s"] < 10
+
+
+def test_qgis_opens_what_vectorio_writes(qgis_python: str, tmp_path: Path) -> None:
+    """GeoPackages and GeoJSON written by fastsam_geo.vectorio (no GDAL): QGIS 3.22's GDAL opens
+    them without a warning, with their features, fields, CRS (EPSG and custom WKT) and extent."""
+    import numpy as np
+    import shapely
+    from pyproj import CRS
+
+    from fastsam_geo.output import VectorWriter
+    from fastsam_geo.vectorio import write_geojson, write_gpkg
+
+    laea = CRS.from_proj4("+proj=laea +lat_0=45.1 +lon_0=15.2 +datum=WGS84 +units=m +no_defs")
+    geoms = np.array([shapely.box(500000 + 20 * i, 4649900, 500010 + 20 * i, 4649910 + i) for i in range(4)])
+    cols = {"score": np.linspace(0.1, 0.4, 4), "flag": np.arange(4) % 2 == 0, "name": ["a", None, "c", "ü"]}
+    extent = [500000.0, 4649900.0, 500070.0, 4649913.0]
+    files = []
+    with VectorWriter(tmp_path / "w.gpkg", "EPSG:32633") as w:
+        w.write(geoms, cols)
+        w.commit({"fastsam_geo_metadata": {"tile_size": "256"}, "fastsam_geo_tiles": []})
+    fields = ["id", "score", "flag", "name", "area_m2"]
+    files.append({"path": str(tmp_path / "w.gpkg"), "authid": "EPSG:32633", "fields": fields})
+    for crs, authid in ((laea, ""), (CRS.from_epsg(32633), "EPSG:32633")):
+        stem = "custom" if authid == "" else "utm"
+        write_gpkg(tmp_path / f"{stem}.gpkg", "buildings", geoms, cols, crs)
+        write_geojson(tmp_path / f"{stem}.geojson", "buildings", geoms, cols, crs)
+        for suffix in (".gpkg", ".geojson"):
+            files.append({"path": str(tmp_path / f"{stem}{suffix}"), "authid": authid, "fields": list(cols)})
+    for spec in files:
+        spec.update(layer="buildings", count=4, extent=extent, layers=1)
+    (tmp_path / "files.json").write_text(json.dumps(files))
+    result = run_script("check_vectorio.py", str(tmp_path / "files.json"))
+    assert result["gdal_errors"] == [] and result["qgis_warnings"] == [], result
