@@ -26,7 +26,7 @@ pytestmark = pytest.mark.light
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "sample_tiles" / "town_s7_1024.tif"
 TRUTH = REPO / "sample_tiles" / "town_s7_1024_buildings.gpkg"
-HEAVY = ("torch", "torchvision", "ultralytics", "open_clip", "geopandas", "pandas", "pyogrio")
+HEAVY = ("torch", "torchvision", "ultralytics", "open_clip", "geopandas", "pandas", "pyogrio", "cv2")
 BLOCK = f"import sys; sys.modules.update(dict.fromkeys({HEAVY!r})); from fastsam_geo.cli import main; main()"
 
 
