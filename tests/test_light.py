@@ -1,7 +1,7 @@
 """What the light install (``pip install fastsam-geo``: ONNX Runtime, no torch) must do.
 
 Each test runs the command line in a child Python where torch, torchvision, ultralytics,
-open_clip, geopandas, pandas and pyogrio cannot be imported (blocked in ``sys.modules``; in
+open_clip, geopandas, pandas, pyogrio and cv2 cannot be imported (blocked in ``sys.modules``; in
 the light venv they are simply absent), so the tests mean the same in both installs.
 ``make test`` runs this file in the full ``.venv`` and in ``.venv-light``, passing the torch
 install's F1 in ``FASTSAM_GEO_REFERENCE_F1``.
