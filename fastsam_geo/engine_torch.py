@@ -34,7 +34,7 @@ def import_torch() -> Any:
     except ImportError as e:
         raise DependencyError(
             f"torch is not installed ({e}): .pt weights, `train` and `export` need it: {TORCH_EXTRA}; "
-            "or run an .onnx model (the default without torch: weights/fastsam-geo-town-n.onnx)."
+            "or run an .onnx model (the default without torch: weights/fastsam-geo-n.onnx)."
         ) from e
     return torch
 

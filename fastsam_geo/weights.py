@@ -6,7 +6,7 @@ Resolution order (DESIGN.md, "Weights"):
 2. a bare file name, looked up in the repository's ``weights/`` folder, then in
    ``$FASTSAM_GEO_WEIGHTS`` (a file of that name, or a folder holding it);
 3. nothing given: ``$FASTSAM_GEO_WEIGHTS`` when set, else the project's own small default model:
-   ``weights/fastsam-geo-town-n.pt`` when torch is installed, else ``weights/fastsam-geo-town-n.onnx``
+   ``weights/fastsam-geo-n.pt`` when torch is installed, else ``weights/fastsam-geo-n.onnx``
    (ONNX Runtime, the light install); a non-editable install finds both in
    ``<prefix>/share/fastsam-geo/weights`` (:data:`BUNDLED_DIR`);
 4. ``FastSAM-s.pt`` / ``FastSAM-x.pt`` by bare name, for ultralytics to download, only when
@@ -40,10 +40,11 @@ BUNDLED_DIR = Path(sys.prefix) / "share" / "fastsam-geo" / "weights"
 """Where ``pip install fastsam-geo`` puts the bundled default model (pyproject's data-files)."""
 
 ENV_VAR = "FASTSAM_GEO_WEIGHTS"
-DEFAULT_WEIGHTS = "fastsam-geo-town-n.pt"
-"""The project's own small default model (trained by ``weights/make_default.sh``)."""
+DEFAULT_WEIGHTS = "fastsam-geo-n.pt"
+"""The project's own small default model, for real imagery at 0.25 m (trained by ``weights/make_real.sh``
+on real and synthetic data; ``fastsam-geo-town-n.pt``, the synthetic-only first model, stays beside it)."""
 
-DEFAULT_ONNX = "fastsam-geo-town-n.onnx"
+DEFAULT_ONNX = "fastsam-geo-n.onnx"
 """The same model exported to ONNX (``weights/export_default.sh``): the default without torch."""
 
 

@@ -52,7 +52,7 @@ def reference_f1(tmp_path_factory: pytest.TempPathFactory) -> float:
         return float(given)
     out = tmp_path_factory.mktemp("torch") / "b.gpkg"
     run = fsg(
-        "-q", "extract", str(SAMPLE), str(out), "--weights", str(REPO / "weights/fastsam-geo-town-n.pt"), block=False
+        "-q", "extract", str(SAMPLE), str(out), "--weights", str(REPO / "weights/fastsam-geo-n.pt"), block=False
     )
     assert run.returncode == 0, (
         "no FASTSAM_GEO_REFERENCE_F1 and the torch extract failed (in the light venv, make test-light sets it): "
@@ -66,7 +66,7 @@ def test_extract_with_the_bundled_onnx_default_gives_the_torch_f1(tmp_path: Path
     run = fsg("-q", "extract", str(SAMPLE), str(out), "--no-cache", "--json", cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     summary = json.loads(run.stdout)
-    assert str(summary.get("weights", "")).endswith("fastsam-geo-town-n.onnx"), summary
+    assert str(summary.get("weights", "")).endswith("fastsam-geo-n.onnx"), summary
     f1 = f1_of(out)
     assert f1 > 0.9 and abs(f1 - reference_f1) <= 1e-3, (f1, reference_f1)
 
@@ -92,7 +92,7 @@ def test_text_prompt_without_open_clip_names_the_extra(tmp_path: Path) -> None:
 def test_info_and_help_work_without_torch() -> None:
     run = fsg("info", str(SAMPLE))
     assert run.returncode == 0, run.stderr
-    assert "fastsam-geo-town-n.onnx" in run.stdout and "onnxruntime" in run.stdout, run.stdout
+    assert "fastsam-geo-n.onnx" in run.stdout and "onnxruntime" in run.stdout, run.stdout
     assert fsg("export", "--help").returncode == 0
 
 
