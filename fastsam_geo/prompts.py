@@ -417,6 +417,8 @@ def select_points(
        covers ``>= nested`` of it). FastSAM's "everything" masks under a click are mostly a
        chain (roof facet ⊂ roof ⊂ ...), whose union is the object; a candidate that only
        partly overlaps the chain would glue background onto it, and is left out.
+    5. Of the merged mask, only the part connected to ``p`` is the object (4-connected, as the
+       polygons are traced): a speck of a candidate elsewhere in its box is not what was clicked.
 
     The score of an object is the best score of the masks it merges. Points outside the tile,
     background-only prompts and points on no mask give nothing; two clicks that give the
@@ -458,6 +460,7 @@ def select_points(
     fg, bg = labels == 1, labels == 0
     allowed = ~hit[:, bg].any(axis=1)  # masks free of background points
     fg_hits = hit[:, fg]  # N x F
+    fg_rows, fg_cols = rows[fg], cols[fg]
     n_fg_in = fg_hits.sum(axis=1)
     areas = masks.areas
 
@@ -485,6 +488,7 @@ def select_points(
             if inter >= nested * obj_area or inter >= nested * areas[j]:
                 merged.append(int(j))
                 obj_crop, obj_off = _union([obj_crop, masks.crops[j]], [obj_off, masks.offsets[j]])
+        obj_crop = component_at(obj_crop, int(fg_rows[k]) - obj_off[0], int(fg_cols[k]) - obj_off[1])
         key = tuple(sorted(merged))
         if key in seen:
             continue
@@ -495,6 +499,31 @@ def select_points(
     if not crops:
         return InstanceMasks.empty(masks.shape)
     return _from_crops(crops, offsets, scores, masks.shape)
+
+
+def component_at(mask: np.ndarray, row: int, col: int) -> np.ndarray:
+    """The 4-connected part of boolean ``mask`` that holds pixel ``(row, col)`` (all False if unset).
+
+    >>> m = np.array([[1, 1, 0, 1], [0, 1, 0, 1], [1, 0, 0, 0]], bool)
+    >>> component_at(m, 0, 0).astype(int).tolist()
+    [[1, 1, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0]]
+    """
+    out = np.zeros_like(mask, dtype=bool)
+    if not (0 <= row < mask.shape[0] and 0 <= col < mask.shape[1]) or not mask[row, col]:
+        return out
+    out[row, col] = True
+    count = 1
+    while True:  # grow by one pixel a step, inside the mask, until nothing is added
+        grown = out.copy()
+        grown[1:] |= out[:-1]
+        grown[:-1] |= out[1:]
+        grown[:, 1:] |= out[:, :-1]
+        grown[:, :-1] |= out[:, 1:]
+        grown &= mask
+        n = int(np.count_nonzero(grown))
+        if n == count:
+            return grown
+        out, count = grown, n
 
 
 # ====================================================================== boxes
