@@ -7,8 +7,10 @@ import glob
 import json
 import logging
 import os
+import signal
 import sqlite3
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -277,6 +279,31 @@ def export(model: str, output: Path, imgsz: int, batch: str, opset: int | None, 
     )
 
 
+#: Set by Ctrl-C (SIGINT) during an extract run (:func:`_sigint_latch`).
+_INTERRUPTED = threading.Event()
+
+
+@contextlib.contextmanager
+def _sigint_latch() -> Iterator[None]:
+    """Ctrl-C raises KeyboardInterrupt as usual *and* is remembered: a KeyboardInterrupt raised while
+    Python runs a finalizer (``__del__``, a weakref callback) is printed and dropped, and the run
+    would then finish with exit 0; the progress callback raises it again after the next tile."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _INTERRUPTED.clear()
+
+    def handler(signum: int, frame: Any) -> None:
+        _INTERRUPTED.set()
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 @contextlib.contextmanager
 def _progress_bar(label: str, enabled: bool) -> Iterator[Callable[[int, int], None]]:
     """A tqdm bar on stderr (tiles done, rate, time left) fed by ``progress(done, total)``;
@@ -289,6 +316,8 @@ def _progress_bar(label: str, enabled: bool) -> Iterator[Callable[[int, int], No
 
     def progress(done: int, total: int) -> None:
         nonlocal bar
+        if _INTERRUPTED.is_set():  # a Ctrl-C that a finalizer swallowed: the tile is booked, stop now
+            raise KeyboardInterrupt
         if not enabled:
             return
         if bar is None:
@@ -612,7 +641,7 @@ def _run_extract(
     check_output(output, overwrite=True)  # a folder, a missing or read-only folder, an unknown extension
     if not resume:
         check_output(output, kw["overwrite"])
-    with output_lock(output):
+    with output_lock(output), _sigint_latch():
         _run_locked(ctx, inputs, output, kw, layout, resume, cache_only, use_cache, workers, scheduler, mosaic)
 
 

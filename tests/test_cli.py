@@ -50,9 +50,13 @@ def test_version_and_help_with_examples() -> None:
 
 
 def test_info_describes_raster_and_tiles(small: Scene) -> None:
-    r = CliRunner().invoke(main, ["info", str(small.raster), "--tile-size", "256", "--overlap", "32"])
+    r = CliRunner().invoke(main, ["info", str(small.raster), "--tile-size", "256", "--overlap", "32", "--gsd", "native"])
     assert r.exit_code == 0, r.output
     assert "EPSG:32633" in r.output and "tiles:    9 (3 x 3)" in r.output
+    # the default model's working resolution (0.25 m) and confidence threshold, read from its file
+    r = CliRunner().invoke(main, ["info", str(small.raster), "--tile-size", "256", "--overlap", "32"])
+    assert r.exit_code == 0, r.output
+    assert "0.25 m per pixel (resampled)" in r.output and "conf:     0.26" in r.output, r.output
 
 
 def test_sample_then_evaluate_truth_against_itself(tmp_path: Path) -> None:
