@@ -437,26 +437,6 @@ _GSD_HELP = (
 )
 
 
-class _Gsd(click.ParamType):
-    """``--gsd METRES|native``: a ground resolution in metres per pixel, or no resampling."""
-
-    name = "METRES|native"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        from fastsam_geo.modelmeta import parse_gsd
-
-        try:
-            return parse_gsd(value)
-        except ValueError:
-            self.fail(f"{value!r} is not a ground resolution: give metres per pixel (e.g. 0.3) or 'native'.")
-
-
-_GSD_HELP = (
-    "Working ground resolution in metres per pixel: tiles are read resampled to it "
-    "(default: the model's, stored in its weights; 'native': the raster's own)."
-)
-
-
 def _default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "fastsam-geo" / "masks"
