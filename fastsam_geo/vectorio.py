@@ -14,6 +14,7 @@ Only the standard library (``sqlite3``, ``json``, ``struct``), numpy, shapely 2 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -420,6 +421,23 @@ def _connect(path: str | os.PathLike[str]) -> sqlite3.Connection:
     return conn
 
 
+@contextlib.contextmanager
+def _transaction(path: str | os.PathLike[str], begin: str = "BEGIN") -> Iterator[sqlite3.Connection]:
+    """A connection to ``path`` inside one transaction: committed at the end, rolled back on any
+    exception (Ctrl-C included), closed either way."""
+    conn = _connect(path)
+    try:
+        conn.execute(begin)
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    finally:
+        conn.close()
+
+
 def create_layer(
     path: str | os.PathLike[str],
     layer: str,
@@ -433,9 +451,7 @@ def create_layer(
     crs = None if crs is None else CRS.from_user_input(crs)
     t, g = layer, geometry_column
     cols = "".join(f", {_quote(k)} {v}" for k, v in schema.items())
-    conn = _connect(path)
-    try:
-        conn.execute("BEGIN")
+    with _transaction(path) as conn:
         if conn.execute("PRAGMA application_id").fetchone()[0] == 0:
             conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             conn.execute(f"PRAGMA user_version = {USER_VERSION}")
@@ -463,13 +479,6 @@ def create_layer(
         conn.execute(f"CREATE VIRTUAL TABLE {_quote(f'rtree_{t}_{g}')} USING rtree(id, minx, maxx, miny, maxy)")
         for sql in _TRIGGERS:
             conn.execute(sql.replace("{t}", t.replace('"', '""')).replace("{g}", g.replace('"', '""')))
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    finally:
-        conn.close()
 
 
 def _layer_info(conn: sqlite3.Connection, layer: str) -> tuple[str, int, list[tuple[str, str]]]:
@@ -498,12 +507,10 @@ def append_features(
     n = len(geoms)
     if n == 0:
         return 0
-    conn = _connect(path)
-    try:
+    with _transaction(path, "BEGIN IMMEDIATE") as conn:
         geom_col, srs_id, attrs = _layer_info(conn, layer)
         names = [c for c, _ in attrs if c in columns]
         values = [_sql_values(columns[c]) for c in names]
-        conn.execute("BEGIN IMMEDIATE")
         (seq,) = conn.execute(
             f"SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = ?), 0), "
             f"coalesce((SELECT max(fid) FROM {_quote(layer)}), 0))",
@@ -528,13 +535,6 @@ def append_features(
         )
         for _, sql in triggers:
             conn.execute(sql)
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    finally:
-        conn.close()
     return n
 
 
