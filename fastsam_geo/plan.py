@@ -216,12 +216,12 @@ def resolve_gsd(options: ExtractOptions, segmenter: Any = None) -> ExtractOption
     ``gsd`` when given, else the segmenter's, else the one stored with the weights. A ``model.conf``
     of None becomes the segmenter's threshold, else the one stored with the weights (else 0.25)."""
     from fastsam_geo.errors import RasterError
-    from fastsam_geo.modelmeta import parse_gsd, weights_conf, weights_gsd, working_gsd
+    from fastsam_geo.modelmeta import DEFAULT_CONF, parse_gsd, weights_conf, weights_gsd, working_gsd
 
     if options.model.conf is None:
         inner = getattr(segmenter, "segmenter", segmenter)
         conf = getattr(inner, "conf", None) if segmenter is not None else weights_conf(options.model.weights)
-        options = replace(options, model=replace(options.model, conf=0.25 if conf is None else float(conf)))
+        options = replace(options, model=replace(options.model, conf=DEFAULT_CONF if conf is None else float(conf)))
 
     try:
         checked = parse_gsd(options.tiling.gsd)

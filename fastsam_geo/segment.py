@@ -408,14 +408,13 @@ class FastSAMSegmenter:
     ) -> None:
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size={batch_size} must be at least 1")
-        if not 0.0 <= (0.25 if conf is None else conf) <= 1.0 or not 0.0 <= iou <= 1.0:
+        if (conf is not None and not 0.0 <= conf <= 1.0) or not 0.0 <= iou <= 1.0:
             raise ValueError(f"conf={conf} and iou={iou} must both lie in [0, 1]")
         if max_det < 1:
             raise ValueError(f"max_det={max_det} must be at least 1")
         if imgsz is not None and imgsz < 1:
             raise ValueError(f"imgsz={imgsz} must be positive (or None for the tile size)")
         self.batch_size = 1 if batch_size is None else int(batch_size)  # set for the device by _setup
-        self.conf = 0.25 if conf is None else float(conf)
         self.iou = float(iou)
         self.max_det = int(max_det)
         self.imgsz = imgsz
@@ -424,10 +423,10 @@ class FastSAMSegmenter:
         self.weights_path = resolve_weights(weights)
         self.model_meta: dict[str, Any] = {}
         self._setup(device=device, half=half, batch_size=batch_size, threads=threads)
-        if conf is None:  # the threshold calibrated when the model was trained, else 0.25
-            from fastsam_geo.modelmeta import default_conf
+        from fastsam_geo.modelmeta import default_conf
 
-            self.conf = default_conf(self.model_meta)
+        # None: the threshold calibrated when the model was trained (stored with it), else 0.25
+        self.conf = default_conf(self.model_meta) if conf is None else float(conf)
 
     def _setup(
         self, *, device: str | int | None, half: bool | None, batch_size: int | None, threads: int | None

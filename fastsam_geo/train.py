@@ -358,11 +358,9 @@ def train(
     from fastsam_geo.modelmeta import write_pt_meta
 
     meta = {"gsd_m": gsd, "imgsz": imgsz, "base": str(base), "epochs": int(model.trainer.epochs)}
-    write_pt_meta(out, meta)
     per_source = validate_per_source(out, ds, rasters, work, imgsz=imgsz, batch=batch, device=device)
     conf = calibrated_conf(per_source)
-    if conf is not None:
-        write_pt_meta(out, {"conf": conf})
+    write_pt_meta(out, meta if conf is None else {**meta, "conf": conf})  # one rewrite of the checkpoint
     return TrainResult(
         weights=out, seconds=seconds, epochs=int(model.trainer.epochs), dataset=ds, per_source=per_source, conf=conf
     )
