@@ -241,8 +241,12 @@ def train(
                 f"{sc.source[:24]:<24} {sc.images:>5} {sc.instances:>6} {sc.precision:>7.3f} {sc.recall:>7.3f} "
                 f"{sc.map50:>6.3f} {conf:>5}"
             )
-        if result.conf is not None:
-            click.echo(f"confidence threshold stored in the model (median of the sources'): {result.conf:.2f}")
+    if result.calibration is not None:
+        click.echo("extract on the training rasters by confidence threshold (object F1: mean of the rasters'):")
+        click.echo(result.calibration.table())
+        click.echo(f"confidence threshold stored in the model (best mean object F1): {result.conf:.2f}")
+    elif result.conf is not None:
+        click.echo(f"confidence threshold stored in the model (median of the sources'): {result.conf:.2f}")
 
 
 @main.command(short_help="Export a .pt model to ONNX (runs without torch).")
@@ -463,7 +467,6 @@ def _model_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--overlap", default=None, type=int, help="Tile overlap in pixels (default: tile size / 8, 128 for 1024)."
         ),
-
         click.option(
             "--bands", default=None, help="Band numbers read as RGB, e.g. 4,3,2 (default: colour interpretation)."
         ),
@@ -1119,9 +1122,7 @@ def evaluate(
     _print_table([*sources, ("all (pooled)", total)])
 
 
-def _score_on_raster(
-    pred: Path, truth: Path, raster: Path, iou: float, tile_size: int, overlap: int | None
-) -> Any:
+def _score_on_raster(pred: Path, truth: Path, raster: Path, iou: float, tile_size: int, overlap: int | None) -> Any:
     """Scores of one source on its raster, seams from the grid the prediction was made on."""
     from fastsam_geo.evaluate import evaluate_on_raster, seam_lines
     from fastsam_geo.raster import RasterSource
@@ -1156,6 +1157,42 @@ def _print_table(rows: list[tuple[str, Any]]) -> None:
             f"{name[:22]:<22} {s.tp + s.fn:>6} {s.tp:>5} {s.fp:>5} {s.fn:>5} {s.precision:>6.3f} "
             f"{s.recall:>6.3f} {s.f1:>6.3f} {pix:>7} {seam:>6}"
         )
+
+
+@main.command(short_help="Choose a model's confidence threshold on labelled rasters.")
+@click.argument("weights", type=click.Path(exists=True, dir_okay=False))
+@click.argument("rasters", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--labels", required=True, multiple=True, help="Footprint vectors (one file, or one per raster).")
+@click.option("--gsd", type=_Gsd(), default=None, help=_GSD_HELP)
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:0, mps.")
+@click.option("--write", is_flag=True, help="Store the chosen threshold in WEIGHTS (.pt or .onnx), for `extract`.")
+def calibrate(
+    weights: str, rasters: tuple[str, ...], labels: tuple[str, ...], gsd: Any, device: str, write: bool
+) -> None:
+    """Run `extract` (CLI defaults) on RASTERS at each confidence threshold from 0.08 to 0.4 and
+    score each result against --labels (object F1 at IoU 0.5, pixel F1). The threshold with the
+    best object F1 averaged over the rasters (each counts once) is the model's; --write stores
+    it in WEIGHTS, so that `extract` without --conf uses it. `train` ends with the same step on
+    its rasters.
+
+    \b
+    Example:
+      fastsam-geo calibrate weights/mine.pt block_a.tif block_b.tif --labels osm.gpkg --write
+    """
+    from fastsam_geo.calibrate import calibrate_conf, store_conf
+
+    if len(labels) not in (1, len(rasters)):
+        raise click.BadParameter(f"give one --labels file or one per raster ({len(rasters)})", param_hint="--labels")
+    cal = calibrate_conf(weights, list(rasters), list(labels) if len(labels) > 1 else labels[0], gsd=gsd, device=device)
+    click.echo(cal.table())
+    if cal.conf is None:
+        raise click.ClickException(
+            "no threshold finds any truth building on these rasters (check that --labels overlap them): "
+            "nothing to calibrate on."
+        )
+    click.echo(f"best threshold: {cal.conf:.2f}" + (f" (stored in {weights})" if write else ""))
+    if write:
+        store_conf(weights, cal.conf)
 
 
 @main.command(short_help="Describe a raster: size, CRS, bands, tiles, device, weights.")

@@ -23,6 +23,7 @@ import shapely
 from shapely.geometry import Polygon
 from shapely.geometry.polygon import orient
 
+from fastsam_geo.calibrate import Calibration, calibrate_conf, per_raster
 from fastsam_geo.errors import FastSAMGeoError, RasterError
 from fastsam_geo.raster import RasterSource
 from fastsam_geo.tiling import TileGrid
@@ -197,7 +198,8 @@ class TrainResult:
     epochs: int
     dataset: DatasetSummary
     per_source: list[SourceScore] = field(default_factory=list)
-    conf: float | None = None  # the confidence threshold stored in the weights (calibrated_conf)
+    conf: float | None = None  # the confidence threshold stored in the weights
+    calibration: Calibration | None = None  # how it was chosen (None: by calibrated_conf)
 
 
 def source_names(rasters: Sequence[str | os.PathLike[str]]) -> list[str]:
@@ -359,8 +361,19 @@ def train(
 
     meta = {"gsd_m": gsd, "imgsz": imgsz, "base": str(base), "epochs": int(model.trainer.epochs)}
     per_source = validate_per_source(out, ds, rasters, work, imgsz=imgsz, batch=batch, device=device)
-    conf = calibrated_conf(per_source)
-    write_pt_meta(out, meta if conf is None else {**meta, "conf": conf})  # one rewrite of the checkpoint
+    write_pt_meta(out, meta)  # the working resolution first: the calibration reads at it
+    # the threshold: the extract pipeline's best object F1 on the training rasters, else (no
+    # truth building on them) the median of the sources' best-F1 thresholds on their crops
+    cal = calibrate_conf(out, rasters, per_raster(labels, len(rasters)), gsd=gsd, device=device)
+    conf = cal.conf if cal.conf is not None else calibrated_conf(per_source)
+    if conf is not None:
+        write_pt_meta(out, {"conf": conf})
     return TrainResult(
-        weights=out, seconds=seconds, epochs=int(model.trainer.epochs), dataset=ds, per_source=per_source, conf=conf
+        weights=out,
+        seconds=seconds,
+        epochs=int(model.trainer.epochs),
+        dataset=ds,
+        per_source=per_source,
+        conf=conf,
+        calibration=cal if cal.conf is not None else None,
     )

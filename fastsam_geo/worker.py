@@ -150,7 +150,7 @@ def extract_params(params: Mapping[str, Any]) -> dict[str, Any]:
 
     Keys: ``raster`` (required), ``output`` (default: a new file in the worker's temporary
     folder), ``weights``, ``device`` ("auto"), ``batch_size`` (1), ``tile_size`` (1024),
-    ``overlap`` (128), ``bands``, ``stretch`` ("auto"), ``conf`` (0.25), ``iou`` (0.7),
+    ``overlap`` (128), ``bands``, ``stretch`` ("auto"), ``conf`` (null: the model's stored threshold), ``iou`` (0.7),
     ``prompts`` (see :func:`prompts_from_json`), ``building_filter`` (``{"enabled": true,
     "min_area_m2": 12, "max_area_m2": 20000}``), ``simplify_px`` (1.0), ``min_area_m2`` (2.0),
     ``regularize`` (false), ``overwrite`` (false), ``layer`` ("buildings"), ``clip_model``,
@@ -181,7 +181,7 @@ def extract_params(params: Mapping[str, Any]) -> dict[str, Any]:
         "overlap": 128,
         "bands": None,
         "stretch": "auto",
-        "conf": 0.25,
+        "conf": None,
         "iou": 0.7,
         "prompts": None,
         "building_filter": None,
@@ -199,7 +199,7 @@ def extract_params(params: Mapping[str, Any]) -> dict[str, Any]:
     for key in ("batch_size", "tile_size", "overlap"):
         out[key] = int(out[key])
     for key in ("conf", "iou", "simplify_px", "min_area_m2"):
-        out[key] = float(out[key])
+        out[key] = None if key == "conf" and out[key] is None else float(out[key])
     out["device"] = str(out["device"] or "auto")
     out["weights"] = str(out["weights"]) if out["weights"] else None
     from fastsam_geo.modelmeta import parse_gsd
@@ -290,6 +290,11 @@ class LazySegmenter:
         """The model's working resolution (loads the model)."""
         return getattr(self.inner, "gsd", None)
 
+    @property
+    def conf(self) -> float | None:
+        """The model's confidence threshold (loads the model)."""
+        return getattr(self.inner, "conf", None)
+
 
 class _Recorded:
     """A cached segmenter that reports the weights of the model behind it (for the summary)."""
@@ -317,11 +322,15 @@ class _Recorded:
     def gsd(self) -> float | None:
         return getattr(self.model, "gsd", None)
 
+    @property
+    def conf(self) -> float | None:
+        return getattr(self.model, "conf", None)
 
-SegmenterFactory = Callable[[str | None, str, float, float], Any]
+
+SegmenterFactory = Callable[[str | None, str, float | None, float], Any]
 
 
-def _fastsam_factory(weights: str | None, device: str, conf: float, iou: float) -> Any:
+def _fastsam_factory(weights: str | None, device: str, conf: float | None, iou: float) -> Any:
     from fastsam_geo.segment import FastSAMSegmenter
 
     return FastSAMSegmenter(weights, device=device, conf=conf, iou=iou)
@@ -350,7 +359,7 @@ class Engine:
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.segmenter_factory = segmenter_factory or _fastsam_factory
         self.memory_items = memory_items
-        self.segmenters: dict[tuple[str | None, str, float, float], Any] = {}
+        self.segmenters: dict[tuple[str | None, str, float | None, float], Any] = {}
         self.text_scorers: dict[tuple[str, str | None, str], Any] = {}
         self._cache: Any = None
         self._tmp: Path | None = None
@@ -372,13 +381,13 @@ class Engine:
         self.runs += 1
         return self._tmp / f"buildings_{self.runs}_{job_id}.gpkg"
 
-    def segmenter(self, weights: str | None, device: str, conf: float, iou: float) -> Any:
-        """The warm segmenter for these settings (loaded on first use)."""
+    def segmenter(self, weights: str | None, device: str, conf: float | None, iou: float) -> Any:
+        """The warm segmenter for these settings (loaded on first use; ``conf`` None: the model's)."""
         if weights:
             from fastsam_geo.weights import resolve_weights
 
             weights = str(resolve_weights(weights))
-        key = (weights, device, round(float(conf), 6), round(float(iou), 6))
+        key = (weights, device, None if conf is None else round(float(conf), 6), round(float(iou), 6))
         seg = self.segmenters.get(key)
         if seg is None:
             t0 = time.perf_counter()
@@ -407,6 +416,7 @@ class Engine:
         The model behind ``seg`` is only asked for its fingerprint when the first key is made.
         """
         from fastsam_geo.cache import CachedSegmenter, cache_key, raster_stamp, tile_grid
+        from fastsam_geo.modelmeta import DEFAULT_CONF
 
         stamp = raster_stamp(raster)
         bands = f"{p['bands']}|{p['stretch']}"
@@ -420,12 +430,15 @@ class Engine:
                     f"{type(inner).__module__}.{type(inner).__qualname__}"
                 )
                 fingerprint["imgsz"] = meta.get("imgsz")
+                # the threshold the model applies (a request's null means the model's own)
+                confs = (getattr(inner, "conf", None), p["conf"], DEFAULT_CONF)
+                fingerprint["conf"] = next(c for c in confs if c is not None)
                 fingerprint["extra"] = {k: meta.get(k) for k in ("max_det", "min_area_px", "half") if k in meta}
             return cache_key(
                 stamp,
                 tile.window,
                 weights_sha256=fingerprint["sha"],
-                conf=p["conf"],
+                conf=fingerprint["conf"],
                 iou=p["iou"],
                 imgsz=fingerprint["imgsz"],
                 bands=bands,

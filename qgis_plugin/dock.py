@@ -181,7 +181,10 @@ class FastSAMDock(QgsDockWidget):
         self.conf_spin = QDoubleSpinBox(thresholds)
         self.conf_spin.setRange(0.0, 1.0)
         self.conf_spin.setSingleStep(0.05)
-        self.conf_spin.setValue(0.25)
+        # the lowest value means "not set": the model's own calibrated threshold (fastsam-geo info)
+        self.conf_spin.setSpecialValueText("model's")
+        self.conf_spin.setToolTip('Minimum mask confidence; "model\'s" uses the threshold stored with the model')
+        self.conf_spin.setValue(0.0)
         tform.addRow("Confidence", self.conf_spin)
         self.iou_spin = QDoubleSpinBox(thresholds)
         self.iou_spin.setRange(0.0, 1.0)
@@ -424,6 +427,11 @@ class FastSAMDock(QgsDockWidget):
         parts = QgsProviderRegistry.instance().decodeUri("gdal", layer.source())
         return str(parts.get("path") or layer.source())
 
+    def conf_value(self) -> float | None:
+        """The confidence threshold set in the panel, or None ("model's": the model's stored one)."""
+        value = self.conf_spin.value()
+        return None if value <= self.conf_spin.minimum() else value
+
     def build_params(self) -> tuple[dict[str, Any], str | None]:
         """The ``extract`` parameters from the widgets, and the run's temporary folder (if any)."""
         layer = self.layer_combo.currentLayer()
@@ -449,7 +457,7 @@ class FastSAMDock(QgsDockWidget):
             "batch_size": setting(KEY_BATCH_SIZE, 1, int),
             "tile_size": self.tile_spin.value(),
             "overlap": self.overlap_spin.value(),
-            "conf": self.conf_spin.value(),
+            "conf": self.conf_value(),
             "iou": self.iou_spin.value(),
             "prompts": prompts,
             "building_filter": {
@@ -588,7 +596,7 @@ class FastSAMDock(QgsDockWidget):
         set_setting("dock/device", self.device_combo.currentText())
         set_setting("dock/tile_size", self.tile_spin.value())
         set_setting("dock/overlap", self.overlap_spin.value())
-        set_setting("dock/conf", self.conf_spin.value())
+        set_setting("dock/confidence", self.conf_spin.value())
         set_setting("dock/iou", self.iou_spin.value())
         set_setting("dock/regularize", self.regularize_check.isChecked())
 
@@ -597,7 +605,7 @@ class FastSAMDock(QgsDockWidget):
         self.device_combo.setCurrentText(setting("dock/device", "auto", str))
         self.tile_spin.setValue(setting("dock/tile_size", 1024, int))
         self.overlap_spin.setValue(setting("dock/overlap", 128, int))
-        self.conf_spin.setValue(setting("dock/conf", 0.25, float))
+        self.conf_spin.setValue(setting("dock/confidence", 0.0, float))
         self.iou_spin.setValue(setting("dock/iou", 0.7, float))
         self.regularize_check.setChecked(setting("dock/regularize", False, bool))
 

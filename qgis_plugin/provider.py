@@ -160,7 +160,9 @@ class ExtractBuildingsAlgorithm(QgsProcessingAlgorithm):
         )
         self.addParameter(QgsProcessingParameterString(self.DEVICE, "Device (auto, cpu, cuda, cuda:0, mps)", "auto"))
         advanced = [
-            QgsProcessingParameterNumber(self.CONF, "Minimum mask confidence", NUMBER_DOUBLE, 0.25, False, 0.0, 1.0),
+            QgsProcessingParameterNumber(
+                self.CONF, "Minimum mask confidence (empty: the model's own)", NUMBER_DOUBLE, None, True, 0.0, 1.0
+            ),
             QgsProcessingParameterNumber(self.IOU, "NMS IoU threshold", NUMBER_DOUBLE, 0.7, False, 0.0, 1.0),
             QgsProcessingParameterBoolean(self.BUILDING_FILTER, "Building filter (everything/text mode)", True),
             QgsProcessingParameterBoolean(self.REGULARIZE, "Regularize outlines (right angles)", False),
@@ -172,6 +174,13 @@ class ExtractBuildingsAlgorithm(QgsProcessingAlgorithm):
         self.addOutput(QgsProcessingOutputNumber(self.BUILDINGS, "Number of buildings"))
 
     # ------------------------------------------------------------------ prompts
+    def _conf(self, parameters: dict[str, Any], context: QgsProcessingContext) -> float | None:
+        """The CONF parameter, or None when it is not set (the engine then uses the model's own)."""
+        value = parameters.get(self.CONF)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        return self.parameterAsDouble(parameters, self.CONF, context)
+
     def _prompts(
         self, parameters: dict[str, Any], context: QgsProcessingContext, dst_crs: Any, feedback: QgsProcessingFeedback
     ) -> dict[str, Any] | None:
@@ -237,7 +246,7 @@ class ExtractBuildingsAlgorithm(QgsProcessingAlgorithm):
             "batch_size": setting(KEY_BATCH_SIZE, 1, int),
             "tile_size": self.parameterAsInt(parameters, self.TILE_SIZE, context),
             "overlap": self.parameterAsInt(parameters, self.OVERLAP, context),
-            "conf": self.parameterAsDouble(parameters, self.CONF, context),
+            "conf": self._conf(parameters, context),
             "iou": self.parameterAsDouble(parameters, self.IOU, context),
             "prompts": prompts,
             "building_filter": self.parameterAsBoolean(parameters, self.BUILDING_FILTER, context),

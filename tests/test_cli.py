@@ -50,7 +50,8 @@ def test_version_and_help_with_examples() -> None:
 
 
 def test_info_describes_raster_and_tiles(small: Scene) -> None:
-    r = CliRunner().invoke(main, ["info", str(small.raster), "--tile-size", "256", "--overlap", "32", "--gsd", "native"])
+    args = ["info", str(small.raster), "--tile-size", "256", "--overlap", "32", "--gsd", "native"]
+    r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
     assert "EPSG:32633" in r.output and "tiles:    9 (3 x 3)" in r.output
     # the default model's working resolution (0.25 m) and confidence threshold, read from its file

@@ -125,6 +125,13 @@ def test_train_reports_validation_per_source(tmp_path: Path) -> None:
 
     confs = [s.conf for s in res.per_source if s.conf is not None]
     stored = read_model_meta(tmp_path / "one.pt").get("conf")
-    assert stored == res.conf and (stored is None if not confs else 0.05 <= stored <= 0.5), (stored, confs)
+    assert stored == res.conf, (stored, res.conf)
+    if res.calibration is not None:  # chosen by extract's object F1 on the training raster
+        from fastsam_geo.calibrate import best_threshold
+
+        cal = res.calibration
+        assert stored == best_threshold(cal.grid, cal.mean_f1) and len(cal.per_source) == 1
+    else:  # no threshold finds a truth building: the crops' best-F1 thresholds decide
+        assert stored is None if not confs else 0.05 <= stored <= 0.5, (stored, confs)
     assert FastSAMSegmenter(tmp_path / "one.pt", device="cpu").conf == (0.25 if stored is None else stored)
     assert FastSAMSegmenter(tmp_path / "one.pt", device="cpu", conf=0.4).conf == 0.4

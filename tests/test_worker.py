@@ -87,7 +87,8 @@ def truth_engine(scene, tmp_path: Path):
 
 def test_extract_params_defaults_and_unknown_keys() -> None:
     p = extract_params({"raster": "a.tif"})
-    assert (p["tile_size"], p["overlap"], p["batch_size"], p["conf"], p["iou"]) == (1024, 128, 1, 0.25, 0.7)
+    assert (p["tile_size"], p["overlap"], p["batch_size"], p["conf"], p["iou"]) == (1024, 128, 1, None, 0.7)
+    assert extract_params({"raster": "a.tif", "conf": 0.3})["conf"] == 0.3
     assert p["output"] is None and p["cache"] is True
     with pytest.raises(ProtocolError, match="unknown extract parameter"):
         extract_params({"raster": "a.tif", "tilesize": 3})
@@ -285,3 +286,32 @@ def test_worker_process_with_a_fastsam_checkpoint_keeps_masks_warm(
     assert second["cache"]["hits"] == 1
     assert first["weights_sha256"] and first["weights_sha256"] == second["weights_sha256"]
     assert first["output"] != second["output"]  # outputs in the worker's temporary folder
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("name", ["fastsam-geo-n.pt", "fastsam-geo-n.onnx"])
+def test_a_request_without_conf_gets_the_models_stored_threshold(name: str, tmp_path: Path) -> None:
+    """QGIS sends no ``conf`` unless the user sets one: the bundled model's calibrated threshold applies."""
+    from fastsam_geo.modelmeta import weights_conf
+
+    weights = Path(__file__).resolve().parents[1] / "weights" / name
+    engine = Engine(cache_dir=tmp_path / "cache")
+    p = extract_params({"raster": "a.tif", "weights": str(weights), "device": "cpu"})
+    stored = weights_conf(weights)
+    assert p["conf"] is None and stored != 0.25
+    assert engine.segmenter(p["weights"], p["device"], p["conf"], p["iou"]).conf == pytest.approx(stored)
+    assert engine.segmenter(p["weights"], p["device"], 0.4, p["iou"]).conf == pytest.approx(0.4)
+    assert [m["conf"] for m in engine.status()["models"]] == [None, 0.4]
+    # and the run records the threshold it used, and reads at the model's working resolution
+    import sqlite3
+
+    sample = Path(__file__).resolve().parents[1] / "sample_tiles" / "town_s7_1024.tif"
+    params = {"raster": str(sample), "weights": str(weights), "device": "cpu", "output": str(tmp_path / "o.gpkg")}
+    engine.extract(1, params, lambda done, total: None, lambda: False)
+    con = sqlite3.connect(tmp_path / "o.gpkg")
+    xml = " ".join(r[0] for r in con.execute("SELECT metadata FROM gpkg_metadata"))
+    con.close()
+    import re
+
+    gsd = float(re.search(r'<MDI key="gsd_m">([0-9.]+)</MDI>', xml).group(1))  # type: ignore[union-attr]
+    assert f'<MDI key="conf">{stored:g}</MDI>' in xml and gsd == pytest.approx(0.25, rel=1e-3), xml[:800]

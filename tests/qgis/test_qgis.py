@@ -27,7 +27,7 @@ QGIS_PYTHON = os.environ.get("FSG_QGIS_PYTHON", "/usr/bin/python3")
 # and the Qt plugin paths that opencv-python (pulled in by ultralytics) sets when cv2 is
 # imported (QGIS's Qt would load cv2's xcb plugin and abort).
 VENV_ONLY_VARIABLES = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "QT_QPA_PLATFORM_PLUGIN_PATH", "QT_PLUGIN_PATH")
-DEFAULT_WEIGHTS = REPO / "weights" / "fastsam-geo-town-n.pt"
+DEFAULT_WEIGHTS = REPO / "weights" / "fastsam-geo-n.pt"
 ENGINE_PYTHON = REPO / ".venv" / "bin" / "python"
 SAMPLE = REPO / "sample_tiles" / "town_s7_1024.tif"
 WEIGHTS = os.environ.get("FSG_WEIGHTS", "").strip() or None
@@ -76,7 +76,7 @@ def engine_ready() -> None:
         if not Path(WEIGHTS).is_file():
             pytest.skip(f"FSG_WEIGHTS={WEIGHTS} does not exist")
     elif not DEFAULT_WEIGHTS.is_file():
-        pytest.skip(f"the default model {DEFAULT_WEIGHTS} is missing: run weights/make_default.sh")
+        pytest.skip(f"the default model {DEFAULT_WEIGHTS} is missing: run weights/make_real.sh")
 
 
 @pytest.fixture
@@ -150,6 +150,11 @@ def test_processing_and_panel_with_the_model(qgis_python: str, engine_ready: Non
     for key in ("processing_point_iou", "panel_click_utm_iou", "panel_click_3857_iou", "panel_box_iou"):
         assert result[key] > 0.5, key
     assert result["cancel_s"] < 15
+    # neither Processing (no CONF) nor the panel ("model's") sets a threshold: the model's stored one applies
+    from fastsam_geo.modelmeta import weights_conf
+
+    stored = weights_conf(WEIGHTS or DEFAULT_WEIGHTS)
+    assert result["processing_conf"] == pytest.approx(stored) and result["panel_conf"] == pytest.approx(stored)
 
 
 @pytest.mark.model

@@ -92,6 +92,20 @@ def pid_alive(pid: int | None) -> bool:
         return False
 
 
+def recorded_conf(gpkg: Path | str) -> float | None:
+    """The confidence threshold the engine recorded in a GeoPackage's metadata (None: not found)."""
+    import re
+    import sqlite3
+
+    con = sqlite3.connect(str(gpkg))
+    try:
+        xml = " ".join(r[0] for r in con.execute("SELECT metadata FROM gpkg_metadata"))
+    finally:
+        con.close()
+    m = re.search(r'<MDI key="conf">([0-9.]+)</MDI>', xml)
+    return float(m.group(1)) if m else None
+
+
 def best_match(layer: QgsVectorLayer, target: QgsGeometry, crs: QgsCoordinateReferenceSystem) -> tuple[int, float]:
     geoms = geometries(layer, crs)
     return len(geoms), max((iou(g, target) for g in geoms), default=0.0)
@@ -138,6 +152,7 @@ def main() -> None:
     RESULT["processing_everything"] = {k: round(v, 3) if isinstance(v, float) else v for k, v in scores.items()}
     check(f"processing.run everything: building F1 >= {MIN_F1}", scores["f1"] >= MIN_F1, scores)
     check("processing.run reports BUILDINGS", res.get("BUILDINGS") == pred.featureCount(), res)
+    RESULT["processing_conf"] = recorded_conf(res["OUTPUT"])  # no CONF given: the model's own
     check("processing progress via feedback", fb.values and max(fb.values) == 100.0, fb.values)
     plain = QgsVectorLayer(str(out), "plain", "ogr")
     check(
@@ -311,7 +326,9 @@ def main() -> None:
     gpkg = tmp / "panel.gpkg"
     dock.output_combo.setCurrentIndex(dock.output_combo.findData("gpkg"))
     dock.output_widget.setFilePath(str(gpkg))
+    check("panel confidence defaults to the model's", dock.conf_value() is None, dock.conf_spin.text())
     info = panel_run("panel_everything_gpkg")
+    RESULT["panel_conf"] = recorded_conf(gpkg) if gpkg.exists() else None
     lyr = info.get("layer")
     check(
         "panel everything -> GeoPackage layer",

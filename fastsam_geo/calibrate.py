@@ -1,0 +1,205 @@
+"""Choose a model's confidence threshold with the extract pipeline itself.
+
+The threshold that maximises a detector's own validation F1 (ultralytics' F1 curve, on
+single crops) is not the one that maximises the F1 of what ``extract`` writes: the building
+filter, mask NMS and the seam merge come after the threshold and change which masks become
+polygons. :func:`calibrate_conf` therefore runs ``extract`` on labelled rasters at every
+threshold of a grid and scores each result with
+:func:`~fastsam_geo.evaluate.evaluate_on_raster` (object F1 at IoU 0.5 and pixel F1).
+
+The model runs once per tile: :class:`ReplaySegmenter` keeps each tile's masks found at the
+lowest threshold of the grid and hands out, for a higher threshold, the masks that score at
+least that much, which is what the model itself returns at that threshold (ultralytics drops
+low-confidence detections before its score-ordered NMS, which a lower-scored box cannot
+change), up to ``max_det`` detections per tile.
+
+The chosen threshold is the one with the best object F1 *averaged over the rasters*: each
+raster counts once, however many buildings it holds, so a large easy scene (a synthetic town
+whose buildings score high at any threshold) cannot set the threshold for real orthophotos,
+whose buildings score lower (see :func:`best_threshold`). The pooled scores are reported too.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fastsam_geo.evaluate import Footprints, Scores, evaluate_on_raster, pooled
+from fastsam_geo.masks import InstanceMasks
+from fastsam_geo.segment import Segmenter
+from fastsam_geo.tiling import Tile
+
+__all__ = [
+    "CONF_GRID",
+    "Calibration",
+    "ReplaySegmenter",
+    "best_threshold",
+    "calibrate_conf",
+    "per_raster",
+    "store_conf",
+]
+
+CONF_GRID: tuple[float, ...] = (0.08, 0.1, 0.12, 0.15, 0.18, 0.21, 0.25, 0.3, 0.35, 0.4)
+"""Thresholds tried by :func:`calibrate_conf`."""
+
+
+class ReplaySegmenter:
+    """A :class:`~fastsam_geo.segment.Segmenter` that asks ``segmenter`` once per tile and then
+    returns that tile's masks scoring at least :attr:`conf`.
+
+    ``segmenter`` must run at a threshold no higher than any :attr:`conf` asked for. Tiles
+    are known by their window and shape, so one replayer serves one raster and one grid.
+    """
+
+    def __init__(self, segmenter: Segmenter, conf: float = 0.0) -> None:
+        self.segmenter = segmenter  # the attribute name run.py and plan.py look through
+        self.conf = conf
+        self._seen: dict[tuple[Any, ...], InstanceMasks] = {}
+
+    @staticmethod
+    def _key(tile: Tile) -> tuple[Any, ...]:
+        w = tile.window
+        return (int(w.col_off), int(w.row_off), int(w.width), int(w.height), tile.shape)
+
+    def segment(self, tiles: Sequence[Tile]) -> list[InstanceMasks]:
+        """One :class:`InstanceMasks` per tile, in the order of ``tiles``."""
+        todo = [t for t in tiles if self._key(t) not in self._seen]
+        if todo:
+            for tile, masks in zip(todo, self.segmenter.segment(todo), strict=True):
+                self._seen[self._key(tile)] = masks
+        out = []
+        for tile in tiles:
+            masks = self._seen[self._key(tile)]
+            out.append(masks.subset(masks.scores >= self.conf))
+        return out
+
+
+def per_raster(labels: Footprints | Sequence[Footprints], n: int) -> list[Footprints]:
+    """``n`` footprint layers from one layer (for every raster) or a sequence of ``n``.
+
+    >>> per_raster("osm.gpkg", 2), per_raster(["a.gpkg", "b.gpkg"], 2)
+    (['osm.gpkg', 'osm.gpkg'], ['a.gpkg', 'b.gpkg'])
+    """
+    if isinstance(labels, (str, os.PathLike)) or not isinstance(labels, Sequence):
+        return [labels] * n  # type: ignore[list-item]
+    if len(labels) != n:
+        raise ValueError(f"{len(labels)} label layers for {n} rasters")
+    return list(labels)
+
+
+def best_threshold(grid: Sequence[float], f1: Sequence[float]) -> float:
+    """The threshold of ``grid`` with the highest ``f1``; of equal ones (to 3 decimals), the highest
+    threshold (fewer, surer polygons).
+
+    >>> best_threshold([0.1, 0.15, 0.2, 0.25], [0.40, 0.4261, 0.4258, 0.38])
+    0.2
+    >>> best_threshold([0.1, 0.2], [0.5, 0.3])
+    0.1
+    """
+    if len(grid) != len(f1) or not len(grid):
+        raise ValueError(f"{len(grid)} thresholds for {len(f1)} scores")
+    rounded = np.round(np.asarray(f1, np.float64), 3)
+    best = np.flatnonzero(rounded == rounded.max())
+    return float(np.asarray(grid, np.float64)[best].max())
+
+
+@dataclass
+class Calibration:
+    """What :func:`calibrate_conf` measured: scores per threshold, pooled and per source."""
+
+    conf: float | None
+    grid: tuple[float, ...]
+    pooled: list[Scores]
+    per_source: dict[str, list[Scores]] = field(default_factory=dict)
+
+    @property
+    def mean_f1(self) -> list[float]:
+        """Object F1 averaged over the sources, per threshold (what :attr:`conf` maximises).
+
+        >>> from fastsam_geo.evaluate import scores_from_counts as sc
+        >>> Calibration(0.2, (0.2,), [sc(4, 0, 1)], {"a": [sc(3, 0, 0)], "b": [sc(1, 0, 1)]}).mean_f1
+        [0.8333333333333333]
+        """
+        if not self.per_source:
+            return [s.f1 for s in self.pooled]
+        return [float(np.mean([s[k].f1 for s in self.per_source.values()])) for k in range(len(self.grid))]
+
+    def table(self) -> str:
+        """The pooled scores per threshold, one line each, the chosen one marked.
+
+        >>> from fastsam_geo.evaluate import scores_from_counts
+        >>> print(Calibration(0.2, (0.2,), [scores_from_counts(3, 1, 1)]).table())
+        conf   mean F1 |   TP   FP   FN pooled F1 pixel F1
+        0.20     0.750 |    3    1    1     0.750        - <
+        """
+        head = f"{'conf':<4} {'mean F1':>9} | {'TP':>4} {'FP':>4} {'FN':>4} {'pooled F1':>9} {'pixel F1':>8}"
+        lines = [head]
+        for c, m, s in zip(self.grid, self.mean_f1, self.pooled, strict=True):
+            pix = "-" if s.pixel_f1 is None else f"{s.pixel_f1:.3f}"
+            mark = " <" if self.conf is not None and abs(c - self.conf) < 1e-9 else ""
+            lines.append(f"{c:<4.2f} {m:>9.3f} | {s.tp:>4} {s.fp:>4} {s.fn:>4} {s.f1:>9.3f} {pix:>8}{mark}")
+        return "\n".join(lines)
+
+
+def calibrate_conf(
+    weights: str | os.PathLike[str],
+    rasters: Sequence[str | os.PathLike[str]],
+    labels: Footprints | Sequence[Footprints],
+    *,
+    grid: Sequence[float] = CONF_GRID,
+    gsd: float | str | None = None,
+    device: str = "cpu",
+    segmenter: Segmenter | None = None,
+    **extract_kw: Any,
+) -> Calibration:
+    """Extract every raster at each threshold of ``grid`` and score it against its ``labels``.
+
+    ``labels`` is one footprint layer for all rasters or one per raster. ``gsd`` and
+    ``extract_kw`` go to :func:`~fastsam_geo.pipeline.extract_buildings` (default: CLI
+    defaults, the model's working resolution). ``segmenter`` replaces the FastSAM model of
+    ``weights`` (it must keep masks down to ``min(grid)``). ``conf`` is None when no
+    threshold finds any truth building (no truth on the rasters, or a model that finds none).
+    """
+    from fastsam_geo.pipeline import extract_buildings
+
+    grid = tuple(sorted(float(c) for c in grid))
+    labels = per_raster(labels, len(rasters))
+    if segmenter is None:
+        from fastsam_geo.segment import FastSAMSegmenter
+
+        segmenter = FastSAMSegmenter(weights, device=device, conf=grid[0])
+    per_source: dict[str, list[Scores]] = {}
+    with tempfile.TemporaryDirectory(prefix="fastsam-geo-calibrate-") as tmp:
+        for i, (raster, truth) in enumerate(zip(rasters, labels, strict=True)):
+            replay = ReplaySegmenter(segmenter)
+            name = f"{i:03d}_{Path(raster).stem}"
+            scores = []
+            for c in grid:
+                replay.conf = c
+                out = Path(tmp) / f"{name}_{c:.3f}.gpkg"
+                extract_buildings(raster, out, segmenter=replay, conf=c, gsd=gsd, overwrite=True, **extract_kw)
+                scores.append(evaluate_on_raster(out, truth, raster))
+                out.unlink()
+            per_source[name] = scores
+    pooled_scores = [pooled([s[k] for s in per_source.values()]) for k in range(len(grid))]
+    cal = Calibration(None, grid, pooled_scores, per_source)
+    if any(s.tp for s in pooled_scores):
+        cal.conf = best_threshold(grid, cal.mean_f1)
+    return cal
+
+
+def store_conf(weights: str | os.PathLike[str], conf: float) -> None:
+    """Store ``conf`` as the model's threshold in ``weights`` (a ``.pt`` checkpoint or an ``.onnx``
+    file; the other metadata stay)."""
+    from fastsam_geo.modelmeta import read_model_meta, write_onnx_meta, write_pt_meta
+
+    if Path(weights).suffix.lower() == ".onnx":
+        write_onnx_meta(weights, {**read_model_meta(weights), "conf": float(conf)})
+    else:
+        write_pt_meta(weights, {"conf": float(conf)})

@@ -1,0 +1,92 @@
+"""Confidence calibration with the extract pipeline (fastsam_geo.calibrate, `fastsam-geo calibrate`)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+REPO = Path(__file__).resolve().parents[1]
+TOWN_N = REPO / "weights" / "fastsam-geo-town-n.pt"
+
+pytestmark = pytest.mark.model
+
+
+@pytest.fixture(scope="module")
+def two_scenes(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[Path, Path]]:
+    """Two small synthetic towns (0.5 m, several 256 px tiles each) with their truth."""
+    from fastsam_geo.synthetic import write_scene
+
+    d = tmp_path_factory.mktemp("calib")
+    out = []
+    for seed in (21, 22):
+        write_scene(d / f"t{seed}.tif", 448, seed=seed)
+        out.append((d / f"t{seed}.tif", d / f"t{seed}_buildings.gpkg"))
+    return out
+
+
+def test_replayed_thresholds_score_like_runs_at_that_threshold(two_scenes, tmp_path: Path) -> None:
+    """The model runs once per tile; each threshold's result equals a real extract run at it."""
+    from fastsam_geo.calibrate import calibrate_conf
+    from fastsam_geo.evaluate import evaluate_on_raster, pooled
+    from fastsam_geo.pipeline import extract_buildings
+
+    rasters, labels = [r for r, _ in two_scenes], [t for _, t in two_scenes]
+    grid = (0.1, 0.4, 0.7)
+    cal = calibrate_conf(TOWN_N, rasters, labels, grid=grid, tile_size=256, overlap=64)
+    assert cal.grid == grid and len(cal.per_source) == 2
+    for k, c in enumerate(grid):
+        direct = []
+        for raster, truth in two_scenes:
+            out = tmp_path / f"{raster.stem}_{c}.gpkg"
+            extract_buildings(raster, out, weights=TOWN_N, conf=c, tile_size=256, overlap=64, device="cpu")
+            direct.append(evaluate_on_raster(out, truth, raster))
+        got = [s[k] for s in cal.per_source.values()]
+        assert [(s.tp, s.fp, s.fn) for s in got] == [(s.tp, s.fp, s.fn) for s in direct], c
+        assert [s.pixel_f1 for s in got] == pytest.approx([s.pixel_f1 for s in direct])
+        assert cal.pooled[k].tp == pooled(direct).tp
+    # more polygons at a lower threshold, and the chosen one has the best object F1 of the sources' mean
+    assert cal.pooled[0].tp + cal.pooled[0].fp >= cal.pooled[-1].tp + cal.pooled[-1].fp
+    mean = [(a[k].f1 + b[k].f1) / 2 for a, b in [list(cal.per_source.values())] for k in range(3)]
+    assert cal.mean_f1 == pytest.approx(mean)
+    assert cal.conf in grid and round(mean[grid.index(cal.conf)], 3) == round(max(mean), 3) and max(mean) > 0.8
+
+
+def test_cli_calibrate_writes_the_threshold_into_the_model(two_scenes, tmp_path: Path) -> None:
+    from fastsam_geo.cli import main
+    from fastsam_geo.modelmeta import read_model_meta
+    from fastsam_geo.segment import FastSAMSegmenter
+
+    weights = tmp_path / "mine.pt"
+    shutil.copyfile(TOWN_N, weights)
+    before = read_model_meta(weights)
+    (raster, truth), _ = two_scenes
+    r = CliRunner().invoke(main, ["calibrate", str(weights), str(raster), "--labels", str(truth), "--write"])
+    assert r.exit_code == 0, r.output
+    rows = [line.split() for line in r.output.splitlines() if line[:1] == "0"]
+    assert len(rows) == 10 and sum(row[-1] == "<" for row in rows) == 1, r.output
+    chosen = float(next(row[0] for row in rows if row[-1] == "<"))
+    assert f"best threshold: {chosen:.2f}" in r.output
+    after = read_model_meta(weights)
+    assert after["conf"] == pytest.approx(chosen)
+    assert {k: v for k, v in after.items() if k != "conf"} == {k: v for k, v in before.items() if k != "conf"}
+    assert FastSAMSegmenter(weights, device="cpu").conf == pytest.approx(chosen)
+    # without --write nothing changes; a labels count that fits no raster count is refused
+    r = CliRunner().invoke(
+        main, ["calibrate", str(TOWN_N), str(raster), str(raster), "--labels", "a", "--labels", "b", "--labels", "c"]
+    )
+    assert r.exit_code == 1 and "one --labels file or one per raster" in r.output
+    assert read_model_meta(TOWN_N) == before
+
+
+def test_onnx_threshold_is_stored_beside_its_other_metadata(tmp_path: Path) -> None:
+    from fastsam_geo.calibrate import store_conf
+    from fastsam_geo.modelmeta import read_model_meta
+
+    onnx_path = tmp_path / "m.onnx"
+    shutil.copyfile(REPO / "weights" / "fastsam-geo-town-n.onnx", onnx_path)
+    before = read_model_meta(onnx_path)
+    store_conf(onnx_path, 0.17)
+    assert read_model_meta(onnx_path) == {**before, "conf": 0.17}
