@@ -68,11 +68,38 @@ def connect(
 
 
 # ---------------------------------------------------------------------------------- worker side
+def unloaded(scorer: Any) -> Any:
+    """What to ship of a text scorer: a :class:`~fastsam_geo.textprompt.ClipScorer` as a fresh one
+    with the same settings (no model inside: each worker loads its own), anything else as it is.
+
+    >>> from fastsam_geo.textprompt import ClipScorer
+    >>> s = ClipScorer("ViT-S-32-alt", "/models/clip.pt", batch_size=4)
+    >>> s._model = object()   # as after load()
+    >>> u = unloaded(s)
+    >>> u is not s, u.pretrained, u.batch_size, u._model is None, unloaded(None)
+    (True, '/models/clip.pt', 4, True, None)
+    """
+    from fastsam_geo.textprompt import ClipScorer
+
+    if not isinstance(scorer, ClipScorer):
+        return scorer
+    return ClipScorer(
+        scorer.model_name,
+        scorer.pretrained,
+        device=scorer.device,
+        batch_size=scorer.batch_size,
+        pad=scorer.pad,
+        cache_dir=scorer.cache_dir,
+    )
+
+
 class ModelPlugin(WorkerPlugin):
     """Loads the segmenter (and the CLIP scorer when a text prompt needs it) once per worker.
 
     ``segmenter``: a segmenter object to ship as is (pickled once per worker), else the
-    FastSAM model of ``model`` is loaded on the worker from its weights path.
+    FastSAM model of ``model`` is loaded on the worker from its weights path. ``text_scorer``:
+    the client's scorer (its settings: model, weights file or tag, batch, padding), else a
+    default :class:`~fastsam_geo.textprompt.ClipScorer`; each worker loads its own.
     """
 
     name = PLUGIN
@@ -86,9 +113,11 @@ class ModelPlugin(WorkerPlugin):
         cache_dir: str | None = None,
         cache_only: bool = False,
         text: bool = False,
+        text_scorer: Any = None,
     ) -> None:
         self.model = model
         self.shipped = segmenter
+        self.shipped_scorer = unloaded(text_scorer)
         self.cache_dir = cache_dir
         self.cache_only = cache_only
         self.text = text
@@ -107,7 +136,7 @@ class ModelPlugin(WorkerPlugin):
         if self.text:
             from fastsam_geo.textprompt import ClipScorer
 
-            self.text_scorer = ClipScorer()
+            self.text_scorer = self.shipped_scorer if self.shipped_scorer is not None else ClipScorer()
 
     def teardown(self, worker: Any = None) -> None:
         """Close the rasters this worker opened."""
@@ -182,6 +211,7 @@ class DaskExecutor:
         client: a ``dask.distributed.Client``.
         options: the run's options (model, batch size, cache).
         segmenter: a segmenter to ship to the workers instead of loading ``options.model``.
+        text_scorer: the scorer of a text prompt (its settings are shipped; see :func:`unloaded`).
         rasters: checked readable on a worker before anything is submitted.
         retries: reruns of a batch whose worker died or failed.
         resources: worker resources each task needs, e.g. ``{"GPU": 1}``.
@@ -196,6 +226,7 @@ class DaskExecutor:
         options: ExtractOptions,
         *,
         segmenter: Segmenter | None = None,
+        text_scorer: Any = None,
         rasters: Sequence[str] = (),
         retries: int = 3,
         resources: dict[str, float] | None = None,
@@ -214,7 +245,12 @@ class DaskExecutor:
         text = options.select.prompts is not None and bool(options.select.prompts.text)
         out = options.output
         plugin = ModelPlugin(
-            options.model, segmenter=segmenter, cache_dir=out.cache_dir, cache_only=out.cache_only, text=text
+            options.model,
+            segmenter=segmenter,
+            cache_dir=out.cache_dir,
+            cache_only=out.cache_only,
+            text=text,
+            text_scorer=text_scorer,
         )
         client.register_plugin(plugin, name=PLUGIN)
         self.describe = self._describe(segmenter)

@@ -365,7 +365,9 @@ def _executor(
     if client is not None:
         from fastsam_geo.cluster import DaskExecutor
 
-        dask_ex = DaskExecutor(client, options, segmenter=segmenter, rasters=[p.raster for p in plans])
+        dask_ex = DaskExecutor(
+            client, options, segmenter=segmenter, text_scorer=text_scorer, rasters=[p.raster for p in plans]
+        )
         return dask_ex, dask_ex.describe
     base = segmenter
     if out.cache_only:

@@ -189,3 +189,27 @@ def test_an_unreachable_scheduler_is_one_line_and_exit_1_within_seconds(town, tm
     # and imports, slow on a loaded machine, so the bound here only guards against a hang.
     assert "after 5 s" in lines[0] and elapsed < 50, elapsed
     assert not (tmp_path / "o.gpkg").exists()
+
+
+@pytest.mark.model
+def test_a_text_prompt_on_the_cluster_uses_the_clients_clip_weights(client, town, tmp_path: Path) -> None:
+    """The workers score with the CLIP weights file given to the run (offline: no download), as one process does."""
+    import open_clip
+    import torch
+
+    from fastsam_geo.prompts import Prompts
+    from fastsam_geo.textprompt import ClipScorer
+
+    torch.manual_seed(0)
+    weights = tmp_path / "clip.pt"
+    torch.save(open_clip.create_model("ViT-S-32-alt", pretrained=None).state_dict(), weights)
+    prompts = Prompts(text="a building seen from above", text_threshold=None, text_top_k=2)
+    runs = {}
+    for name, kw in (("local", {}), ("cluster", {"client": client})):
+        scorer = ClipScorer("ViT-S-32-alt", weights)
+        out = tmp_path / f"{name}.gpkg"
+        s = extract_buildings(town.raster, out, prompts=prompts, text_scorer=scorer, **kw, **RUN)
+        assert s.tiles_processed == 9
+        runs[name] = _read(out)
+    assert len(runs["local"]) > 0
+    assert_geometries_equal(runs["local"].geometry.values, runs["cluster"].geometry.values, tolerance=1e-6)
