@@ -311,21 +311,22 @@ def renumber_ids(path: Path, layer: str, order_by: Sequence[str]) -> None:
             (geom,) = conn.execute(
                 "SELECT column_name FROM gpkg_geometry_columns WHERE table_name = ?", (layer,)
             ).fetchone()
+            q = vectorio._quote
             rtree = f"rtree_{layer}_{geom}"
             keys = []
             for k in order_by:
-                keys += ["t.minx", "t.maxy DESC", "t.maxx", "t.miny"] if k == "bounds" else [f'b."{k}"']
+                keys += ["t.minx", "t.maxy DESC", "t.maxx", "t.miny"] if k == "bounds" else [f"b.{q(k)}"]
             triggers = conn.execute(
                 "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ?", (layer,)
             ).fetchall()
             for name, _ in triggers:
-                conn.execute(f'DROP TRIGGER "{name}"')
+                conn.execute(f"DROP TRIGGER {q(name)}")
             conn.execute("CREATE TEMP TABLE _fastsam_order (f INTEGER PRIMARY KEY, n INTEGER)")
             conn.execute(
                 f"INSERT INTO _fastsam_order SELECT b.fid, ROW_NUMBER() OVER (ORDER BY {', '.join(keys)}, b.fid) "
-                f'FROM "{layer}" b LEFT JOIN "{rtree}" t ON t.id = b.fid'
+                f"FROM {q(layer)} b LEFT JOIN {q(rtree)} t ON t.id = b.fid"
             )
-            conn.execute(f'UPDATE "{layer}" SET id = (SELECT n FROM _fastsam_order WHERE f = "{layer}".fid)')
+            conn.execute(f"UPDATE {q(layer)} SET id = (SELECT n FROM _fastsam_order WHERE f = {q(layer)}.fid)")
             conn.execute("DROP TABLE _fastsam_order")
             for _, sql in triggers:
                 conn.execute(sql)

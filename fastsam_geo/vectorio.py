@@ -328,7 +328,8 @@ INSERT OR IGNORE INTO gpkg_spatial_ref_sys VALUES ('Undefined Cartesian SRS', -1
 INSERT OR IGNORE INTO gpkg_spatial_ref_sys VALUES ('Undefined geographic SRS', 0, 'NONE', 0, 'undefined',
 'undefined geographic coordinate reference system');
 """
-# The R-tree and feature-count triggers as GDAL writes them for GeoPackage 1.2 ({t}: table, {g}: geometry column).
+# The R-tree and feature-count triggers as GDAL writes them for GeoPackage 1.2 ({t}: table, {g}: geometry
+# column, both inside double-quoted identifiers; {tl}: the table name as a single-quoted string literal).
 _TRIGGERS = (
     'CREATE TRIGGER "rtree_{t}_{g}_insert" AFTER INSERT ON "{t}" WHEN (new."{g}" NOT NULL AND NOT '
     'ST_IsEmpty(NEW."{g}")) BEGIN INSERT OR REPLACE INTO "rtree_{t}_{g}" VALUES (NEW."fid",ST_MinX(NEW."{g}"), '
@@ -348,9 +349,9 @@ _TRIGGERS = (
     'CREATE TRIGGER "rtree_{t}_{g}_delete" AFTER DELETE ON "{t}" WHEN old."{g}" NOT NULL BEGIN DELETE FROM '
     '"rtree_{t}_{g}" WHERE id = OLD."fid"; END',
     'CREATE TRIGGER "trigger_insert_feature_count_{t}" AFTER INSERT ON "{t}" BEGIN UPDATE gpkg_ogr_contents SET '
-    "feature_count = feature_count + 1 WHERE lower(table_name) = lower('{t}'); END",
+    "feature_count = feature_count + 1 WHERE lower(table_name) = lower({tl}); END",
     'CREATE TRIGGER "trigger_delete_feature_count_{t}" AFTER DELETE ON "{t}" BEGIN UPDATE gpkg_ogr_contents SET '
-    "feature_count = feature_count - 1 WHERE lower(table_name) = lower('{t}'); END",
+    "feature_count = feature_count - 1 WHERE lower(table_name) = lower({tl}); END",
 )
 
 
@@ -477,7 +478,9 @@ def create_layer(
             (t, g),
         )
         conn.execute(f"CREATE VIRTUAL TABLE {_quote(f'rtree_{t}_{g}')} USING rtree(id, minx, maxx, miny, maxy)")
+        literal = "'" + t.replace("'", "''") + "'"
         for sql in _TRIGGERS:
+            sql = sql.replace("{tl}", literal)  # before {t}: the literal is escaped its own way
             conn.execute(sql.replace("{t}", t.replace('"', '""')).replace("{g}", g.replace('"', '""')))
 
 

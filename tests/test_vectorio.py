@@ -230,3 +230,23 @@ def test_features_of_and_take() -> None:
     f = Features.of([shapely.box(0, 0, 1, 1), shapely.box(0, 0, 2, 2)], "EPSG:32633", score=[0.1, 0.2])
     t = f.take(np.array([1]))
     assert len(t) == 1 and t.columns.score.tolist() == [0.2] and t.geometry[0].area == 4.0
+
+
+@pytest.mark.parametrize("layer", ["it's", 'q"uote', "O'Brien \"north\" sheet"])
+def test_layer_names_with_quotes(tmp_path: Path, layer: str) -> None:
+    """A layer named after a raster such as ``O'Brien.tif``: triggers, counts and ids all work."""
+    from fastsam_geo.output import renumber_ids
+
+    path = tmp_path / "q.gpkg"
+    write_gpkg(path, layer, _geoms(), _columns(6), UTM)
+    renumber_ids(path, layer, ("bounds",))
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT feature_count FROM gpkg_ogr_contents WHERE table_name = ?", (layer,)).fetchone() == (6,)
+    conn.close()
+    assert [name for name, _ in pyogrio.list_layers(path)] == [layer]
+    df = gpd.read_file(path, layer=layer)
+    assert len(df) == 6 and pyogrio.read_info(path, layer=layer)["features"] == 6
+    assert len(read_features(path, layer)) == 6
+    # GDAL appends through the triggers: the count and the R-tree follow
+    pyogrio.write_dataframe(df.iloc[:1], path, layer=layer, append=True)
+    assert pyogrio.read_info(path, layer=layer)["features"] == 7 and len(read_features(path, layer)) == 7
