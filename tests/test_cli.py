@@ -57,7 +57,12 @@ def test_info_describes_raster_and_tiles(small: Scene) -> None:
     # the default model's working resolution (0.25 m) and confidence threshold, read from its file
     r = CliRunner().invoke(main, ["info", str(small.raster), "--tile-size", "256", "--overlap", "32"])
     assert r.exit_code == 0, r.output
-    assert "0.25 m per pixel (resampled)" in r.output and "conf:     0.26" in r.output, r.output
+    from fastsam_geo.modelmeta import weights_conf
+    from fastsam_geo.weights import resolve_weights
+
+    stored = weights_conf(resolve_weights(None))
+    assert stored != 0.25  # calibrated, not the fallback
+    assert "0.25 m per pixel (resampled)" in r.output and f"conf:     {stored:.2f}" in r.output, r.output
 
 
 def test_sample_then_evaluate_truth_against_itself(tmp_path: Path) -> None:

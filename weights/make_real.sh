@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Re-creates weights/fastsam-geo-n.pt, the bundled default model (real + synthetic, 0.25 m),
-# and its ONNX twin. Each `train` ends by storing the confidence threshold it calibrated (see the card). Needs ../shared/data (the real sets; see their READMEs) and the .venv.
+# and its ONNX twin. Each `train` ends by storing the confidence threshold it calibrates with `extract`
+# on its training rasters (see the card and `fastsam-geo calibrate`). Needs ../shared/data (the real sets; see their READMEs) and the .venv.
 # Starting point: weights/fastsam-geo-town-n.pt (the synthetic-only model of the first release).
 # Fixed validation split (never trained on): see weights/prepare_real.py.
 set -euo pipefail
@@ -14,6 +15,7 @@ REAL=${REAL:-/tmp/fsg-real}
 HOURS1=${HOURS1:-1.15}
 HOURS2=${HOURS2:-0.5}
 HOURS3=${HOURS3:-1.75}
+HOURS4=${HOURS4:-1.2}
 
 "$PY" weights/prepare_real.py "$SHARED" "$REAL"
 mkdir -p "$WORK/scenes"
@@ -37,7 +39,11 @@ cp weights/fastsam-geo-town-n.pt "$WORK/base-town-n.pt"
   --base "$WORK/fastsam-geo-n.pt" --imgsz 512 --batch 8 --epochs 300 --hours "$HOURS2" --seed 1 --workers 2 \
   --work-dir "$WORK/train2"
 # stage 3: once more from stage 2's best weights
-"$FSG" train "${rasters[@]}" "${labels[@]}" -o weights/fastsam-geo-n.pt --gsd 0.25 \
+"$FSG" train "${rasters[@]}" "${labels[@]}" -o "$WORK/stage3.pt" --gsd 0.25 \
   --base "$WORK/stage2.pt" --imgsz 512 --batch 8 --epochs 300 --hours "$HOURS3" --seed 2 --workers 2 \
   --work-dir "$WORK/train3"
+# stage 4: and once more from stage 3's best weights
+"$FSG" train "${rasters[@]}" "${labels[@]}" -o weights/fastsam-geo-n.pt --gsd 0.25 \
+  --base "$WORK/stage3.pt" --imgsz 512 --batch 8 --epochs 300 --hours "$HOURS4" --seed 3 --workers 2 \
+  --work-dir "$WORK/train4"
 PYTHON="$PY" weights/export_default.sh weights/fastsam-geo-n.pt
