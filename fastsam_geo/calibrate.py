@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from fastsam_geo.errors import FastSAMGeoError
 from fastsam_geo.evaluate import Footprints, Scores, evaluate_on_raster, pooled
 from fastsam_geo.masks import InstanceMasks
 from fastsam_geo.segment import Segmenter
@@ -82,7 +83,8 @@ class ReplaySegmenter:
 
 
 def per_raster(labels: Footprints | Sequence[Footprints], n: int) -> list[Footprints]:
-    """``n`` footprint layers from one layer (for every raster) or a sequence of ``n``.
+    """``n`` footprint layers from one layer (for every raster: a path, a GeoDataFrame) or a
+    sequence of ``n``.
 
     >>> per_raster("osm.gpkg", 2), per_raster(["a.gpkg", "b.gpkg"], 2)
     (['osm.gpkg', 'osm.gpkg'], ['a.gpkg', 'b.gpkg'])
@@ -90,7 +92,7 @@ def per_raster(labels: Footprints | Sequence[Footprints], n: int) -> list[Footpr
     if isinstance(labels, (str, os.PathLike)) or not isinstance(labels, Sequence):
         return [labels] * n  # type: ignore[list-item]
     if len(labels) != n:
-        raise ValueError(f"{len(labels)} label layers for {n} rasters")
+        raise FastSAMGeoError(f"{n} rasters but {len(labels)} label files: give one label file, or one per raster.")
     return list(labels)
 
 

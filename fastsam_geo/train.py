@@ -111,14 +111,7 @@ def build_dataset(
     ``crop`` (small rasters) are padded to ``crop`` so that every crop keeps its scale.
     """
     out = Path(out_dir)
-    if isinstance(labels, (str, os.PathLike, gpd.GeoDataFrame)):
-        label_list = [labels] * len(rasters)
-    else:
-        label_list = list(labels)
-        if len(label_list) != len(rasters):
-            raise FastSAMGeoError(
-                f"{len(rasters)} rasters but {len(label_list)} label files: give one label file, or one per raster."
-            )
+    label_list = per_raster(labels, len(rasters))
     for split in ("train", "val"):
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
         (out / "labels" / split).mkdir(parents=True, exist_ok=True)
@@ -363,7 +356,7 @@ def train(
     per_source = validate_per_source(out, ds, rasters, work, imgsz=imgsz, batch=batch, device=device)
     write_pt_meta(out, meta)  # the working resolution first: the calibration reads at it
     # the threshold: the extract pipeline's best object F1 on the training rasters, else (no
-    # truth building on them) the median of the sources' best-F1 thresholds on their crops
+    # threshold finds a truth building there) the median of the sources' best-F1 thresholds on their crops
     cal = calibrate_conf(out, rasters, per_raster(labels, len(rasters)), gsd=gsd, device=device)
     conf = cal.conf if cal.conf is not None else calibrated_conf(per_source)
     if conf is not None:
