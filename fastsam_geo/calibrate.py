@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from fastsam_geo.errors import FastSAMGeoError
-from fastsam_geo.evaluate import Footprints, Scores, evaluate_on_raster, pooled
+from fastsam_geo.evaluate import Footprints, Scores, evaluate_on_raster, load_footprints, pooled
 from fastsam_geo.masks import InstanceMasks
 from fastsam_geo.segment import Segmenter
 from fastsam_geo.tiling import Tile
@@ -179,14 +179,17 @@ def calibrate_conf(
     from fastsam_geo.pipeline import extract_buildings
 
     grid = tuple(sorted(float(c) for c in grid))
-    labels = per_raster(labels, len(rasters))
+    # read once (not once per threshold), and a bad file fails before the model loads
+    layers = per_raster(labels, len(rasters))
+    loaded = {id(t): load_footprints(t, "truth") for t in layers}
+    truths = [loaded[id(t)] for t in layers]
     if segmenter is None:
         from fastsam_geo.segment import FastSAMSegmenter
 
         segmenter = FastSAMSegmenter(weights, device=device, conf=grid[0])
     per_source: dict[str, list[Scores]] = {}
     with tempfile.TemporaryDirectory(prefix="fastsam-geo-calibrate-") as tmp:
-        for i, (raster, truth) in enumerate(zip(rasters, labels, strict=True)):
+        for i, (raster, truth) in enumerate(zip(rasters, truths, strict=True)):
             replay = ReplaySegmenter(segmenter)
             name = f"{i:03d}_{Path(raster).stem}"
             scores = []

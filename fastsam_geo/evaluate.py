@@ -233,7 +233,7 @@ def scores_from_counts(tp: int, fp: int, fn: int, mean_iou: float = 0.0) -> Scor
     return Scores(tp, fp, fn, precision, recall, f1, float(mean_iou))
 
 
-def _load(data: Footprints, role: str) -> Features:
+def load_footprints(data: Footprints, role: str) -> Features:
     """Footprints as :class:`Features` (a file's ``buildings`` layer, else its first), null and
     empty geometries left out; a missing file, an unreadable one or a layer without CRS: one line."""
     if isinstance(data, Features):
@@ -311,8 +311,8 @@ def evaluate(
     >>> evaluate(truth, truth, seams=[LineString([(5, -5), (5, 20)])]).seam_score
     1.0
     """
-    truth_df = _load(truth, "truth")
-    pred_df = _to_crs(_load(pred, "prediction"), truth_df.crs)
+    truth_df = load_footprints(truth, "truth")
+    pred_df = _to_crs(load_footprints(pred, "prediction"), truth_df.crs)
     p = _as_geometry_array(pred_df.geometry)
     t = _as_geometry_array(truth_df.geometry)
     pi, ti, inter, iou = _pairs(p, t)
@@ -436,8 +436,8 @@ def evaluate_on_raster(
     """
     area, crs = raster_footprint(raster)
     crs = CRS.from_user_input(crs.to_wkt() if hasattr(crs, "to_wkt") else crs)
-    truth_df = _to_crs(_load(truth, "truth"), crs)
-    pred_df = _to_crs(_load(pred, "prediction"), crs)
+    truth_df = _to_crs(load_footprints(truth, "truth"), crs)
+    pred_df = _to_crs(load_footprints(pred, "prediction"), crs)
     t = _as_geometry_array(truth_df.geometry)
     p = _as_geometry_array(pred_df.geometry)
     near_t = shapely.STRtree(t).query(area, predicate="intersects") if len(t) else np.zeros(0, np.int64)

@@ -90,3 +90,16 @@ def test_onnx_threshold_is_stored_beside_its_other_metadata(tmp_path: Path) -> N
     before = read_model_meta(onnx_path)
     store_conf(onnx_path, 0.17)
     assert read_model_meta(onnx_path) == {**before, "conf": 0.17}
+
+
+def test_a_missing_footprint_file_fails_before_any_tile_is_segmented(two_scenes) -> None:
+    from fastsam_geo.calibrate import calibrate_conf
+    from fastsam_geo.errors import EvaluationError
+
+    class Refuses:
+        def segment(self, tiles):
+            raise AssertionError("the model ran before the labels were read")
+
+    (raster, truth), _ = two_scenes
+    with pytest.raises(EvaluationError, match=r"/nope\.gpkg: no such truth file"):
+        calibrate_conf(TOWN_N, [raster, raster], [truth, "/nope.gpkg"], segmenter=Refuses())
