@@ -39,6 +39,9 @@ the engine's error class (:mod:`fastsam_geo.errors`), ``"Cancelled"`` for a canc
 ``shutdown``
     Cancel everything and exit. End of input (the plugin went away) does the same.
 
+An ``extract`` without ``output`` writes into the worker's temporary folder; that folder is
+removed when the worker exits, so a client keeps such an output by copying it before then.
+
 Only protocol lines go to stdout: everything else that writes to stdout in this process (Python
 ``print``, ultralytics, C libraries) is sent to stderr, and logging goes to stderr.
 """
@@ -50,6 +53,7 @@ import logging
 import os
 import platform
 import queue
+import shutil
 import sys
 import tempfile
 import threading
@@ -381,6 +385,12 @@ class Engine:
         self.runs += 1
         return self._tmp / f"buildings_{self.runs}_{job_id}.gpkg"
 
+    def close(self) -> None:
+        """Remove the temporary folder of :meth:`temp_output` (outputs the client did not name)."""
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
     def segmenter(self, weights: str | None, device: str, conf: float | None, iou: float) -> Any:
         """The warm segmenter for these settings (loaded on first use; ``conf`` None: the model's)."""
         if weights:
@@ -688,9 +698,10 @@ class WorkerServer:
         return 0
 
     def close(self, timeout: float = 10.0) -> None:
-        """Stop the job thread (after its current job notices the cancel)."""
+        """Stop the job thread (after its current job notices the cancel), then the engine."""
         self.jobs.put(None)
         self._thread.join(timeout)
+        self.engine.close()
 
 
 def line_writer(stream: IO[str]) -> Callable[[Message], None]:

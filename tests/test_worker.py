@@ -278,6 +278,7 @@ def test_worker_process_with_a_fastsam_checkpoint_keeps_masks_warm(
                 break
         assert msg["type"] == "result", msg
         results.append(msg["result"])
+    assert all(Path(r["output"]).is_file() for r in results)
     proc.stdin.write('{"id": 3, "cmd": "shutdown"}\n')
     proc.stdin.flush()
     proc.wait(30)
@@ -286,6 +287,7 @@ def test_worker_process_with_a_fastsam_checkpoint_keeps_masks_warm(
     assert second["cache"]["hits"] == 1
     assert first["weights_sha256"] and first["weights_sha256"] == second["weights_sha256"]
     assert first["output"] != second["output"]  # outputs in the worker's temporary folder
+    assert proc.returncode == 0 and not Path(first["output"]).parent.exists()  # removed at exit
 
 
 @pytest.mark.model
