@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -105,7 +106,9 @@ def run_script(
     cmd = [QGIS_PYTHON, str(SCRIPTS / script), *args]
     if xvfb:
         cmd = ["xvfb-run", "-a", "-s", "-screen 0 1600x1000x24", *cmd]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=REPO)
+    with tempfile.TemporaryDirectory(prefix="fsg-qgis-") as tmp:  # what QGIS, Qt and the engine leave there
+        full_env["TMPDIR"] = tmp
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=REPO)
     out = r.stdout + "\n" + r.stderr
     lines = [line for line in r.stdout.splitlines() if line.startswith("RESULT ")]
     result = json.loads(lines[-1][len("RESULT ") :]) if lines else {}
@@ -178,6 +181,7 @@ def test_qgis_process_runs_the_algorithm(
         "QT_QPA_PLATFORM": "offscreen",
         "YOLO_OFFLINE": "1",
         "FASTSAM_GEO_CACHE": str(mask_cache),
+        "TMPDIR": str(home),
     }
     for key in VENV_ONLY_VARIABLES:
         env.pop(key, None)
