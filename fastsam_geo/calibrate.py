@@ -157,6 +157,29 @@ class Calibration:
         return "\n".join(lines)
 
 
+    def source_table(self) -> str:
+        """The scores of each source at the chosen threshold, one line each ("" when none was chosen).
+
+        >>> from fastsam_geo.evaluate import scores_from_counts as sc
+        >>> print(Calibration(0.2, (0.1, 0.2), [sc(9, 9, 1), sc(4, 0, 1)], {"000_a": [sc(5, 5, 0), sc(3, 0, 0)],
+        ...       "001_b": [sc(4, 4, 1), sc(1, 0, 1)]}).source_table())
+        source at conf 0.20    TP   FP   FN object F1 pixel F1
+        000_a                   3    0    0     1.000        -
+        001_b                   1    0    1     0.667        -
+        """
+        if self.conf is None or not self.per_source:
+            return ""
+        k = min(range(len(self.grid)), key=lambda i: abs(self.grid[i] - self.conf))
+        width = max(20, *(len(n) for n in self.per_source))
+        lines = [f"{'source at conf ' + format(self.conf, '.2f'):<{width}} {'TP':>4} {'FP':>4} {'FN':>4} "
+                 f"{'object F1':>9} {'pixel F1':>8}"]
+        for name, scores in self.per_source.items():
+            s = scores[k]
+            pix = "-" if s.pixel_f1 is None else f"{s.pixel_f1:.3f}"
+            lines.append(f"{name:<{width}} {s.tp:>4} {s.fp:>4} {s.fn:>4} {s.f1:>9.3f} {pix:>8}")
+        return "\n".join(lines)
+
+
 def calibrate_conf(
     weights: str | os.PathLike[str],
     rasters: Sequence[str | os.PathLike[str]],

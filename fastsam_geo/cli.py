@@ -245,6 +245,7 @@ def train(
         click.echo("extract on the training rasters by confidence threshold (object F1: mean of the rasters'):")
         click.echo(result.calibration.table())
         click.echo(f"confidence threshold stored in the model (best mean object F1): {result.conf:.2f}")
+        click.echo(result.calibration.source_table())
     elif result.conf is not None:
         click.echo(f"confidence threshold stored in the model (median of the sources'): {result.conf:.2f}")
 
@@ -1191,6 +1192,7 @@ def calibrate(
             "nothing to calibrate on."
         )
     click.echo(f"best threshold: {cal.conf:.2f}" + (f" (stored in {weights})" if write else ""))
+    click.echo(cal.source_table())
     if write:
         store_conf(weights, cal.conf)
 

@@ -65,10 +65,15 @@ def test_cli_calibrate_writes_the_threshold_into_the_model(two_scenes, tmp_path:
     (raster, truth), _ = two_scenes
     r = CliRunner().invoke(main, ["calibrate", str(weights), str(raster), "--labels", str(truth), "--write"])
     assert r.exit_code == 0, r.output
-    rows = [line.split() for line in r.output.splitlines() if line[:1] == "0"]
+    rows = [line.split() for line in r.output.splitlines() if line[:2] == "0."]
     assert len(rows) == 10 and sum(row[-1] == "<" for row in rows) == 1, r.output
     chosen = float(next(row[0] for row in rows if row[-1] == "<"))
     assert f"best threshold: {chosen:.2f}" in r.output
+    # and the raster's own line at that threshold: the same counts as the pooled row (one raster)
+    assert f"source at conf {chosen:.2f}" in r.output
+    (source,) = [line.split() for line in r.output.splitlines() if line.startswith("000_")]
+    pooled = next(row for row in rows if row[-1] == "<")
+    assert source[0] == f"000_{raster.stem}" and source[1:4] == pooled[3:6], r.output
     after = read_model_meta(weights)
     assert after["conf"] == pytest.approx(chosen)
     assert {k: v for k, v in after.items() if k != "conf"} == {k: v for k, v in before.items() if k != "conf"}
