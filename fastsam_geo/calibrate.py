@@ -98,22 +98,26 @@ def per_raster(labels: Footprints | Sequence[Footprints], n: int) -> list[Footpr
 
 def best_threshold(grid: Sequence[float], f1: Sequence[float]) -> float:
     """The threshold of ``grid`` whose neighbourhood scores best: ``f1`` averaged with its
-    neighbours on each side (a 3-point moving average, the end values repeated at the ends),
-    so that one jagged point of a curve measured on small rasters does not decide. Of equal
-    ones (to 3 decimals), the highest threshold (fewer, surer polygons).
+    neighbours on each side (a 3-point moving average; at the ends of the grid, of the two
+    points there are), so that one jagged point of a curve measured on small rasters does not
+    decide. Of equal ones (to 3 decimals), the highest threshold (fewer, surer polygons).
+    An end of the grid counts once: repeating it (edge padding) would make it weigh twice and
+    pull the choice to the lowest threshold whenever the curve is flat.
 
     >>> best_threshold([0.1, 0.15, 0.2, 0.25], [0.40, 0.43, 0.43, 0.38])
     0.15
     >>> best_threshold([0.08, 0.1, 0.12, 0.15, 0.18, 0.21], [0.40, 0.45, 0.40, 0.43, 0.44, 0.41])  # not the spike
     0.18
+    >>> best_threshold([0.08, 0.1, 0.12, 0.15, 0.18], [0.431, 0.417, 0.424, 0.436, 0.412])  # flat: not the end
+    0.12
     >>> best_threshold([0.1, 0.2], [0.5, 0.3]), best_threshold([0.3], [0.0])
-    (0.1, 0.3)
+    (0.2, 0.3)
     """
     if len(grid) != len(f1) or not len(grid):
         raise ValueError(f"{len(grid)} thresholds for {len(f1)} scores")
     f = np.asarray(f1, np.float64)
-    padded = np.pad(f, 1, mode="edge")
-    smooth = (padded[:-2] + padded[1:-1] + padded[2:]) / 3
+    padded, there = np.pad(f, 1), np.pad(np.ones_like(f), 1)  # each point with the neighbours that exist
+    smooth = (padded[:-2] + padded[1:-1] + padded[2:]) / (there[:-2] + there[1:-1] + there[2:])
     rounded = np.round(smooth, 3)
     best = np.flatnonzero(rounded == rounded.max())
     return float(np.asarray(grid, np.float64)[best].max())
@@ -130,15 +134,19 @@ class Calibration:
 
     @property
     def mean_f1(self) -> list[float]:
-        """Object F1 averaged over the sources, per threshold (what :attr:`conf` maximises).
+        """Object F1 averaged over the sources that have truth buildings, per threshold (what
+        :attr:`conf` maximises). A source without any scores F1 0 at every threshold: it would
+        only lower the mean, the same at each.
 
         >>> from fastsam_geo.evaluate import scores_from_counts as sc
-        >>> Calibration(0.2, (0.2,), [sc(4, 0, 1)], {"a": [sc(3, 0, 0)], "b": [sc(1, 0, 1)]}).mean_f1
+        >>> by_source = {"a": [sc(3, 0, 0)], "b": [sc(1, 0, 1)], "c": [sc(0, 2, 0)]}  # c: no truth
+        >>> Calibration(0.2, (0.2,), [sc(4, 2, 1)], by_source).mean_f1
         [0.8333333333333333]
         """
-        if not self.per_source:
+        scored = [s for s in self.per_source.values() if s and s[0].tp + s[0].fn > 0]
+        if not scored:
             return [s.f1 for s in self.pooled]
-        return [float(np.mean([s[k].f1 for s in self.per_source.values()])) for k in range(len(self.grid))]
+        return [float(np.mean([s[k].f1 for s in scored])) for k in range(len(self.grid))]
 
     def table(self) -> str:
         """The pooled scores per threshold, one line each, the chosen one marked.

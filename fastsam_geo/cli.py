@@ -242,7 +242,7 @@ def train(
                 f"{sc.map50:>6.3f} {conf:>5}"
             )
     if result.calibration is not None:
-        click.echo("extract on the training rasters by confidence threshold (object F1: mean of the rasters'):")
+        click.echo("extract on the training rasters by confidence threshold (mean F1: of the rasters with buildings):")
         click.echo(result.calibration.table())
         click.echo(f"confidence threshold stored in the model (best mean object F1): {result.conf:.2f}")
         click.echo(result.calibration.source_table())
@@ -1172,9 +1172,10 @@ def calibrate(
 ) -> None:
     """Run `extract` (CLI defaults) on RASTERS at each confidence threshold from 0.08 to 0.4 and
     score each result against --labels (object F1 at IoU 0.5, pixel F1). The threshold with the
-    best object F1 averaged over the rasters (each counts once) is the model's; --write stores
-    it in WEIGHTS, so that `extract` without --conf uses it. `train` ends with the same step on
-    its rasters.
+    best object F1 averaged over the rasters that have truth buildings (each counts once, and
+    each threshold is averaged with its neighbours) is the model's; --write stores it in
+    WEIGHTS, so that `extract` without --conf uses it. `train` ends with the same step on its
+    rasters.
 
     \b
     Example:
