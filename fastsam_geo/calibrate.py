@@ -164,7 +164,6 @@ class Calibration:
             lines.append(f"{c:<4.2f} {m:>9.3f} | {s.tp:>4} {s.fp:>4} {s.fn:>4} {s.f1:>9.3f} {pix:>8}{mark}")
         return "\n".join(lines)
 
-
     def source_table(self) -> str:
         """The scores of each source at the chosen threshold, one line each ("" when none was chosen).
 
