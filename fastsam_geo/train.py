@@ -357,7 +357,7 @@ def train(
     write_pt_meta(out, meta)  # the working resolution first: the calibration reads at it
     # the threshold: the extract pipeline's best object F1 on the training rasters, else (no
     # threshold finds a truth building there) the median of the sources' best-F1 thresholds on their crops
-    cal = calibrate_conf(out, rasters, per_raster(labels, len(rasters)), gsd=gsd, device=device)
+    cal = calibrate_conf(out, rasters, labels, gsd=gsd, device=device)  # one layer or one per raster
     conf = cal.conf if cal.conf is not None else calibrated_conf(per_source)
     if conf is not None:
         write_pt_meta(out, {"conf": conf})
