@@ -187,6 +187,12 @@ def sample(output: Path, size: int, seed: int, pixel_size: float, crs: str, dens
     default=None,
     help="Dataset and run folder (default: beside OUTPUT).",
 )
+@click.option(
+    "--augment/--no-augment",
+    default=False,
+    show_default=True,
+    help="Add one copy of each training crop as another sensor sees it (grey, coarser, radiometry), turned 90 deg.",
+)
 def train(
     rasters: tuple[str, ...],
     labels: tuple[str, ...],
@@ -201,6 +207,7 @@ def train(
     hours: float | None,
     gsd: float | None,
     work_dir: Path | None,
+    augment: bool,
 ) -> None:
     """Build a YOLO-seg dataset from RASTERS and --labels footprints, fine-tune BASE with
     ultralytics, and write the best weights to --output. The result loads as --weights.
@@ -226,6 +233,7 @@ def train(
         time_hours=hours,
         work_dir=work_dir,
         gsd=gsd,
+        augment=augment,
     )
     click.echo(
         f"{result.weights}: {result.epochs} epochs in {result.seconds:.0f} s "

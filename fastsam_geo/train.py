@@ -50,6 +50,55 @@ def bridge_holes(poly: Polygon) -> np.ndarray:
     return ring
 
 
+SENSOR_VARIANTS = ("grey", "coarse", "radiometry")
+
+
+def sensor_variant(img: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
+    """A copy of an RGB crop as another sensor would see it: grey, coarser, or radiometrically off.
+
+    ``grey``: one panchromatic band copied to three (as the reader gives a 1-band raster);
+    ``coarse``: read at 2-3x coarser ground resolution and back (blurred 0.5 m satellite
+    imagery read at a finer working resolution); ``radiometry``: brightness, contrast, gamma
+    and haze jitter. The labels stay valid: the geometry does not move.
+
+    >>> rng = np.random.default_rng(0)
+    >>> img = np.full((8, 8, 3), (200, 100, 50), np.uint8)
+    >>> g = sensor_variant(img, "grey", rng)
+    >>> bool((g[..., 0] == g[..., 1]).all() and (g[..., 1] == g[..., 2]).all()), g.shape
+    (True, (8, 8, 3))
+    >>> sensor_variant(img, "coarse", rng).shape, sensor_variant(img, "radiometry", rng).dtype
+    ((8, 8, 3), dtype('uint8'))
+    """
+    if kind == "grey":
+        grey = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    if kind == "coarse":
+        h, w = img.shape[:2]
+        f = float(rng.uniform(2.0, 3.0))
+        small = cv2.resize(img, (max(1, round(w / f)), max(1, round(h / f))), interpolation=cv2.INTER_AREA)
+        return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+    if kind == "radiometry":
+        x = img.astype(np.float32) / 255.0
+        x = x * rng.uniform(0.7, 1.3) + rng.uniform(-0.12, 0.12)  # contrast, brightness
+        x = np.clip(x, 0, 1) ** rng.uniform(0.6, 1.6)  # gamma
+        haze = rng.uniform(0.0, 0.3)
+        x = x * (1 - haze) + haze * rng.uniform(0.6, 0.9)  # a bright veil
+        return (np.clip(x, 0, 1) * 255 + 0.5).astype(np.uint8)
+    raise ValueError(f"unknown sensor variant {kind!r}; one of {', '.join(SENSOR_VARIANTS)}")
+
+
+def rotate_ring(ring: np.ndarray, k: int) -> np.ndarray:
+    """Normalised (x, y) label coordinates of a square image turned by ``np.rot90(img, k)``.
+
+    >>> rotate_ring(np.array([[0.25, 0.0]]), 1).tolist()
+    [[0.0, 0.75]]
+    """
+    out = np.asarray(ring, np.float64).copy()
+    for _ in range(k % 4):
+        out = np.stack([out[:, 1], 1.0 - out[:, 0]], axis=1)
+    return out
+
+
 def pad_to(img: np.ndarray, size: int) -> np.ndarray:
     """``img`` padded with black to at least ``size`` x ``size`` (right and bottom).
 
@@ -65,6 +114,17 @@ def pad_to(img: np.ndarray, size: int) -> np.ndarray:
     out = np.zeros((max(h, size), max(w, size), *img.shape[2:]), img.dtype)
     out[:h, :w] = img
     return out
+
+
+def _write_crop(out: Path, split: str, name: str, img: np.ndarray, lines: list[str]) -> None:
+    cv2.imwrite(str(out / "images" / split / f"{name}.png"), img[:, :, ::-1])
+    (out / "labels" / split / f"{name}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
+
+
+def _rotate_line(line: str, k: int) -> str:
+    vals = line.split()
+    ring = rotate_ring(np.array(vals[1:], np.float64).reshape(-1, 2), k)
+    return vals[0] + " " + " ".join(f"{v:.6f}" for v in ring.ravel())
 
 
 @dataclass
@@ -102,6 +162,7 @@ def build_dataset(
     seed: int = 0,
     min_area_px: float = 12.0,
     gsd: float | None = None,
+    augment: bool = False,
 ) -> DatasetSummary:
     """Write a YOLO-seg dataset (images/, labels/, data.yaml) from rasters and footprints.
 
@@ -109,6 +170,10 @@ def build_dataset(
     brought to its raster's). ``gsd`` reads every raster at that ground resolution
     (metres per pixel), as ``extract`` does with the trained model. Crops smaller than
     ``crop`` (small rasters) are padded to ``crop`` so that every crop keeps its scale.
+    Crops without a building are kept (empty label files): trees, bare soil and roads are
+    negatives. ``augment`` adds, for each training crop, one copy as another sensor sees it
+    (:func:`sensor_variant`, in turn grey, coarser, radiometrically off), turned by a random
+    multiple of 90 degrees.
     """
     out = Path(out_dir)
     label_list = per_raster(labels, len(rasters))
@@ -150,11 +215,17 @@ def build_dataset(
                         lines.append("0 " + " ".join(f"{v:.6f}" for v in ring.ravel()))
                 split = "val" if rng.random() < val_fraction else "train"
                 name = f"{Path(raster).stem}_{r_i:03d}_{spec.id}"
-                cv2.imwrite(str(out / "images" / split / f"{name}.png"), img[:, :, ::-1])
-                (out / "labels" / split / f"{name}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
+                _write_crop(out, split, name, img, lines)
                 n_img += 1
                 n_val += split == "val"
                 n_inst += len(lines)
+                if augment and split == "train" and h == w:
+                    kind = SENSOR_VARIANTS[n_img % len(SENSOR_VARIANTS)]
+                    k = int(rng.integers(1, 4))
+                    var = np.ascontiguousarray(np.rot90(sensor_variant(img, kind, rng), k))
+                    _write_crop(out, split, f"{name}_{kind}", var, [_rotate_line(ln, k) for ln in lines])
+                    n_img += 1
+                    n_inst += len(lines)
     if n_img == 0:
         raise RasterError("No training crops: every crop was nodata; check the rasters.")
     if n_val == 0:  # ultralytics needs a validation set: move one crop.
@@ -302,6 +373,7 @@ def train(
     work_dir: str | os.PathLike[str] | None = None,
     threads: int | None = None,
     gsd: float | None = None,
+    augment: bool = False,
 ) -> TrainResult:
     """Build the dataset, fine-tune ``base`` with ultralytics, copy the best weights to ``output``.
 
@@ -318,7 +390,7 @@ def train(
 
     set_torch_threads(threads)
     work = Path(work_dir) if work_dir else Path(output).with_suffix("").parent / "train_work"
-    ds = build_dataset(rasters, labels, work / "dataset", crop=imgsz, seed=seed, gsd=gsd)
+    ds = build_dataset(rasters, labels, work / "dataset", crop=imgsz, seed=seed, gsd=gsd, augment=augment)
     model = YOLO(base, task="segment")
     t0 = time.perf_counter()
     kwargs: dict[str, object] = {

@@ -10,7 +10,9 @@ Writes (never into the repository; the data may not be committed):
   (an internal mask marks the missing tiles). Validation = the eastern edge of the main cluster, 24 tiles (tile
   x 1238457-1238459); footprints clipped to the tiles present;
 - rio_train_*.tif / rio_val_*.tif: SpaceNet Rio chips img50-53, 55, 57-59 for training, img54 and img56 for
-  validation, with footprints vectorized from their building masks (touching buildings fused).
+  validation, with footprints vectorized from their building masks (touching buildings fused);
+- dhaka_train_*.tif / dhaka_val_*.tif: the 8 Dhaka tiles, OAM-393761-226416-19 and -226417-19 held out for
+  validation, each with the OSM footprints clipped to it.
 
 The split is fixed: every figure in weights/MODEL_CARD.md uses it.
 """
@@ -32,6 +34,7 @@ from rasterio.windows import Window
 BANEPA_SPLIT_COL = 2048
 KAMPALA_VAL_X = range(1238457, 1238460)
 RIO_VAL = ("img54", "img56")
+DHAKA_VAL = ("OAM-393761-226416-19", "OAM-393761-226417-19")
 
 
 def _write_window(src_path: Path, window: Window, out: Path) -> None:
@@ -138,12 +141,24 @@ def rio(shared: Path, out: Path) -> None:
         print(f"{tif.name}: {len(geoms)} footprints (fused where buildings touch)")
 
 
+def dhaka(shared: Path, out: Path) -> None:
+    root = shared / "real" / "dhaka"
+    labels = gpd.read_file(root / "dhaka_buildings.gpkg")
+    for img in sorted((root / "tiles").glob("*.tif")):
+        name = "val" if img.stem in DHAKA_VAL else "train"
+        tif = out / f"dhaka_{name}_{img.stem}.tif"
+        shutil.copyfile(img, tif)
+        n = _clip_labels(labels, tif, tif.with_name(tif.stem + "_buildings.gpkg"))
+        print(f"{tif.name}: {n} buildings")
+
+
 def main() -> None:
     shared, out = Path(sys.argv[1]), Path(sys.argv[2])
     out.mkdir(parents=True, exist_ok=True)
     banepa(shared, out)
     kampala(shared, out)
     rio(shared, out)
+    dhaka(shared, out)
 
 
 if __name__ == "__main__":
