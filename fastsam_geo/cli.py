@@ -1121,6 +1121,7 @@ def evaluate(
         click.echo(
             f"F1 {scores.f1:.3f}  precision {scores.precision:.3f}  recall {scores.recall:.3f}  "
             f"mean IoU {scores.mean_iou:.3f}  TP {scores.tp} FP {scores.fp} FN {scores.fn}  seam score {seam}"
+            f"  merged {scores.merged} split {scores.split}"
             f"{pixel}{outside}"
         )
         return
@@ -1158,13 +1159,13 @@ def _prediction_gsd(pred: Path) -> float | None:
 
 def _print_table(rows: list[tuple[str, Any]]) -> None:
     head = f"{'source':<22} {'truth':>6} {'TP':>5} {'FP':>5} {'FN':>5} {'prec':>6} {'recall':>6} {'F1':>6} "
-    click.echo(head + f"{'pixelF1':>7} {'seam':>6}")
+    click.echo(head + f"{'pixelF1':>7} {'seam':>6} {'mIoU':>5} {'merged':>6} {'split':>5}")
     for name, s in rows:
         pix = "-" if s.pixel_f1 is None else f"{s.pixel_f1:.3f}"
         seam = "-" if s.seam_score is None else f"{s.seam_score:.3f}"
         click.echo(
             f"{name[:22]:<22} {s.tp + s.fn:>6} {s.tp:>5} {s.fp:>5} {s.fn:>5} {s.precision:>6.3f} "
-            f"{s.recall:>6.3f} {s.f1:>6.3f} {pix:>7} {seam:>6}"
+            f"{s.recall:>6.3f} {s.f1:>6.3f} {pix:>7} {seam:>6} {s.mean_iou:>5.3f} {s.merged:>6} {s.split:>5}"
         )
 
 

@@ -47,6 +47,10 @@ if TYPE_CHECKING:
 #: Share of a truth building's area that a second prediction may cover before the
 #: building counts as split (seam score).
 SPLIT_COVER = 0.10
+#: Share of a truth building's area inside one prediction for that prediction to hold it
+#: (merged neighbours), and of a prediction's area inside one truth building for it to be a
+#: part of that building (split buildings).
+HOLD_SHARE = 0.5
 
 Footprints = Union[Features, "gpd.GeoDataFrame", "gpd.GeoSeries", str, os.PathLike]
 
@@ -180,6 +184,37 @@ def _seam_counts(
     return int(crossing.size), int(single.sum())
 
 
+def merged_split(
+    pred: np.ndarray, truth: np.ndarray, pi: np.ndarray, ti: np.ndarray, inter: np.ndarray
+) -> tuple[int, int]:
+    """``(merged, split)``: truth buildings that share one prediction with a neighbour, and
+    truth buildings found as two or more parts.
+
+    A prediction *holds* a truth building when at least :data:`HOLD_SHARE` of the building's
+    area lies inside it; buildings held by a prediction that holds two or more are merged.
+    A prediction is a *part* of a truth building when at least :data:`HOLD_SHARE` of the
+    prediction lies inside it and it covers more than :data:`SPLIT_COVER` of the building; a
+    building with two or more parts is split. ``pi, ti, inter``: the intersecting pairs.
+
+    >>> from shapely.geometry import box
+    >>> t = np.array([box(0, 0, 10, 10), box(10, 0, 20, 10), box(40, 0, 50, 10)])
+    >>> p = np.array([box(0, 0, 20, 10), box(40, 0, 45, 10), box(45, 0, 50, 10)])
+    >>> pi, ti, inter, _ = _pairs(p, t)
+    >>> merged_split(p, t, pi, ti, inter)
+    (2, 1)
+    """
+    if len(pi) == 0:
+        return 0, 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        of_truth = np.where(shapely.area(truth)[ti] > 0, inter / shapely.area(truth)[ti], 0.0)
+        of_pred = np.where(shapely.area(pred)[pi] > 0, inter / shapely.area(pred)[pi], 0.0)
+    holds = of_truth >= HOLD_SHARE
+    held_by = np.bincount(pi[holds], minlength=len(pred))
+    merged = np.unique(ti[holds & (held_by[pi] >= 2)]).size
+    parts = np.bincount(ti[(of_pred >= HOLD_SHARE) & (of_truth > SPLIT_COVER)], minlength=len(truth))
+    return int(merged), int((parts >= 2).sum())
+
+
 # --------------------------------------------------------------------------- scores
 @dataclass
 class Scores:
@@ -187,7 +222,8 @@ class Scores:
 
     ``seam_score`` is ``seam_single / seam_total``: the share of truth buildings crossing a
     tile seam that come out as exactly one polygon; None when no seam was given or no truth
-    building crosses one.
+    building crosses one. ``merged`` and ``split`` count truth buildings merged with a
+    neighbour into one prediction, and found as two or more parts (:func:`merged_split`).
     """
 
     tp: int
@@ -204,6 +240,8 @@ class Scores:
     pixel_recall: float | None = None
     pixel_f1: float | None = None
     truth_outside: int = 0
+    merged: int = 0
+    split: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """The scores as a plain dict (JSON-ready).
@@ -320,6 +358,7 @@ def evaluate(
     tp = len(matches)
     mean_iou = float(np.mean([m[2] for m in matches])) if matches else 0.0
     out = scores_from_counts(tp, len(p) - tp, len(t) - tp, mean_iou)
+    out.merged, out.split = merged_split(p, t, pi, ti, inter)
     if seams is not None:
         total, single = _seam_counts(p, t, seams, pi, ti, inter, iou, iou_threshold)
         out.seam_total, out.seam_single = total, single
@@ -465,4 +504,9 @@ def pooled(scores: Sequence[Scores]) -> Scores:
     pix = [s.pixel_f1 for s in scores if s.pixel_f1 is not None]
     out.pixel_f1 = float(np.mean(pix)) if pix else None
     out.truth_outside = sum(s.truth_outside for s in scores)
+    out.seam_total = sum(s.seam_total for s in scores)
+    out.seam_single = sum(s.seam_single for s in scores)
+    out.seam_score = _ratio(out.seam_single, out.seam_total) if out.seam_total else None
+    out.merged = sum(s.merged for s in scores)
+    out.split = sum(s.split for s in scores)
     return out

@@ -12,9 +12,10 @@ from affine import Affine
 from shapely.geometry import LineString, Polygon, box
 
 from fastsam_geo.errors import FastSAMGeoError
-from fastsam_geo.evaluate import Scores, evaluate, match_buildings, seam_lines
+from fastsam_geo.evaluate import Scores, evaluate, match_buildings, pooled, seam_lines
 from fastsam_geo.synthetic import plan_scene, truth_frame
 from fastsam_geo.tiling import TileGrid
+from fastsam_geo.vectorio import Features
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use `@` matmul:PendingDeprecationWarning")
 
@@ -141,6 +142,8 @@ def test_scores_as_dict() -> None:
         "pixel_recall",
         "pixel_f1",
         "truth_outside",
+        "merged",
+        "split",
     }
     assert d["tp"] == 5 and d["pixel_f1"] is None and d["seam_score"] is None
     assert isinstance(evaluate(frame(TRUTH), frame(TRUTH)), Scores)
@@ -407,3 +410,15 @@ def test_a_shapefile_without_pyogrio_names_the_extra(tmp_path: Path, monkeypatch
     with pytest.raises(FastSAMGeoError, match=r'truth\.shp.*pip install "fastsam-geo\[vector\]"') as info:
         evaluate(shp, shp)
     assert "\n" not in str(info.value)
+
+
+def test_merged_and_split_buildings_are_counted() -> None:
+    truth = Features.of([box(0, 0, 10, 10), box(10, 0, 20, 10), box(40, 0, 50, 10), box(60, 0, 70, 10)], "EPSG:32633")
+    pred = Features.of(
+        [box(0, 0, 20, 10), box(40, 0, 44, 10), box(44, 0, 47, 10), box(47, 0, 50, 10), box(60, 0, 70, 10)],
+        "EPSG:32633",
+    )
+    s = evaluate(pred, truth)
+    assert (s.merged, s.split, s.tp) == (2, 1, 2)  # the merger still matches one at IoU 0.5
+    both = pooled([s, s])
+    assert (both.merged, both.split) == (4, 2)
