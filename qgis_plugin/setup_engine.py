@@ -119,11 +119,15 @@ def requirement(source: str | None, torch: bool) -> str:
     return pip_install_args(source, torch)[-1]
 
 
-def pip_failure(lines: Sequence[str], returncode: int) -> str:
+def pip_failure(
+    lines: Sequence[str], returncode: int, index_error: Callable[[str], str | None] = lambda _name: None
+) -> str:
     """The cause of a failed ``pip install``, in one sentence, from pip's own output.
 
-    A package the index does not have is not a network failure: pip says "No matching
-    distribution found" for both, and only connection errors in its output tell them apart.
+    A package the index does not have is not a network failure, but pip says "No matching
+    distribution found" for both: connection errors in its output (pip prints them when it
+    retries), or ``index_error(name)`` (why the index cannot be reached, None when it can: see
+    :func:`index_error`), tell them apart.
 
     >>> print(pip_failure(["ERROR: No matching distribution found for fastsam-geo"], 1))  # doctest: +ELLIPSIS
     fastsam-geo is not on the package index pip uses (pip: "No matching distribution found for fastsam-geo"; ...
@@ -134,13 +138,16 @@ def pip_failure(lines: Sequence[str], returncode: int) -> str:
     text = "\n".join(lines)
     errors = [line.strip() for line in lines if line.strip().startswith("ERROR:")]
     network = [line.strip() for line in lines if any(h in line for h in NETWORK_HINTS)]
+    missing = MISSING_RE.findall(text)
+    if not network and missing:
+        unreachable = index_error(missing[-1])
+        network = [unreachable] if unreachable else []
     if network:
         return (
             f"pip could not reach the package index (no network, or a proxy or firewall in the way): "
             f"{network[-1][:300]}. Connect to the internet (pip's settings: pip config list), or pick a "
             "local wheel or project folder as the Engine source in Settings."
         )
-    missing = MISSING_RE.findall(text)
     if missing:
         name = missing[-1]
         if name.lower().replace("_", "-").startswith(PACKAGE):
@@ -156,6 +163,42 @@ def pip_failure(lines: Sequence[str], returncode: int) -> str:
         )
     last = errors[-1] if errors else (lines[-1].strip() if lines else "")
     return f"pip install failed (exit code {returncode}): {last}"
+
+
+def index_urls(py: str) -> list[str]:
+    """The package index URLs pip of ``py`` uses (its configuration, ``$PIP_INDEX_URL``; PyPI by default)."""
+    url = os.environ.get("PIP_INDEX_URL", "").strip()
+    if not url:
+        try:
+            out = subprocess.run(
+                [py, "-m", "pip", "config", "get", "global.index-url"], capture_output=True, text=True, timeout=60
+            )
+            url = out.stdout.strip() if out.returncode == 0 else ""
+        except (OSError, subprocess.SubprocessError):
+            url = ""
+    return [url or "https://pypi.org/simple"]
+
+
+def index_error(py: str) -> Callable[[str], str | None]:
+    """``check(name)``: why the main package index of ``py``'s pip cannot be reached for ``name``
+    (a connection error), or None when it answers (even "404: no such project")."""
+    import urllib.error
+    import urllib.request
+
+    def check(name: str) -> str | None:
+        for url in index_urls(py):
+            if not url.startswith(("http://", "https://")):
+                continue
+            page = f"{url.rstrip('/')}/{name}/"
+            try:
+                urllib.request.urlopen(page, timeout=15).close()
+            except urllib.error.HTTPError:
+                continue  # the index answered
+            except (urllib.error.URLError, OSError) as exc:
+                return f"{page}: {getattr(exc, 'reason', exc)}"
+        return None
+
+    return check
 
 
 def python_candidates() -> list[str]:
@@ -233,7 +276,7 @@ def _run(cmd: list[str], log: Callable[[str], None], cancelled: Callable[[], boo
         raise SetupCancelled("cancelled")
     if proc.returncode != 0:
         if cmd[1:4] == ["-m", "pip", "install"]:
-            raise SetupError(pip_failure(lines, proc.returncode))
+            raise SetupError(pip_failure(lines, proc.returncode, index_error(cmd[0])))
         raise SetupError(f"{' '.join(cmd[:4])} failed (exit code {proc.returncode}): {lines[-1] if lines else ''}")
     return lines
 
