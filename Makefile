@@ -59,16 +59,10 @@ lint: install
 bench: install
 	$(PY) benchmarks/run.py
 
-## plugin-zip: the installable QGIS plugin, dist/fastsam_geo_plugin.zip (top folder fastsam_geo_plugin/)
+## plugin-zip: the installable QGIS plugin, dist/fastsam_geo_plugin.zip (top folder fastsam_geo_plugin/), with the
+## engine as a wheel inside (engine/fastsam_geo-*.whl, default ONNX model included) for Settings > Set up engine
 plugin-zip:
-	mkdir -p dist
-	rm -f dist/fastsam_geo_plugin.zip
-	@$(PYTHON) -c "import pathlib, zipfile; src = pathlib.Path('qgis_plugin'); \
-	files = [(p, p.relative_to(src).as_posix()) for p in sorted(src.rglob('*')) if p.is_file() and '__pycache__' not in p.parts and p.suffix not in ('.pyc', '.pyo')]; \
-	files += [(pathlib.Path(n), n) for n in ('LICENSE',) if pathlib.Path(n).is_file() and not (src / n).exists()]; \
-	z = zipfile.ZipFile('dist/fastsam_geo_plugin.zip', 'w', zipfile.ZIP_DEFLATED); \
-	[z.write(p, 'fastsam_geo_plugin/' + name) for p, name in files]; z.close(); \
-	print('dist/fastsam_geo_plugin.zip:', len(files), 'files')"
+	$(if $(wildcard $(PY)),$(PY),$(PYTHON)) .ci/plugin_zip.py
 
 ## samples: re-create sample_tiles/ (seeded; byte-identical pixels)
 samples: install

@@ -488,6 +488,12 @@ def _model_options(f: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option("--gsd", type=_Gsd(), default=None, help=_GSD_HELP),
         click.option(
+            "--assign-crs",
+            default=None,
+            metavar="CRS",
+            help="The rasters' CRS (e.g. EPSG:32633), as gdal_translate -a_srs: for rasters without one.",
+        ),
+        click.option(
             "--conf",
             type=float,
             default=None,
@@ -728,6 +734,7 @@ def _extract_options(kw: dict[str, Any], *, cache_only: bool, use_cache: bool) -
         regularize=kw["regularize"],
         cache_dir=_usable_cache_dir(None if cache_dir is None else Path(cache_dir), cache_only),
         cache_only=cache_only,
+        assign_crs=kw["assign_crs"],
     )
     return options, scorer
 

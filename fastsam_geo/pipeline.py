@@ -57,6 +57,8 @@ def build_options(
     cache_only: bool = False,
     layer: str = "buildings",
     prefetch: int = 4,
+    assign_crs: str | None = None,
+    resumable: bool = True,
 ) -> ExtractOptions:
     """The typed options of :func:`extract_buildings`'s keywords.
 
@@ -69,10 +71,12 @@ def build_options(
     else:
         bfilter = BuildingFilter(enabled=building_filter is not False)
     return ExtractOptions(
-        tiling=TilingOptions(tile_size, overlap, tuple(bands) if bands is not None else None, stretch, gsd),
+        tiling=TilingOptions(tile_size, overlap, tuple(bands) if bands is not None else None, stretch, gsd, assign_crs),
         model=ModelOptions(None if weights is None else os.fspath(weights), device, batch_size, conf, iou),
         select=SelectOptions(prompts, bfilter, simplify_px, min_area_m2, regularize, match_iou),
-        output=OutputOptions(overwrite, resume, layer, None if cache_dir is None else os.fspath(cache_dir), cache_only),
+        output=OutputOptions(
+            overwrite, resume, layer, None if cache_dir is None else os.fspath(cache_dir), cache_only, resumable
+        ),
         prefetch=prefetch,
     )
 
@@ -109,6 +113,8 @@ def extract_buildings(
     gsd: float | str | None = None,
     client: Any = None,
     sheets: Sequence[Sheet] = (),
+    assign_crs: str | None = None,
+    resumable: bool = True,
 ) -> ExtractSummary:
     """Extract building polygons from ``raster`` into ``output`` (.gpkg, .geojson, .fgb).
 
@@ -142,6 +148,10 @@ def extract_buildings(
             to each worker once).
         sheets: for a mosaic, its source rasters; each polygon then records the sheets it
             lies on (column ``sheets``).
+        assign_crs: the raster's CRS (``"EPSG:32633"``, PROJ or WKT), as ``gdal_translate -a_srs``
+            assigns it (replacing the file's own): a raster without a CRS can be read this way.
+        resumable: keep a resume ledger beside ``output`` while running (False: a cancelled or
+            failed run leaves no ``.OUTPUT.resume.sqlite``; ``resume`` is then impossible).
 
     Returns:
         An :class:`ExtractSummary`.
@@ -171,6 +181,8 @@ def extract_buildings(
         cache_only=cache_only,
         layer=layer,
         prefetch=prefetch,
+        assign_crs=assign_crs,
+        resumable=resumable,
     )
     job = RasterJob(raster, output, progress, tuple(sheets))
     (summary,) = extract_rasters(

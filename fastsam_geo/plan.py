@@ -45,7 +45,8 @@ class TilingOptions:
     """How the raster is read and cut: tile grid in pixels, bands, stretch, ground resolution.
 
     ``gsd``: working resolution in metres per pixel; None = the model's (else native),
-    ``"native"`` = the raster's own pixels.
+    ``"native"`` = the raster's own pixels. ``assign_crs``: the raster's CRS (as ``gdal_translate
+    -a_srs``), for a raster without one (None: the file's own).
     """
 
     tile_size: int = DEFAULT_TILE_SIZE
@@ -53,6 +54,7 @@ class TilingOptions:
     bands: tuple[int, ...] | None = None
     stretch: str = "auto"
     gsd: float | str | None = None
+    assign_crs: str | None = None
 
 
 @dataclass(frozen=True)
@@ -80,13 +82,16 @@ class SelectOptions:
 
 @dataclass(frozen=True)
 class OutputOptions:
-    """Where and how results are kept: overwrite/resume, layer, mask cache."""
+    """Where and how results are kept: overwrite/resume, layer, mask cache; ``resumable``:
+    keep a resume ledger beside the output while the run goes (False: a cancelled or failed
+    run leaves nothing there, for callers that never resume, such as the QGIS worker)."""
 
     overwrite: bool = False
     resume: bool = False
     layer: str = "buildings"
     cache_dir: str | None = None
     cache_only: bool = False
+    resumable: bool = True
 
 
 @dataclass(frozen=True)
@@ -173,6 +178,7 @@ class RunPlan:
             "iou": o.model.iou,
             "building_filter": asdict(o.select.building_filter),
             "match_iou": o.select.match_iou,
+            **({"assign_crs": o.tiling.assign_crs} if o.tiling.assign_crs else {}),
         }
 
 
@@ -204,7 +210,12 @@ def prompt_label(prompts: Prompts) -> str:
 
 def open_source(raster: str | os.PathLike[str], tiling: TilingOptions) -> RasterSource:
     """Open ``raster`` as the tiling options say (``gsd`` passed on where RasterSource takes it)."""
-    src = RasterSource(raster, bands=tiling.bands, stretch=tiling.stretch)  # type: ignore[arg-type]
+    src = RasterSource(
+        raster,
+        bands=tiling.bands,
+        stretch=tiling.stretch,  # type: ignore[arg-type]
+        **({"assign_crs": tiling.assign_crs} if tiling.assign_crs else {}),
+    )
     gsd = float(tiling.gsd) if isinstance(tiling.gsd, (int, float)) else None
     if hasattr(src, "set_gsd"):
         src.set_gsd(gsd)  # after the raster is checked

@@ -401,8 +401,68 @@ def _palette(ds: rasterio.io.DatasetReader, bands: Sequence[int] | None) -> dict
         return None
 
 
-def validate(ds: rasterio.io.DatasetReader, path: str) -> None:
-    """Raise :class:`RasterError` naming the broken rule when ``ds`` cannot be tiled."""
+def parse_crs(value: str) -> rasterio.crs.CRS:
+    """An assigned CRS (``EPSG:32633``, a PROJ string or WKT) as rasterio's CRS.
+
+    >>> parse_crs("EPSG:32633").to_epsg()
+    32633
+    >>> parse_crs("EPSG:nope")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    fastsam_geo.errors.RasterError: assigned CRS 'EPSG:nope' is not a CRS GDAL knows; give e.g. EPSG:32633, ...
+    """
+    from rasterio.crs import CRS
+    from rasterio.errors import CRSError
+
+    try:
+        return CRS.from_user_input(str(value).strip())
+    except (CRSError, ValueError):
+        raise RasterError(
+            f"assigned CRS {value!r} is not a CRS GDAL knows; give e.g. EPSG:32633, a PROJ string or WKT."
+        ) from None
+
+
+def suggest_crs(bounds: Sequence[float]) -> tuple[str, str]:
+    """A CRS to try for a raster without one, from its bounds, and how sure that guess is.
+
+    Bounds inside [-180, 180] x [-90, 90] look like degrees (EPSG:4326); anything else is in
+    a projected CRS, which the numbers alone cannot name (EPSG:32633 stands for "your UTM zone").
+
+    >>> suggest_crs((9.52, 45.40, 9.53, 45.41))[0]
+    'EPSG:4326'
+    >>> code, why = suggest_crs((500000, 4649000, 500512, 4649512)); code, "check" in why
+    ('EPSG:32633', True)
+    """
+    xmin, ymin, xmax, ymax = (float(v) for v in bounds)
+    if max(abs(xmin), abs(xmax)) <= 180.0 and max(abs(ymin), abs(ymax)) <= 90.0:
+        return "EPSG:4326", "its bounds look like degrees of longitude and latitude"
+    return "EPSG:32633", (
+        "its bounds look like metres of a projected CRS: EPSG:32633 (UTM 33N) is an example; "
+        "check which CRS the data are in (e.g. their UTM zone)"
+    )
+
+
+def no_crs_hint(path: str, bounds: Sequence[float], editable: bool) -> str:
+    """The one-line error for a raster without a CRS: a CRS that fits its coordinates, and how to assign it.
+
+    >>> print(no_crs_hint("a.tif", (9.5, 45.4, 9.6, 45.5), True))  # doctest: +ELLIPSIS
+    a.tif: raster has no CRS; ... `gdal_edit.py -a_srs EPSG:4326 a.tif`, or ...--assign-crs EPSG:4326; ...
+    """
+    code, why = suggest_crs(bounds)
+    how = (
+        f"`gdal_edit.py -a_srs {code} {path}`"
+        if editable
+        else f"`gdal_translate -a_srs {code} {path} {Path(path).with_suffix('')}.tif`"
+    )
+    return (
+        f"{path}: raster has no CRS; {why}: assign one with {how}, or pass it to the run "
+        f"(fastsam-geo extract --assign-crs {code}; in QGIS: Layer > Set CRS, then run again)."
+    )
+
+
+def validate(ds: rasterio.io.DatasetReader, path: str, *, crs_assigned: bool = False) -> None:
+    """Raise :class:`RasterError` naming the broken rule when ``ds`` cannot be tiled
+    (``crs_assigned``: the caller assigns a CRS, so the file may have none)."""
     if ds.width == 0 or ds.height == 0 or ds.count == 0:
         raise RasterError(f"{path}: raster is empty ({ds.width} x {ds.height} px, {ds.count} bands).")
     t = ds.transform
@@ -421,13 +481,8 @@ def validate(ds: rasterio.io.DatasetReader, path: str) -> None:
             else f"`gdal_translate -a_srs EPSG:32633 -a_ullr ULX ULY LRX LRY {path} {stem}.tif`"
         )
         raise RasterError(f"{path}: raster has no geotransform (not georeferenced); georeference it, e.g. {how}.")
-    if ds.crs is None:
-        how = (
-            f"`gdal_edit.py -a_srs EPSG:32633 {path}`"
-            if editable
-            else f"`gdal_translate -a_srs EPSG:32633 {path} {Path(path).with_suffix('')}.tif`"
-        )
-        raise RasterError(f"{path}: raster has no CRS; assign one, e.g. {how}.")
+    if ds.crs is None and not crs_assigned:
+        raise RasterError(no_crs_hint(path, tuple(ds.bounds), editable))
     if t.b != 0 or t.d != 0:
         raise RasterError(
             f"{path}: raster transform is rotated; warp it north-up first, "
@@ -456,6 +511,9 @@ class RasterSource:
             raster more than ``GSD_TOLERANCE`` times finer or coarser is read resampled to
             it: ``info`` then describes the working grid (same bounds, other pixel size),
             and :meth:`read` takes windows of that grid.
+        assign_crs: the raster's CRS (EPSG code, PROJ string or WKT), assigned as ``gdal_translate
+            -a_srs`` does: it replaces the file's own, and lets a raster without one be read.
+            The file is not changed.
     """
 
     def __init__(
@@ -466,11 +524,13 @@ class RasterSource:
         stretch: StretchMode = "auto",
         percentiles: tuple[float, float] = (2.0, 98.0),
         gsd: float | None = None,
+        assign_crs: str | None = None,
     ) -> None:
         self.path = os.fspath(path)
+        self._assigned = parse_crs(assign_crs) if assign_crs else None
         self._ds = _open(self.path)
         try:
-            validate(self._ds, self.path)
+            validate(self._ds, self.path, crs_assigned=self._assigned is not None)
             try:
                 self.bands, band_rule = band_layout(
                     self._ds.count, self._ds.colorinterp, bands, self._ds.descriptions
@@ -509,7 +569,8 @@ class RasterSource:
 
     def _describe(self, dtype: str, gsd: float | None) -> RasterInfo:
         ds = self._ds
-        gx, gy = ground_resolution(ds.crs, ds.transform, ds.width, ds.height)
+        crs = self.crs
+        gx, gy = ground_resolution(crs, ds.transform, ds.width, ds.height)
         native = (gx + gy) / 2
         w, h, t = working_grid(ds.width, ds.height, ds.transform, native, gsd)
         return RasterInfo(
@@ -518,7 +579,7 @@ class RasterSource:
             height=h,
             count=ds.count,
             dtype=dtype,
-            crs=ds.crs,
+            crs=crs,
             transform=t,
             bounds=tuple(ds.bounds),
             res=(abs(t.a), abs(t.e)),
@@ -531,6 +592,11 @@ class RasterSource:
             native_gsd_m=native,
             gsd_m=native * ds.width / w,
         )
+
+    @property
+    def crs(self) -> rasterio.crs.CRS:
+        """The raster's CRS: the one assigned (``assign_crs``), else the file's own."""
+        return self._assigned if self._assigned is not None else self._ds.crs
 
     def source_window(self, window: Window) -> Window:
         """The window of the file's own pixels that ``window`` (of the working grid) covers.

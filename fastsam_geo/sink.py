@@ -127,7 +127,7 @@ class RunSink:
         out = self.plan.options.output
         if out.resume:
             self.ledger = Ledger.open(self.plan.output, params)
-        elif self.total > 1:
+        elif self.total > 1 and out.resumable:
             self.ledger = Ledger.create(self.plan.output, params)
         # one tile (a click): nothing worth resuming, and ~5 ms saved
         self.writer = VectorWriter(self.plan.output, self.plan.crs_wkt, overwrite=out.overwrite, layer=out.layer)

@@ -145,6 +145,7 @@ _EXTRACT_KEYS = frozenset(
         "clip_weights",
         "cache",
         "gsd",
+        "assign_crs",
     }
 )
 
@@ -159,7 +160,8 @@ def extract_params(params: Mapping[str, Any]) -> dict[str, Any]:
     "min_area_m2": 12, "max_area_m2": 20000}``), ``simplify_px`` (1.0), ``min_area_m2`` (2.0),
     ``regularize`` (false), ``overwrite`` (false), ``layer`` ("buildings"), ``clip_model``,
     ``clip_weights`` (text prompts), ``cache`` (true: use the mask cache), ``gsd`` (metres
-    per pixel, ``"native"``, or null: the model's working resolution).
+    per pixel, ``"native"``, or null: the model's working resolution), ``assign_crs`` (the
+    raster's CRS, e.g. "EPSG:32633", for a raster without one; null: the file's own).
 
     >>> p = extract_params({"raster": "a.tif", "tile_size": 512})
     >>> p["tile_size"], p["overlap"], p["device"], p["cache"]
@@ -198,6 +200,7 @@ def extract_params(params: Mapping[str, Any]) -> dict[str, Any]:
         "clip_weights": None,
         "cache": True,
         "gsd": None,
+        "assign_crs": None,
     }
     out.update({k: v for k, v in params.items() if v is not None or k in ("output", "weights", "prompts")})
     for key in ("batch_size", "tile_size", "overlap"):
@@ -519,6 +522,8 @@ class Engine:
             layer=p["layer"],
             progress=progress,
             cancel=cancel,
+            assign_crs=str(p["assign_crs"]) if p["assign_crs"] else None,
+            resumable=False,  # the worker has no resume: a cancelled job leaves nothing beside the output
         )
         result = summary.as_dict()
         result["layer"] = p["layer"]

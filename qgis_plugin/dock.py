@@ -45,7 +45,7 @@ from .compat import ICON_CIRCLE, POINT_GEOMETRY, POLYGON_GEOMETRY, RASTER_LAYER_
 from .engine import WorkerCancelled, WorkerDied, WorkerError, WorkerNotFound
 from .maptools import BoxPromptTool, PointPromptTool
 from .tasks import ExtractTask, load_result
-from .utils import KEY_BATCH_SIZE, LEVELS, TAG, icon, log, set_setting, setting
+from .utils import KEY_BATCH_SIZE, LEVELS, TAG, crs_name, crs_to_assign, icon, log, set_setting, setting
 
 MODES = (
     ("everything", "Everything", "Every object; the building filter keeps the building-like ones"),
@@ -92,10 +92,11 @@ class FastSAMDock(QgsDockWidget):
         self.layer_combo.setFilters(RASTER_LAYER_FILTER)
         form.addRow("Raster", self.layer_combo)
         self.weights_widget = QgsFileWidget(data)
-        self.weights_widget.setFilter("PyTorch weights (*.pt)")
+        self.weights_widget.setFilter("Model weights (*.onnx *.pt);;ONNX (*.onnx);;PyTorch (*.pt)")
         self.weights_widget.setToolTip(
-            "FastSAM/YOLO-seg .pt weights; empty: the engine's default. .pt files are pickles that can run "
-            "code when loaded: use only weights you trust."
+            "FastSAM/YOLO-seg weights; empty: the engine's default model. .onnx runs on every engine; .pt needs "
+            "the engine with torch (Settings > tick 'with torch' > Set up engine). .pt files are pickles that can "
+            "run code when loaded: use only weights you trust."
         )
         self.weights_widget.lineEdit().setPlaceholderText("the engine's default model")
         form.addRow("Weights", self.weights_widget)
@@ -402,7 +403,7 @@ class FastSAMDock(QgsDockWidget):
                     q = QgsCoordinateTransform(crs, dst, context).transform(p)
                     if not extent.contains(q):
                         raise PromptError(
-                            f"A point ({q.x():.2f}, {q.y():.2f} in {dst.authid()}) lies outside {layer.name()}."
+                            f"A point ({q.x():.2f}, {q.y():.2f} in {crs_name(dst)}) lies outside {layer.name()}."
                         )
                     pts.append([q.x(), q.y(), label])
                 if not any(p[2] == 1 for p in pts):
@@ -418,7 +419,7 @@ class FastSAMDock(QgsDockWidget):
                 raise PromptError("Draw at least one box with the box tool first.")
             return {"boxes": boxes, "crs": None}
         except QgsCsException as exc:
-            raise PromptError(f"A prompt cannot be transformed to {dst.authid()}: {exc}") from exc
+            raise PromptError(f"A prompt cannot be transformed to {crs_name(dst)}: {exc}") from exc
 
     # ------------------------------------------------------------------ running
     def raster_path(self, layer: QgsRasterLayer) -> str:
@@ -437,6 +438,11 @@ class FastSAMDock(QgsDockWidget):
         layer = self.layer_combo.currentLayer()
         if not isinstance(layer, QgsRasterLayer) or not layer.isValid():
             raise PromptError("Choose a raster layer first.")
+        raster = self.raster_path(layer)
+        try:
+            assign_crs = crs_to_assign(layer, raster)
+        except ValueError as exc:
+            raise PromptError(str(exc)) from None
         prompts = self.prompts_for(layer)
         temp_dir = None
         if self.output_combo.currentData() == "gpkg":
@@ -449,7 +455,7 @@ class FastSAMDock(QgsDockWidget):
             temp_dir = tempfile.mkdtemp(prefix="fastsam-geo-qgis-")
             output = os.path.join(temp_dir, "buildings.gpkg")
         params: dict[str, Any] = {
-            "raster": self.raster_path(layer),
+            "raster": raster,
             "output": output,
             "overwrite": True,
             "weights": self.weights_widget.filePath().strip() or None,
@@ -468,6 +474,9 @@ class FastSAMDock(QgsDockWidget):
             "simplify_px": self.simplify_spin.value(),
             "regularize": self.regularize_check.isChecked(),
         }
+        if assign_crs:  # the file has no CRS: the layer's (Layer > Set CRS)
+            params["assign_crs"] = assign_crs
+            log(f"{layer.name()}: the file has no CRS; the run uses the layer's, {crs_name(layer.crs())}", "info")
         return params, temp_dir
 
     def run(self, live: bool = False) -> ExtractTask | None:
@@ -493,6 +502,9 @@ class FastSAMDock(QgsDockWidget):
         task.live = live and temp_dir is not None  # type: ignore[attr-defined]
         if task.live:  # type: ignore[attr-defined]
             task.layer_name = f"buildings (live, {layer.name()})"  # type: ignore[attr-defined]
+        task.clicks = (params.get("prompts") or {}).get("points") or []  # type: ignore[attr-defined]
+        task.crs_label = crs_name(layer.crs())  # type: ignore[attr-defined]
+        task.pixel = max(layer.rasterUnitsPerPixelX(), layer.rasterUnitsPerPixelY())  # type: ignore[attr-defined]
         task.progressChanged.connect(self._task_progress)
         self.task = task
         self.last_task = task
@@ -526,6 +538,7 @@ class FastSAMDock(QgsDockWidget):
         info: dict[str, Any] = {"ok": False, "layer": None, "result": task.result, "error": "", "kind": ""}
         if ok and task.result is not None:
             res = task.result
+            replaced = [] if task.memory else remove_file_layers(res["output"])  # type: ignore[attr-defined]
             try:
                 layer = load_result(res, task.layer_name, task.memory, task.temp_dir)  # type: ignore[attr-defined]
             except RuntimeError as exc:
@@ -538,17 +551,9 @@ class FastSAMDock(QgsDockWidget):
                         QgsProject.instance().removeMapLayer(old.id())
                     self.live_layer_id = layer.id()
                 QgsProject.instance().addMapLayer(layer)
-                info.update(ok=True, layer=layer)
-                cache = res.get("cache") or {}
-                from_cache = cache.get("hits", 0)
-                text = (
-                    f"{res.get('buildings', 0)} building(s) from {res.get('tiles_processed', 0)} tile(s) in "
-                    f"{res.get('seconds', 0):.1f} s"
-                    + (f" ({from_cache} tile(s) from the mask cache)" if from_cache else "")
-                )
-                self.progress.setValue(100)
-                self.status_label.setText(text)
-                self.message(text, "success")
+                missed = unmatched_clicks(layer, getattr(task, "clicks", []), 2.0 * getattr(task, "pixel", 0.0))
+                info.update(ok=True, layer=layer, replaced=replaced, missed=missed)
+                self._report_result(task, res, replaced, missed)
         else:
             err = task.error
             if err is None or isinstance(err, WorkerCancelled):  # None: cancelled before it started
@@ -571,6 +576,34 @@ class FastSAMDock(QgsDockWidget):
         if self.live_pending:
             self.live_pending = False
             self._live_run()
+
+    def _report_result(self, task: ExtractTask, res: dict[str, Any], replaced: list[str], missed: list[int]) -> None:
+        """The run's summary in the panel, the message bar and the log: the layers it replaced and
+        each building click that selected nothing (where, in which CRS)."""
+        from_cache = (res.get("cache") or {}).get("hits", 0)
+        text = (
+            f"{res.get('buildings', 0)} building(s) from {res.get('tiles_processed', 0)} tile(s) in "
+            f"{res.get('seconds', 0):.1f} s" + (f" ({from_cache} tile(s) from the mask cache)" if from_cache else "")
+        )
+        if replaced:
+            names = ", ".join(f"'{n}'" for n in replaced)
+            text += f"; {os.path.basename(res['output'])} was overwritten: replaced its earlier layer(s) {names}"
+        clicks = getattr(task, "clicks", [])
+        level = "success"
+        if missed:
+            level = "warning"
+            where = "; ".join(
+                f"click {i + 1} of {len(clicks)} at ({clicks[i][0]:.2f}, {clicks[i][1]:.2f}) in "
+                f"{getattr(task, 'crs_label', '?')}"
+                for i in missed
+            )
+            text += (
+                f". {len(missed)} building click(s) selected nothing: {where} (no object under the point at this "
+                "confidence: click nearer the middle of the roof, or lower Confidence)"
+            )
+        self.progress.setValue(100)
+        self.status_label.setText(text)
+        self.message(text, level)
 
     # ------------------------------------------------------------------ messages, settings
     def message(self, text: str, level: str = "info", settings_button: bool = False) -> None:
@@ -629,4 +662,31 @@ class FastSAMDock(QgsDockWidget):
                 scene.removeItem(band)
 
 
-__all__ = ["TAG", "FastSAMDock"]
+def remove_file_layers(path: str) -> list[str]:
+    """Remove the project's layers read from the file ``path`` (a GeoPackage the run overwrote: they
+    would show its old features); their names."""
+    target = os.path.realpath(path)
+    names = []
+    for lyr in list(QgsProject.instance().mapLayers().values()):
+        if lyr.providerType() != "ogr":
+            continue
+        source = QgsProviderRegistry.instance().decodeUri("ogr", lyr.source()).get("path") or ""
+        if source and os.path.realpath(source) == target:
+            names.append(lyr.name())
+            QgsProject.instance().removeMapLayer(lyr.id())
+    if names:
+        log(f"{path} was overwritten: removed its earlier layer(s) {names} from the project", "info")
+    return names
+
+
+def unmatched_clicks(layer: Any, clicks: list[list[float]], tolerance: float) -> list[int]:
+    """Indices of the building clicks (label 1; points in the layer's CRS) with no polygon of
+    ``layer`` under them or within ``tolerance`` map units."""
+    wanted = [(i, QgsGeometry.fromPointXY(QgsPointXY(c[0], c[1]))) for i, c in enumerate(clicks) if int(c[2]) == 1]
+    if not wanted:
+        return []
+    geoms = [f.geometry() for f in layer.getFeatures()]
+    return [i for i, p in wanted if not any(g.distance(p) <= tolerance for g in geoms)]
+
+
+__all__ = ["TAG", "FastSAMDock", "remove_file_layers", "unmatched_clicks"]

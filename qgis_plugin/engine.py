@@ -40,10 +40,11 @@ from typing import Any
 HOME_ENV = "FASTSAM_GEO_HOME"
 PROTOCOL = 1
 NOT_FOUND_HELP = (
-    "No Python with fastsam-geo was found. Let the plugin set one up (FastSAM-geo > Settings > "
-    "Set up engine: a virtual environment in your QGIS profile, no torch), or install fastsam-geo in "
-    "a Python 3.10+ environment (pip install fastsam-geo) and choose that environment's python in "
-    "FastSAM-geo > Settings, or set FASTSAM_GEO_HOME to a clone of the project."
+    "No Python with fastsam-geo was found. Let the plugin set one up (Raster > FastSAM-geo > Settings > "
+    "Set up engine: a virtual environment in your QGIS profile with the engine wheel that comes with the "
+    "plugin, no torch), or install fastsam-geo in a Python 3.10+ environment (pip install <that wheel, "
+    "or a clone of the project>; fastsam-geo is not on PyPI) and choose that environment's python in "
+    "Settings, or set FASTSAM_GEO_HOME to a clone of the project where 'make install' ran."
 )
 
 LogFn = Callable[[str, str], None]
@@ -79,9 +80,11 @@ class Candidate:
     python: str | None
     ok: bool
     note: str
+    checked: bool = True
+    in_use: bool = False
 
     def describe(self) -> str:
-        mark = "found" if self.ok else "no"
+        mark = "in use" if self.in_use else "found" if self.ok else "no" if self.checked else "not checked"
         where = f" {self.python}" if self.python else ""
         return f"[{mark}] {self.source}:{where} ({self.note})"
 
@@ -211,14 +214,17 @@ def find_python(
             report.append(Candidate(source, None, False, note))
             continue
         if found is not None:
-            report.append(Candidate(source, python, False, "not checked (an earlier one is used)"))
+            if os.path.realpath(python) == os.path.realpath(found):
+                report.append(Candidate(source, python, True, "the interpreter in use (listed above)", False, True))
+            else:
+                report.append(Candidate(source, python, False, "not checked (an earlier one is used)", False))
             continue
         if probe:
             ok, why = probe_python(python)
         else:
             ok = os.path.isfile(python)
             why = "exists" if ok else "no such file"
-        report.append(Candidate(source, python, ok, why))
+        report.append(Candidate(source, python, ok, why, True, ok))
         if ok:
             found = python
     return found, report

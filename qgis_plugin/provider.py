@@ -43,7 +43,7 @@ from .compat import (
     SOURCE_POLYGON,
 )
 from .engine import WorkerCancelled, WorkerError
-from .utils import KEY_BATCH_SIZE, icon, setting
+from .utils import KEY_BATCH_SIZE, crs_name, crs_to_assign, icon, setting
 
 ENGINE_FORMATS = (".gpkg", ".geojson", ".fgb")
 
@@ -127,8 +127,11 @@ class ExtractBuildingsAlgorithm(QgsProcessingAlgorithm):
             "POINTS (a point layer; field 'label': 1 = building, 0 = background) select the building under each "
             "point; BOXES (a polygon layer) select the best object in each polygon's bounding box; TEXT scores "
             "the objects with CLIP. Prompts may be in any CRS: they are transformed to the raster's CRS.\n\n"
-            "The engine runs in a separate Python (set in FastSAM-geo > Settings); WEIGHTS is a FastSAM/YOLO-seg "
-            ".pt file (default: the engine's default model). .pt files are pickles: use only weights you trust."
+            "A raster file without a CRS is read in the layer's CRS (set it with Layer > Set CRS).\n\n"
+            "The engine runs in a separate Python (Raster > FastSAM-geo > Settings). WEIGHTS (empty: the engine's "
+            "default model) is a FastSAM/YOLO-seg .onnx file, which every engine runs, or a .pt file, which needs "
+            "the engine with torch (Settings: tick 'with torch', then Set up engine). .pt files are pickles: use "
+            "only weights you trust."
         )
 
     def createInstance(self) -> ExtractBuildingsAlgorithm:
@@ -155,7 +158,13 @@ class ExtractBuildingsAlgorithm(QgsProcessingAlgorithm):
         )
         self.addParameter(
             QgsProcessingParameterFile(
-                self.WEIGHTS, "Model weights (.pt; empty: default)", FILE_BEHAVIOR_FILE, "pt", optional=True
+                self.WEIGHTS,
+                "Model weights (.onnx, or .pt with the torch engine; empty: the default model)",
+                FILE_BEHAVIOR_FILE,
+                "",
+                None,
+                True,
+                "Model weights (*.onnx *.pt);;ONNX (*.onnx);;PyTorch (*.pt)",
             )
         )
         self.addParameter(QgsProcessingParameterString(self.DEVICE, "Device (auto, cpu, cuda, cuda:0, mps)", "auto"))
@@ -229,6 +238,12 @@ class ExtractBuildingsAlgorithm(QgsProcessingAlgorithm):
         if layer.providerType() != "gdal":
             raise QgsProcessingException(f"{layer.name()} is not a GDAL raster file (provider {layer.providerType()}).")
         raster = str(QgsProviderRegistry.instance().decodeUri("gdal", layer.source()).get("path") or layer.source())
+        try:
+            assign_crs = crs_to_assign(layer, raster)
+        except ValueError as exc:
+            raise QgsProcessingException(str(exc)) from None
+        if assign_crs:
+            feedback.pushInfo(f"{raster} has no CRS in its file: the layer's, {crs_name(layer.crs())}, is used.")
         prompts = self._prompts(parameters, context, layer.crs(), feedback)
         output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
         ext = os.path.splitext(output)[1].lower()
@@ -251,6 +266,7 @@ class ExtractBuildingsAlgorithm(QgsProcessingAlgorithm):
             "prompts": prompts,
             "building_filter": self.parameterAsBoolean(parameters, self.BUILDING_FILTER, context),
             "regularize": self.parameterAsBoolean(parameters, self.REGULARIZE, context),
+            **({"assign_crs": assign_crs} if assign_crs else {}),
         }
         mode = "everything" if prompts is None else ("text" if "text" in prompts else "points/boxes")
         feedback.pushInfo(f"Extracting buildings from {raster} ({mode}); the engine runs in a worker process.")

@@ -11,19 +11,21 @@ from qgis.PyQt.QtWidgets import (
     QCheckBox,
     QDialog,
     QDialogButtonBox,
+    QFileDialog,
     QFormLayout,
     QHBoxLayout,
     QLabel,
     QLineEdit,
     QPushButton,
     QSpinBox,
+    QToolButton,
     QVBoxLayout,
     QWidget,
 )
 
 from . import connection
 from .compat import GET_FILE
-from .engine import NOT_FOUND_HELP, WorkerClient, WorkerError, find_python
+from .engine import NOT_FOUND_HELP, Candidate, WorkerClient, WorkerError, find_python
 from .tasks import SetupEngineTask
 from .utils import KEY_BATCH_SIZE, KEY_CACHE_DIR, KEY_PYTHON, PLUGIN_DIR, icon, set_setting, setting
 
@@ -62,12 +64,7 @@ class SettingsDialog(QDialog):
         self.batch_spin.setValue(setting(KEY_BATCH_SIZE, 1, int))
         self.batch_spin.setToolTip("Tiles per forward pass: 1 on a CPU, 4-8 on a GPU.")
         form.addRow("Batch size", self.batch_spin)
-        self.source_edit = QLineEdit(setting(KEY_ENGINE_SOURCE, "", str), self)
-        self.source_edit.setPlaceholderText("fastsam-geo from PyPI")
-        self.source_edit.setToolTip(
-            "What 'Set up engine' installs: empty for PyPI, or a local wheel, sdist or project folder."
-        )
-        form.addRow("Engine source", self.source_edit)
+        form.addRow("Engine source", self._source_row())
         self.torch_check = QCheckBox("with torch (.pt weights, train, text prompts: a few GB)", self)
         form.addRow("", self.torch_check)
         layout.addLayout(form)
@@ -103,6 +100,53 @@ class SettingsDialog(QDialog):
         layout.addWidget(box)
         self.detect()
 
+    def _source_row(self) -> QWidget:
+        """The Engine source: a text box with two pickers (a wheel or sdist file, a project folder)."""
+        from .setup_engine import bundled_wheel
+
+        row = QWidget(self)
+        box = QHBoxLayout(row)
+        box.setContentsMargins(0, 0, 0, 0)
+        self.source_edit = QLineEdit(setting(KEY_ENGINE_SOURCE, "", str), row)
+        wheel = bundled_wheel()
+        if wheel is not None:
+            default = f"empty: {wheel.name} (comes with the plugin), or a newer fastsam-geo from the package index"
+        else:
+            default = "empty: fastsam-geo from the package index (this plugin copy carries no engine wheel)"
+        self.source_edit.setPlaceholderText(default)
+        self.source_edit.setToolTip(
+            "What 'Set up engine' installs. " + default[0].upper() + default[1:] + ". Or a fastsam-geo wheel "
+            "(.whl), sdist (.tar.gz) or project folder: pick it with the buttons. Dependencies come from the "
+            "package index."
+        )
+        box.addWidget(self.source_edit, 1)
+        self.source_file_button = QToolButton(row)
+        self.source_file_button.setText("Wheel…")
+        self.source_file_button.setToolTip("Pick a fastsam-geo wheel (.whl) or sdist (.tar.gz, .zip)")
+        self.source_file_button.clicked.connect(self.pick_source_file)
+        self.source_dir_button = QToolButton(row)
+        self.source_dir_button.setText("Folder…")
+        self.source_dir_button.setToolTip("Pick a fastsam-geo project folder (the one holding pyproject.toml)")
+        self.source_dir_button.clicked.connect(self.pick_source_folder)
+        box.addWidget(self.source_file_button)
+        box.addWidget(self.source_dir_button)
+        return row
+
+    def pick_source_file(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self,
+            "fastsam-geo wheel or sdist",
+            self.source_edit.text().strip(),
+            "fastsam-geo packages (*.whl *.tar.gz *.zip);;All files (*)",
+        )
+        if path:
+            self.source_edit.setText(path)
+
+    def pick_source_folder(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "fastsam-geo project folder", self.source_edit.text().strip())
+        if path:
+            self.source_edit.setText(path)
+
     def chosen_python(self) -> str:
         return self.python_widget.filePath().strip()
 
@@ -113,9 +157,12 @@ class SettingsDialog(QDialog):
             python, report = find_python(self.chosen_python() or None, PLUGIN_DIR, managed=connection.managed_python())
         finally:
             QApplication.restoreOverrideCursor()
+        def mark(c: Candidate) -> str:  # a tick where it works, a dash where it was not looked at
+            return "&#10004;" if c.ok else ("&#10008;" if c.checked else "&#8211;")
+
         rows = "".join(
-            f"<li>{'&#10004;' if c.ok else '&#10008;'} <b>{html.escape(c.source)}</b>: "
-            f"{html.escape(c.python or '')} <i>{html.escape(c.note)}</i></li>"
+            f"<li>{mark(c)} <b>{html.escape(c.source)}</b>: {html.escape(c.python or '')} "
+            f"<i>{html.escape(c.note)}</i>{' <b>(in use)</b>' if c.in_use else ''}</li>"
             for c in report
         )
         if python:
@@ -164,13 +211,22 @@ class SettingsDialog(QDialog):
         return self.setup_task
 
     def _setup_done(self, task: SetupEngineTask, ok: bool) -> None:
+        """The set-up's end replaces its "Setting up..." line: the engine found, or the error alone."""
         self.setup_button.setEnabled(True)
         if ok and task.python:
             self.python_widget.setFilePath(task.python)
             self.detect()
+            done = f"<p style='color:#1b5e20'>Engine set up in {task.seconds:.0f} s.</p>"
+            self.report_label.setText(done + self.report_label.text())
         else:
-            err = html.escape(str(task.error or "failed"))
-            self.report_label.setText(self.report_label.text() + f"<p style='color:#b00020'>{err}</p>")
+            from .setup_engine import SetupCancelled
+
+            if isinstance(task.error, SetupCancelled):
+                text = "<p>Engine set-up cancelled; nothing was installed.</p>"
+            else:
+                err = html.escape(str(task.error or "failed"))
+                text = f"<p style='color:#b00020'>The engine could not be set up: {err}</p>"
+            self.report_label.setText(text)
 
     def restart(self) -> None:
         connection.reset()

@@ -108,9 +108,16 @@ class SetupEngineTask(QgsTask):
         torch: bool = False,
         on_done: Callable[[SetupEngineTask, bool], None] | None = None,
         base_python: str | None = None,
+        bundled: str | None = "plugin",
     ):
+        """``bundled``: the engine wheel to install when ``source`` is empty ("plugin": the one
+        the plugin zip carries, if any; None: none, fastsam-geo from the package index)."""
+        from .setup_engine import bundled_wheel
+
         super().__init__("Setting up the fastsam-geo engine" + (" (with torch)" if torch else ""), TASK_CAN_CANCEL)
         self.venv_dir, self.source, self.torch, self.base_python = venv_dir, source, torch, base_python
+        self.bundled = bundled_wheel() if bundled == "plugin" else bundled
+        self.seconds = 0.0
         self.on_done = on_done
         self.python: str | None = None
         self.error: BaseException | None = None
@@ -121,13 +128,17 @@ class SetupEngineTask(QgsTask):
         log(line, "info")
 
     def run(self) -> bool:
+        import time
+
         from .setup_engine import setup_engine
 
+        t0 = time.monotonic()
         try:
             self.python = setup_engine(
                 self.venv_dir,
                 source=self.source,
                 torch=self.torch,
+                bundled=self.bundled,
                 base_python=self.base_python,
                 log=self._log,
                 progress=self.setProgress,
@@ -137,6 +148,8 @@ class SetupEngineTask(QgsTask):
         except Exception as exc:  # reported on the GUI thread
             self.error = exc
             return False
+        finally:
+            self.seconds = time.monotonic() - t0
 
     def finished(self, result: bool) -> None:  # GUI thread
         from .utils import KEY_PYTHON, set_setting
@@ -144,7 +157,7 @@ class SetupEngineTask(QgsTask):
         if result and self.python:
             set_setting(KEY_PYTHON, self.python)
             connection.reset()
-            log(f"engine set up: {self.python}", "success")
+            log(f"engine set up in {self.seconds:.0f} s: {self.python}", "success")
         elif self.error is not None:
             log(f"engine set-up failed: {self.error}", "critical")
         if self.on_done is not None:

@@ -50,3 +50,57 @@ def setting(key: str, default: Any = None, type_: type | None = None) -> Any:
 def set_setting(key: str, value: Any) -> None:
     """Store a plugin setting."""
     QgsSettings().setValue(SETTINGS_PREFIX + key, value)
+
+
+def crs_name(crs: Any) -> str:
+    """How a QgsCoordinateReferenceSystem is named in messages (never empty)."""
+    if crs is None or not crs.isValid():
+        return "no CRS"
+    return crs.authid() or crs.description() or "a custom CRS"
+
+
+def file_has_crs(path: str) -> bool | None:
+    """Whether the raster file itself has a CRS (GDAL's answer; None when GDAL cannot tell)."""
+    try:
+        from osgeo import gdal
+    except ImportError:
+        return None
+    ds = gdal.Open(path)
+    if ds is None:
+        return None
+    try:
+        return bool(ds.GetProjectionRef())
+    finally:
+        ds = None
+
+
+def suggest_crs(extent: Any) -> str:
+    """A CRS that fits a CRS-less raster's coordinates, in words (as the engine's hint).
+
+    Bounds inside [-180, 180] x [-90, 90] look like degrees (EPSG:4326); others like metres of a
+    projected CRS that the numbers alone cannot name.
+    """
+    xs = (abs(extent.xMinimum()), abs(extent.xMaximum()))
+    ys = (abs(extent.yMinimum()), abs(extent.yMaximum()))
+    if max(xs) <= 180.0 and max(ys) <= 90.0:
+        return "its coordinates look like degrees: EPSG:4326 (WGS 84)"
+    return "its coordinates look like metres of a projected CRS, e.g. its UTM zone (EPSG:326xx): check which"
+
+
+def crs_to_assign(layer: Any, path: str) -> str | None:
+    """The CRS the engine must assign to ``layer``'s raster file (None: the file has its own).
+
+    A raster file without a CRS gets the layer's (set with *Layer > Set CRS*).
+
+    Raises:
+        ValueError: neither the file nor the layer has a CRS; the message says what to set.
+    """
+    if file_has_crs(path) is not False:
+        return None
+    crs = layer.crs()
+    if crs.isValid():
+        return crs.authid() or crs.toWkt()
+    raise ValueError(
+        f"{layer.name()} has no CRS ({suggest_crs(layer.extent())}); set it with Layer > Set CRS "
+        "(or right-click the layer > Layer CRS > Set Layer CRS), then run again."
+    )

@@ -73,6 +73,13 @@ def test_find_python_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     # the setting wins over everything; a setting that is not a Python with fastsam-geo is skipped
     python, report = engine.find_python("/bin/true", outside)
     assert not report[0].ok and python == sys.executable
+    # the engine in use listed again (the setting names the plugin's own environment): in use, not a cross
+    python, report = engine.find_python(sys.executable, outside, managed=sys.executable)
+    assert python == sys.executable and report[0].in_use and report[1].ok and report[1].in_use
+    assert "[in use]" in report[1].describe() and "not checked" not in report[1].describe()
+    # a later, different one is not looked at: not checked, not "no"
+    python, report = engine.find_python(sys.executable, outside, managed="/bin/true")
+    assert not report[1].checked and "[not checked]" in report[1].describe()
     # a symlinked development install finds the checkout's .venv
     link = tmp_path / "dev" / "fastsam_geo_plugin"
     link.parent.mkdir()

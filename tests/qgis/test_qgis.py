@@ -260,3 +260,41 @@ def test_qgis_opens_what_vectorio_writes(qgis_python: str, tmp_path: Path) -> No
     (tmp_path / "files.json").write_text(json.dumps(files))
     result = run_script("check_vectorio.py", str(tmp_path / "files.json"))
     assert result["gdal_errors"] == [] and result["qgis_warnings"] == [], result
+
+
+@pytest.mark.model
+def test_zip_only_user_sets_up_the_engine_and_runs_qgis_process(qgis_python: str, tmp_path: Path) -> None:
+    """The plugin zip alone (copied away from the checkout, a clean profile, no engine on PATH,
+    nothing of the checkout importable): Set up engine with the source left empty installs the
+    wheel the zip carries (dependencies from the package index; a few minutes the first time,
+    pip's cache makes it faster), then ``qgis_process run fastsam_geo:extract_buildings`` on the
+    sample tile gives the polygons of the installed engine's CLI."""
+    if shutil.which("make") is None or not Path("/usr/bin/qgis_process.bin").exists():
+        pytest.skip("make or /usr/bin/qgis_process.bin is missing")
+    subprocess.run(["make", "-s", "plugin-zip"], cwd=REPO, check=True, capture_output=True, timeout=600)
+    archive = tmp_path / "fastsam_geo_plugin.zip"
+    shutil.copyfile(REPO / "dist" / "fastsam_geo_plugin.zip", archive)
+    result = run_script("check_zip_engine.py", str(archive), timeout=1800)
+    assert result["zip_bytes"] <= 25_000_000  # the QGIS plugin repository's limit
+    assert result["buildings"]["qgis_process"] == result["buildings"]["cli"] > 100
+
+
+@pytest.mark.model
+def test_panel_reports_misses_replaces_layers_and_takes_the_layer_crs(
+    qgis_python: str, engine_ready: None, mask_cache: Path, tmp_path: Path
+) -> None:
+    """Through the real dock and map tool: a click that selects nothing is named (where, which
+    CRS); a GeoPackage written twice leaves one layer showing the new features; a cancelled run
+    leaves no resume ledger; a raster without a CRS is refused with a fitting hint, and runs in
+    the CRS set with Layer > Set CRS."""
+    import rasterio
+
+    with rasterio.open(SAMPLE) as ds:
+        profile, data = ds.profile, ds.read()
+    profile.pop("crs", None)
+    nocrs = tmp_path / "nocrs.tif"
+    with rasterio.open(nocrs, "w", **profile) as out:
+        out.write(data)
+    result = run_script("check_dock.py", str(nocrs), env={"FASTSAM_GEO_CACHE": str(mask_cache)}, timeout=900)
+    assert "selected nothing" in result["nothing_message"]
+    assert result["left_after_cancel"] == []

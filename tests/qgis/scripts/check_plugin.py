@@ -183,6 +183,43 @@ def discovery_checks() -> None:
     dlg = SettingsDialog()
     text = dlg.report_label.text()
     check("settings dialog shows what was found", "project next to the plugin" in text and venv in text)
+    check(
+        "Engine source has a wheel picker and a folder picker",
+        dlg.source_file_button.isEnabled() and dlg.source_dir_button.isEnabled(),
+    )
+    check(
+        "Engine source says what an empty field installs",
+        "package index" in dlg.source_edit.placeholderText(),  # a symlinked plugin carries no wheel
+        dlg.source_edit.placeholderText(),
+    )
+    # the engine in use, listed a second time (the setting names the plugin's own environment):
+    # marked in use, with a tick, never a cross
+    dlg.python_widget.setFilePath(venv)
+    real_managed = connection.managed_python
+    connection.managed_python = lambda: venv
+    try:
+        dlg.detect()
+    finally:
+        connection.managed_python = real_managed
+    text = dlg.report_label.text()
+    row = [r for r in text.split("<li>") if "engine set up by the plugin" in r]
+    check(
+        "the engine in use listed twice: a tick and 'in use', not a cross",
+        len(row) == 1 and "&#10004;" in row[0] and "in use" in row[0] and "not checked" not in row[0],
+        row,
+    )
+    # a failed set-up: its error replaces the "Setting up the engine..." line
+    from fastsam_geo_plugin.setup_engine import SetupError
+
+    dlg.report_label.setText("<p>Setting up the engine in /x (see the task bar)…</p>")
+    failed = type("FailedTask", (), {"python": None, "error": SetupError("pip install failed (exit code 1): x")})()
+    dlg._setup_done(failed, False)
+    text = dlg.report_label.text()
+    check(
+        "a failed set-up: the error alone, no 'Setting up' line above it",
+        "Setting up" not in text and "could not be set up: pip install failed" in text,
+        text,
+    )
 
     # nothing anywhere: a plugin folder outside any checkout, nothing on PATH, no setting
     old_path, old_home = os.environ.get("PATH", ""), os.environ.pop("FASTSAM_GEO_HOME", None)

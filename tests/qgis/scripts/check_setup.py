@@ -6,6 +6,7 @@ profile, no fastsam-geo on PATH. Then, in order:
 1. discovery finds nothing, and the error offers the set-up;
 2. no suitable Python (only interpreters without venv): one clear sentence, nothing created;
 3. no network (pip pointed at a closed port): one clear sentence naming it, nothing left behind;
+   fastsam-geo missing from the index (this copy carries no wheel): named as such, not as a network failure;
 4. cancel: the QgsTask stops pip at once and removes the half-made environment;
 5. the real set-up from this checkout (light engine, no torch) in a QgsTask with progress; then
    discovery finds the new environment, it has no torch, and its worker extracts the sample tile
@@ -102,6 +103,19 @@ def main() -> None:
     RESULT["no_network_s"] = round(time.monotonic() - t, 1)
     for key in ("PIP_INDEX_URL", "PIP_RETRIES", "PIP_TIMEOUT"):
         os.environ.pop(key)
+
+    # 3b. the index answers but has no fastsam-geo (no bundled wheel in this copy): not a network failure
+    try:
+        setup_engine.setup_engine(tmp / "missing", log=lambda _line: None)
+        check("fastsam-geo missing from the index -> SetupError", False)
+    except setup_engine.SetupError as exc:
+        text = str(exc)
+        check(
+            "missing from the index: named as such, not as a network failure",
+            "fastsam-geo is not on the package index" in text and "not a network failure" in text,
+            text,
+        )
+    check("missing from the index: the half-made venv is removed", not (tmp / "missing").exists())
 
     # 4. cancel while pip runs
     task, end = start(SetupEngineTask, str(venv), str(REPO))

@@ -34,6 +34,14 @@ def main() -> None:
         for required in ("__init__.py", "metadata.txt", "icon.png", "plugin.py", "provider.py"):
             check(f"zip holds {required}", f"{PLUGIN_NAME}/{required}" in names)
         check("zip holds no caches", not any("__pycache__" in n or n.endswith(".pyc") for n in names))
+        wheels = [n for n in names if n.startswith(f"{PLUGIN_NAME}/engine/fastsam_geo-") and n.endswith(".whl")]
+        check("zip holds the engine wheel", len(wheels) == 1, wheels)
+        if wheels:
+            with zipfile.ZipFile(z.open(wheels[0])) as wheel:
+                model = [n for n in wheel.namelist() if n.endswith("share/fastsam-geo/weights/fastsam-geo-n.onnx")]
+            check("the engine wheel holds the default ONNX model", len(model) == 1, model)
+        check("zip within the plugin repository's 25,000,000 bytes", archive.stat().st_size <= 25_000_000)
+        RESULT["zip_bytes"] = archive.stat().st_size
         profile = Path(tempfile.mkdtemp(prefix="fsg-clean-profile-")) / "profiles" / "default"
         plugins = profile / "python" / "plugins"
         plugins.mkdir(parents=True)
