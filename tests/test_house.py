@@ -47,7 +47,6 @@ LONG_MODULES: dict[str, str] = {
     "fastsam_geo/cli.py": "becomes the fastsam_geo/cli/ package, one module per command (the lead, issue 22)",
     "fastsam_geo/prompts.py": "prompt values, reading and selection get rooms of their own on another branch",
     "fastsam_geo/worker.py": "protocol, server and engine are split on another branch (issue 22)",
-    "fastsam_geo/vectorio.py": "GeoPackage and GeoJSON writing, reading and column tables: to split (issue 22)",
     "qgis_plugin/dock.py": "one panel class: its group boxes are built by short methods; a widget class per box next",
 }
 
