@@ -228,3 +228,31 @@ def test_no_module_is_over_the_limit() -> None:
     assert not new, f"modules over {MAX_MODULE_LINES} lines (split them, or say why in LONG_MODULES): {new}"
     stale = sorted(k for k in LONG_MODULES if lines.get(k, 0) <= MAX_MODULE_LINES)
     assert not stale, f"LONG_MODULES lists modules that are gone or now short: take them out: {stale}"
+
+
+def readme_tree() -> set[str]:
+    """The ``.py`` files drawn in the README's tree for contributors (two spaces per level)."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8").split("## For contributors", 1)[1]
+    block = text.split("```text\n", 1)[1].split("```", 1)[0]
+    folders: list[str] = []
+    files: set[str] = set()
+    for line in block.splitlines():
+        if not line.strip():
+            continue
+        depth = (len(line) - len(line.lstrip(" "))) // 2
+        name = line.split()[0]
+        del folders[depth:]
+        if name.endswith("/"):
+            folders.append(name.rstrip("/"))
+        elif name.endswith(".py"):
+            files.add("/".join([*folders, name]))
+    return files
+
+
+def test_the_readme_draws_every_module() -> None:
+    """The README's tree for contributors has one line for each module of both packages, and none
+    for a module that is gone: whoever adds, moves or removes a module redraws it."""
+    drawn = readme_tree()
+    actual = set(module_lines())
+    assert not actual - drawn, f"modules missing from the README's tree: {sorted(actual - drawn)}"
+    assert not drawn - actual, f"the README's tree shows modules that do not exist: {sorted(drawn - actual)}"
