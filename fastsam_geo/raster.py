@@ -13,6 +13,10 @@ reads) and answers one question: the 8-bit RGB pixels and the nodata mask of a w
   ground resolution is seen through a *working grid* covering the same bounds at that
   resolution; every window of that grid is read resampled (GDAL uses the file's overviews
   when it shrinks), so tiles, prompts and polygons all live in one consistent grid.
+
+The band rules live in :mod:`fastsam_geo.bands`, the stretch in :mod:`fastsam_geo.radiometry`,
+the ground resolution and working grid in :mod:`fastsam_geo.gsd` (their names are importable
+from here too).
 """
 
 from __future__ import annotations
@@ -23,212 +27,39 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import rasterio
 from affine import Affine
-from rasterio.enums import ColorInterp, Resampling
+from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
 
+# Band choice, radiometry and ground resolution have modules of their own; every name they took from
+# here stays importable from here (F401: re-exported, not all used in this module).
+from fastsam_geo.bands import (  # noqa: F401
+    _COLOUR_WORDS,
+    _NOT_COLOUR,
+    KNOWN_LAYOUTS,
+    _band_by_name,
+    _palette,
+    band_layout,
+    choose_bands,
+    expand_palette,
+)
 from fastsam_geo.errors import RasterError
-
-StretchMode = Literal["auto", "none", "percentile"]
+from fastsam_geo.gsd import GSD_TOLERANCE, ground_resolution, working_grid  # noqa: F401
+from fastsam_geo.radiometry import (  # noqa: F401
+    DARK_MEDIAN,
+    STRETCH_OUT,
+    Stretch,
+    StretchMode,
+    _bit_depth,
+    _few_bits,
+    dark_gamma,
+)
 
 log = logging.getLogger(__name__)
-
-#: A raster within this ratio of the working resolution is read as it is (no resampling).
-GSD_TOLERANCE = 1.2
-
-
-def ground_resolution(crs: rasterio.crs.CRS, transform: Affine, width: int, height: int) -> tuple[float, float]:
-    """Metres on the ground per pixel (x, y) at the raster's centre, on the WGS84 ellipsoid.
-
-    True ground metres whatever the CRS: degrees (EPSG:4326) and web-mercator "metres"
-    (EPSG:3857, too large by 1/cos(latitude)) are both measured geodesically.
-
-    >>> from rasterio.crs import CRS
-    >>> gx, gy = ground_resolution(CRS.from_epsg(32633), Affine(0.5, 0, 500000, 0, -0.5, 4649000), 100, 100)
-    >>> round(gx, 3), round(gy, 3)
-    (0.5, 0.5)
-    >>> gx, gy = ground_resolution(CRS.from_epsg(4326), Affine(1e-5, 0, 0, 0, -1e-5, 0.0005), 100, 100)
-    >>> round(gx, 3), round(gy, 3)
-    (1.113, 1.106)
-    """
-    from pyproj import CRS as PCRS
-    from pyproj import Geod, Transformer
-
-    try:
-        to_geo = Transformer.from_crs(PCRS.from_user_input(crs.to_wkt()), PCRS.from_epsg(4326), always_xy=True)
-        cx, cy = transform * (width / 2, height / 2)
-        px, py = transform * (width / 2 + 1, height / 2)
-        qx, qy = transform * (width / 2, height / 2 + 1)
-        (lon0, lon1, lon2), (lat0, lat1, lat2) = to_geo.transform([cx, px, qx], [cy, py, qy])
-        geod = Geod(ellps="WGS84")
-        gx = geod.inv(lon0, lat0, lon1, lat1)[2]
-        gy = geod.inv(lon0, lat0, lon2, lat2)[2]
-        if gx > 0 and gy > 0 and np.isfinite(gx) and np.isfinite(gy):
-            return float(gx), float(gy)
-    except Exception:  # a local/engineering CRS: fall back on its linear units
-        pass
-    unit = float(crs.linear_units_factor[1]) if not crs.is_geographic else 111_320.0
-    return abs(transform.a) * unit, abs(transform.e) * unit
-
-
-def working_grid(
-    width: int, height: int, transform: Affine, native_gsd: float, gsd: float | None, tolerance: float = GSD_TOLERANCE
-) -> tuple[int, int, Affine]:
-    """The grid (width, height, transform) at ground resolution ``gsd`` over the same bounds.
-
-    The raster's own grid when ``gsd`` is None or within ``tolerance`` of ``native_gsd``.
-
-    >>> t = Affine(0.05, 0, 0, 0, -0.05, 100)
-    >>> w, h, t2 = working_grid(4000, 2000, t, 0.05, 0.3)
-    >>> (w, h, round(t2.a, 4), round(t2.e, 4))
-    (667, 333, 0.2999, -0.3003)
-    >>> working_grid(1000, 1000, t, 0.05, 0.055)[:2]
-    (1000, 1000)
-    """
-    if gsd is None or gsd <= 0 or 1 / tolerance <= gsd / native_gsd <= tolerance:
-        return width, height, transform
-    factor = gsd / native_gsd
-    w = max(1, round(width / factor))
-    h = max(1, round(height / factor))
-    return w, h, transform * Affine.scale(width / w, height / h)
-
-
-@dataclass(frozen=True)
-class Stretch:
-    """Per-band stretch ``((value - lo) / (hi - lo)) ** gamma * 255``, clipped to 0-255.
-
-    >>> s = Stretch(lo=(0.0,), hi=(1000.0,))
-    >>> s.apply(np.array([[[0, 500, 2000]]], np.float32)).tolist()
-    [[[0, 128, 255]]]
-    >>> Stretch(lo=(0.0,), hi=(1000.0,), gamma=0.5).apply(np.array([[[250]]], np.float32)).tolist()
-    [[[128]]]
-    """
-
-    lo: tuple[float, ...]
-    hi: tuple[float, ...]
-    gamma: float = 1.0
-    out: tuple[float, float] = (0.0, 255.0)
-
-    def apply(self, data: np.ndarray) -> np.ndarray:
-        """Stretch a ``bands x H x W`` array to uint8: ``lo`` -> ``out[0]``, ``hi`` -> ``out[1]``."""
-        lo = np.asarray(self.lo, np.float32)[:, None, None]
-        hi = np.asarray(self.hi, np.float32)[:, None, None]
-        o0, o1 = np.float32(self.out[0] / 255.0), np.float32(self.out[1] / 255.0)
-        scale = (o1 - o0) / np.maximum(hi - lo, np.float32(1e-12))
-        out = (data.astype(np.float32) - lo) * scale + o0
-        out = np.clip(np.nan_to_num(out, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)
-        if self.gamma != 1.0:
-            out = out ** np.float32(self.gamma)
-        return np.rint(out * np.float32(255.0)).astype(np.uint8)
-
-
-#: RGB of multispectral rasters that name neither colours nor bands, by band count:
-#: 4 bands are taken as blue, green, red, NIR (Maxar WorldView/GeoEye/QuickBird 4-band and
-#: PlanetScope 4-band analytic deliveries); 8 bands in the WorldView-2/3 order coastal, blue,
-#: green, yellow, red, red edge, NIR1, NIR2. Pléiades and NAIP deliver red, green, blue, NIR:
-#: their files carry colour interpretation (else pass ``bands=(1, 2, 3)``); PlanetScope 8-band
-#: and Maxar ARD files name their bands (read from the band descriptions).
-KNOWN_LAYOUTS: dict[int, tuple[tuple[int, int, int], str]] = {
-    4: ((3, 2, 1), "4 bands without colour names: blue, green, red, NIR order assumed"),
-    8: ((5, 3, 2), "8 bands without colour names: WorldView-2/3 order assumed (coastal, blue, green, yellow, red...)"),
-}
-
-_COLOUR_WORDS = {"red": ("red", "r"), "green": ("green", "g"), "blue": ("blue", "b")}
-_NOT_COLOUR = {"edge", "rededge", "coastal", "nir", "i", "ii", "1", "2"}
-
-
-def _band_by_name(descriptions: Sequence[str | None]) -> tuple[int, int, int] | None:
-    """Bands whose description names red, green and blue ("Red", "BAND_R", "B04 red"...).
-
-    >>> _band_by_name(["coastal_blue", "blue", "green_i", "green", "yellow", "red", "rededge", "nir"])
-    (6, 4, 2)
-    >>> _band_by_name(["BAND_B", "BAND_C", "BAND_G", "BAND_R", "BAND_IR", "BAND_Y", "BAND_RE", "BAND_N2"])
-    (4, 3, 1)
-    >>> _band_by_name([None, None, None]) is None
-    True
-    """
-    import re
-
-    found: dict[str, int] = {}
-    for i, desc in enumerate(descriptions, start=1):
-        words = [w for w in re.split(r"[^a-z0-9]+", (desc or "").lower()) if w and w != "band"]
-        words = [w for w in words if not re.fullmatch(r"b?\d+", w)]  # "B04", "5": numbers, not names
-        if not words or _NOT_COLOUR & set(words):
-            continue
-        for colour, names in _COLOUR_WORDS.items():
-            if colour not in found and any(w in names for w in words):
-                found[colour] = i
-    if len(found) == 3:
-        return found["red"], found["green"], found["blue"]
-    return None
-
-
-def band_layout(
-    count: int,
-    colorinterp: Sequence[ColorInterp] = (),
-    bands: Sequence[int] | None = None,
-    descriptions: Sequence[str | None] = (),
-) -> tuple[tuple[int, int, int], str]:
-    """The three 1-based band indexes to read as RGB, and the rule that chose them.
-
-    Rules, first that applies: ``bands`` given; 1 or 2 bands (grey, grey + alpha): grey; colour
-    interpretation red, green, blue; band descriptions naming red, green, blue; a known
-    layout by band count (:data:`KNOWN_LAYOUTS`); else bands 1, 2, 3.
-
-    >>> band_layout(8)
-    ((5, 3, 2), '8 bands without colour names: WorldView-2/3 order assumed (coastal, blue, green, yellow, red...)')
-    >>> band_layout(2)[0], band_layout(5)[0]
-    ((1, 1, 1), (1, 2, 3))
-    """
-    if bands is not None:
-        return choose_bands(count, colorinterp, bands), "bands given"
-    if count < 3:
-        return (1, 1, 1), "one grey band" if count == 1 else "grey band 1 (2 bands: grey and alpha)"
-    ci = list(colorinterp)
-    if all(c in ci for c in (ColorInterp.red, ColorInterp.green, ColorInterp.blue)):
-        red, green, blue = (ci.index(c) + 1 for c in (ColorInterp.red, ColorInterp.green, ColorInterp.blue))
-        return (red, green, blue), "colour interpretation"
-    named = _band_by_name(descriptions)
-    if named is not None:
-        return named, "band descriptions"
-    if count in KNOWN_LAYOUTS:
-        return KNOWN_LAYOUTS[count]
-    return (1, 2, 3), f"{count} bands without colour names: bands 1, 2, 3"
-
-
-def choose_bands(
-    count: int, colorinterp: Sequence[ColorInterp] = (), bands: Sequence[int] | None = None
-) -> tuple[int, int, int]:
-    """The three 1-based band indexes to read as RGB (see :func:`band_layout` for the rules).
-
-    >>> choose_bands(1)
-    (1, 1, 1)
-    >>> choose_bands(4, [ColorInterp.blue, ColorInterp.green, ColorInterp.red, ColorInterp.undefined])
-    (3, 2, 1)
-    >>> choose_bands(8)
-    (5, 3, 2)
-    >>> choose_bands(4, bands=(4, 3, 2))
-    (4, 3, 2)
-    """
-    if bands is not None:
-        chosen = tuple(int(b) for b in bands)
-        if len(chosen) == 1:
-            chosen = chosen * 3
-        if len(chosen) != 3:
-            raise RasterError(f"bands={list(bands)}: give 1 or 3 band numbers, e.g. --bands 1,2,3.")
-        bad = [b for b in chosen if not 1 <= b <= count]
-        if bad:
-            raise RasterError(
-                f"Band {bad[0]} does not exist: the raster has {count} band(s), numbered 1 to {count}."
-            )
-        return chosen  # type: ignore[return-value]
-    return band_layout(count, colorinterp)[0]
-
 
 @dataclass(frozen=True)
 class RasterInfo:
@@ -375,30 +206,6 @@ def _missing_sources(ds: rasterio.io.DatasetReader) -> list[str]:
     except Exception:
         return []
     return [f for f in files if not f.startswith("/vsi") and "://" not in f and not os.path.exists(f)]
-
-
-def expand_palette(indices: np.ndarray, colormap: dict[int, tuple[int, ...]]) -> np.ndarray:
-    """Colour-table indices (``H x W``) to RGB (``3 x H x W`` uint8); unknown indices are black.
-
-    >>> expand_palette(np.array([[0, 1]], np.uint8), {0: (0, 0, 0, 255), 1: (200, 100, 50, 255)}).tolist()
-    [[[0, 200]], [[0, 100]], [[0, 50]]]
-    """
-    size = max(int(indices.max(initial=0)) + 1, max(colormap, default=0) + 1)
-    lut = np.zeros((size, 3), np.uint8)
-    for k, rgba in colormap.items():
-        if 0 <= k < size:
-            lut[k] = rgba[:3]
-    return np.ascontiguousarray(lut[indices.astype(np.intp)].transpose(2, 0, 1))
-
-
-def _palette(ds: rasterio.io.DatasetReader, bands: Sequence[int] | None) -> dict[int, tuple[int, ...]] | None:
-    """The colour table of a one-band paletted raster read with default bands, else None."""
-    if bands is not None or ds.count != 1 or ds.colorinterp[0] != ColorInterp.palette:
-        return None
-    try:
-        return ds.colormap(1)
-    except ValueError:  # palette interpretation but no table
-        return None
 
 
 def parse_crs(value: str) -> rasterio.crs.CRS:
@@ -731,62 +538,6 @@ class RasterSource:
             rgb[nodata] = 0
             return rgb, nodata
         return rgb, None
-
-
-def _bit_depth(ds: rasterio.io.DatasetReader, dtype: str) -> str:
-    """`` (11-bit)`` for integer data that declares fewer bits than its type (``NBITS``), else ``""``."""
-    try:
-        nbits = ds.tags(1, ns="IMAGE_STRUCTURE").get("NBITS")
-    except Exception:
-        nbits = None
-    if nbits and np.issubdtype(np.dtype(dtype), np.integer) and int(nbits) < np.dtype(dtype).itemsize * 8:
-        return f" ({int(nbits)}-bit)"
-    return ""
-
-
-def _few_bits(ds: rasterio.io.DatasetReader, dtype: str, valid: np.ndarray) -> bool:
-    """True for 16-bit integer data that hold 10 to 14 bits (``NBITS`` tag, or no value above 4095)."""
-    if dtype not in ("uint16", "int16"):
-        return False
-    tag = _bit_depth(ds, dtype)
-    if tag:
-        return True
-    return bool(valid.size) and float(valid.max()) <= 4095
-
-
-#: Where the low and high percentiles land in 0-255. Real 8-bit orthophotos do not fill the
-#: range: measured on the real sets of this project (Banepa, Kampala, Rio), their 2 % and 98 %
-#: points lie at 4-29 and 106-254 per band. Mapping them to 16 and 224 keeps the outer 2 % of
-#: roofs and shadows unclipped and gives a picture of the contrast the models were trained on.
-STRETCH_OUT = (16.0, 224.0)
-
-
-#: Median brightness (0-1, after the linear stretch) under which high-bit-depth data get a gamma.
-DARK_MEDIAN = 0.3
-
-
-def dark_gamma(data: np.ndarray, lo: Sequence[float], hi: Sequence[float], target: float = 0.4) -> float:
-    """A gamma (0.5-1) that lifts the median of dark, high-dynamic-range data towards ``target``.
-
-    Satellite 11/12-bit scenes are mostly dark with a long bright tail (roofs, clouds): after
-    a linear percentile stretch their median can sit near black, where the model sees little.
-    Used only for 16-bit data that hold 10-14 bits (:func:`_few_bits`); 8-bit-like data and
-    full 16-bit ranges keep the linear stretch.
-    ``data`` is ``bands x N`` valid pixels; 1.0 (no gamma) when the median is not dark.
-
-    >>> v = np.linspace(0, 1, 1001) ** 2 * 2000
-    >>> round(dark_gamma(v[None], [0.0], [2000.0]), 2)
-    0.66
-    >>> dark_gamma(np.linspace(0, 2000, 1001)[None], [0.0], [2000.0])
-    1.0
-    """
-    lo_a = np.asarray(lo, np.float64)[:, None]
-    hi_a = np.asarray(hi, np.float64)[:, None]
-    norm = np.clip((data - lo_a) / np.maximum(hi_a - lo_a, 1e-12), 0, 1).mean(axis=0)
-    med = float(np.median(norm)) if norm.size else 0.5
-    if med >= DARK_MEDIAN or med <= 0.0:
-        return 1.0
-    return float(np.clip(np.log(target) / np.log(med), 0.5, 1.0))
 
 
 def open_raster(path: str | os.PathLike[str], **kwargs: object) -> RasterSource:

@@ -108,21 +108,15 @@ def _chord_indices(ring: np.ndarray, simple: np.ndarray) -> np.ndarray | None:
     return np.asarray(out, np.int64)
 
 
-def _regularize_ring(ring: np.ndarray, chords: np.ndarray | None, min_run: float) -> np.ndarray | None:
-    """Snap a closed ring (already rotated: dominant direction = x axis) to right angles.
+def _snapped_chords(pts: np.ndarray, chords: np.ndarray) -> list[tuple[bool, float, float]]:
+    """Each chord snapped to horizontal or vertical: ``(is_horizontal, offset, weight)``.
 
-    ``chords`` are the indices of the simplified ring's vertices in ``ring`` (see
-    :func:`_chord_indices`); each chord is snapped to horizontal or vertical by its own
-    direction, and placed where the original stretch it stands for balances on both sides
-    (``y = sum(y dx) / sum(dx)`` for a horizontal chord, the area-preserving line: a pixel
-    staircase lands on the true edge, not half a pixel off). Returns the closed coordinates
-    of the new ring, or None when nothing ring-like is left.
+    The offset is the area-preserving line of the stretch of ``pts`` the chord stands for
+    (``y = sum(y dx) / sum(dx)`` for a horizontal chord); the weight is the chord's extent
+    along its direction. Chords whose two ends coincide are left out.
     """
-    pts = ring[:-1, :2]
     n_pts = len(pts)
-    if chords is None or len(chords) < 3:
-        return None
-    horizontal_l, offset_l, weight_l = [], [], []
+    out: list[tuple[bool, float, float]] = []
     for k in range(len(chords)):
         i0, i1 = int(chords[k]), int(chords[(k + 1) % len(chords)])
         span = (i1 - i0) % n_pts or n_pts
@@ -133,21 +127,18 @@ def _regularize_ring(ring: np.ndarray, chords: np.ndarray | None, min_run: float
         cx, cy = sub[-1] - sub[0]
         if cx == 0 and cy == 0:
             continue
-        h = abs(cx) >= abs(cy)
-        if h:
-            horizontal_l.append(True)
-            offset_l.append(float((mid[:, 1] * d[:, 0]).sum() / cx))
-            weight_l.append(abs(float(cx)))
+        if abs(cx) >= abs(cy):
+            out.append((True, float((mid[:, 1] * d[:, 0]).sum() / cx), abs(float(cx))))
         else:
-            horizontal_l.append(False)
-            offset_l.append(float((mid[:, 0] * d[:, 1]).sum() / cy))
-            weight_l.append(abs(float(cy)))
-    if len(horizontal_l) < 3:
-        return None
+            out.append((False, float((mid[:, 0] * d[:, 1]).sum() / cy), abs(float(cy))))
+    return out
 
-    # runs of consecutive chords of one direction (cyclic): [is_horizontal, offset, weight]
+
+def _runs(snapped: list[tuple[bool, float, float]]) -> list[list[float]]:
+    """Runs of consecutive chords of one direction (cyclic): ``[is_horizontal, offset, weight]``,
+    each offset the weighted mean of its chords'."""
     runs: list[list[float]] = []
-    for h, o, w in zip(horizontal_l, offset_l, weight_l, strict=True):
+    for h, o, w in snapped:
         if runs and bool(runs[-1][0]) == h:
             r = runs[-1]
             r[1] = (r[1] * r[2] + o * w) / (r[2] + w) if r[2] + w > 0 else o
@@ -159,10 +150,12 @@ def _regularize_ring(ring: np.ndarray, chords: np.ndarray | None, min_run: float
         tot = first[2] + last[2]
         first[1] = (first[1] * first[2] + last[1] * last[2]) / tot if tot > 0 else first[1]
         first[2] = tot
-    if len(runs) < 4 or len(runs) % 2:
-        return None
+    return runs
 
-    # drop the shortest run while it is shorter than min_run: its neighbours merge
+
+def _drop_short_runs(runs: list[list[float]], min_run: float) -> list[list[float]]:
+    """Drop the shortest run while it is shorter than ``min_run`` (a step of a staircase): its two
+    neighbours, of one direction, merge. At least 4 runs stay."""
     while len(runs) > 4:
         n = len(runs)
         span = np.asarray([abs(runs[(k + 1) % n][1] - runs[k - 1][1]) for k in range(n)])
@@ -174,7 +167,12 @@ def _regularize_ring(ring: np.ndarray, chords: np.ndarray | None, min_run: float
         tot = a[2] + b[2]
         merged = [a[0], (a[1] * a[2] + b[1] * b[2]) / tot if tot > 0 else a[1], tot]
         runs = [merged, *runs[3:]]
+    return runs
 
+
+def _corners(runs: list[list[float]]) -> np.ndarray | None:
+    """The closed ring through the intersections of consecutive runs, duplicate corners merged;
+    None when fewer than 4 corners are left."""
     n = len(runs)
     corners = []
     for k in range(n):
@@ -190,6 +188,27 @@ def _regularize_ring(ring: np.ndarray, chords: np.ndarray | None, min_run: float
     if len(ring) < 4:
         return None
     return np.vstack([ring, ring[:1]])
+
+
+def _regularize_ring(ring: np.ndarray, chords: np.ndarray | None, min_run: float) -> np.ndarray | None:
+    """Snap a closed ring (already rotated: dominant direction = x axis) to right angles.
+
+    ``chords`` are the indices of the simplified ring's vertices in ``ring`` (see
+    :func:`_chord_indices`); each chord is snapped to horizontal or vertical by its own
+    direction, and placed where the original stretch it stands for balances on both sides
+    (``y = sum(y dx) / sum(dx)`` for a horizontal chord, the area-preserving line: a pixel
+    staircase lands on the true edge, not half a pixel off). Returns the closed coordinates
+    of the new ring, or None when nothing ring-like is left.
+    """
+    if chords is None or len(chords) < 3:
+        return None
+    snapped = _snapped_chords(ring[:-1, :2], chords)
+    if len(snapped) < 3:
+        return None
+    runs = _runs(snapped)
+    if len(runs) < 4 or len(runs) % 2:
+        return None
+    return _corners(_drop_short_runs(runs, min_run))
 
 
 def _default_tolerance(polygon: Polygon) -> float:
@@ -265,27 +284,39 @@ def regularize(
     area = polygon.area
     tol = _default_tolerance(polygon) if tolerance is None else float(tolerance)
     max_h = max(2.0 * tol, 0.1 * math.sqrt(area)) if max_hausdorff is None else float(max_hausdorff)
+    result = _squared(polygon, tol, angle_tolerance, min_aligned)
+    if result is None:
+        return polygon
+    if abs(result.area / area - 1.0) > max_area_change:
+        return polygon
+    if shapely.hausdorff_distance(result, polygon) > max_h:
+        return polygon
+    return result
 
+
+def _squared(polygon: Polygon, tol: float, angle_tolerance: float, min_aligned: float) -> Polygon | None:
+    """Steps 1-4 of :func:`regularize` on one polygon: its right-angle version, a valid polygon in
+    the input's coordinates, or None when it is not right-angled or cannot be squared."""
     # work near the origin: map coordinates (1e6 m) cost precision in the rotations
     x0, y0 = polygon.centroid.x, polygon.centroid.y
     local = shapely.affinity.translate(polygon, -x0, -y0)
     simple = shapely.simplify(local, tol, preserve_topology=True)
     if simple.is_empty or simple.geom_type != "Polygon":
-        return polygon
+        return None
     theta = dominant_angle(simple, angle_tolerance=angle_tolerance)
     if _aligned_fraction(simple, theta, angle_tolerance) < min_aligned:
-        return polygon
+        return None
 
     c, s = math.cos(math.radians(-theta)), math.sin(math.radians(-theta))
     rot = np.array([[c, -s], [s, c]])
     if len(simple.interiors) != len(local.interiors):
-        return polygon
+        return None
     rings = []
     for orig, simp in zip(_rings(local), _rings(simple), strict=True):
         rings.append((orig[:, :2] @ rot.T, _chord_indices(orig[:, :2], simp[:, :2])))
     shell = _regularize_ring(*rings[0], 2.0 * tol)
     if shell is None:
-        return polygon
+        return None
     holes = []
     for ring, chords in rings[1:]:
         h = _regularize_ring(ring, chords, 2.0 * tol)
@@ -294,15 +325,10 @@ def regularize(
     try:
         result = Polygon(shell @ back, [h @ back for h in holes])
     except (ValueError, shapely.errors.GEOSException):
-        return polygon
+        return None
     if not result.is_valid or result.is_empty:
-        return polygon
-    result = shapely.affinity.translate(result, x0, y0)
-    if abs(result.area / area - 1.0) > max_area_change:
-        return polygon
-    if shapely.hausdorff_distance(result, polygon) > max_h:
-        return polygon
-    return result
+        return None
+    return shapely.affinity.translate(result, x0, y0)
 
 
 def regularize_array(geoms: Iterable[BaseGeometry | None], **kwargs: float | None) -> np.ndarray:

@@ -102,6 +102,80 @@ def _building_shape(rng: np.random.Generator, px: float) -> tuple[Polygon, str]:
     return box(-w / 2, -h / 2, w / 2, h / 2), "rect"
 
 
+def _grid_lines(rng: np.random.Generator, extent: int, px: float) -> list[float]:
+    """Road centre lines along one axis: the first 10-30 m before the edge, then every 70-120 m
+    until past ``extent`` px."""
+    lines = [float(rng.uniform(-30, 10) / px)]
+    while lines[-1] < extent:
+        lines.append(lines[-1] + rng.uniform(70, 120) / px)
+    return lines
+
+
+def _place_building(
+    rng: np.random.Generator, block: Polygon, block_angle: float, px: float, gap: float, local: list[Polygon]
+) -> Building | None:
+    """One placement attempt in ``block``: a building that fits it and keeps ``gap`` from the
+    buildings already in ``local`` (it is appended there), or None."""
+    shape, kind = _building_shape(rng, px)
+    angle = block_angle + float(rng.choice([0.0, 90.0])) + float(rng.normal(0, 3))
+    shape = rotate(shape, angle, origin=(0, 0))
+    cx = rng.uniform(block.bounds[0], block.bounds[2])
+    cy = rng.uniform(block.bounds[1], block.bounds[3])
+    cand = translate(shape, cx, cy)
+    if not block.contains(cand):
+        return None
+    grown = cand.buffer(gap, join_style="mitre")
+    if any(grown.intersects(p) for p in local):
+        return None
+    local.append(cand)
+    flat = kind != "rect" or rng.random() < 0.3
+    ridge = None if flat else angle + (0.0 if _long_axis_is_x(shape, angle) else 90.0)
+    return Building(
+        polygon=shapely.set_precision(cand, 0.01),
+        colour=ROOF_COLOURS[rng.integers(len(ROOF_COLOURS))] * rng.uniform(0.85, 1.1),
+        height_px=float(rng.uniform(3, 12) / px),
+        gable_angle=ridge,
+        shape=kind,
+    )
+
+
+def _plant_trees(rng: np.random.Generator, width: int, height: int, px: float, placed: list[Polygon]) -> np.ndarray:
+    """Trees (col, row, radius px): in yards, along roads, a share touching roofs (occluding
+    their edges); those whose centre falls on a roof are removed, except a few kept to overhang."""
+    n_trees = int(width * height * (px * px) / 450)
+    trees = np.column_stack(
+        [
+            rng.uniform(0, width, n_trees),
+            rng.uniform(0, height, n_trees),
+            rng.uniform(2.0, 5.0, n_trees) / px,
+        ]
+    )
+    keep = np.ones(n_trees, bool)
+    if placed:
+        tree_pts = shapely.points(trees[:, 0], trees[:, 1])
+        tree_idx = shapely.STRtree(placed)
+        inside = tree_idx.query(tree_pts, predicate="within")
+        on_roof = np.unique(inside[0])
+        keep[on_roof] = rng.random(on_roof.size) < 0.08
+    return trees[keep]
+
+
+def _visible(buildings: list[Building], width: int, height: int) -> list[Building]:
+    """The truth is what the raster shows: footprints clipped to its extent (parts >= 30 px)."""
+    extent = box(0, 0, width, height)
+    visible: list[Building] = []
+    for b in buildings:
+        if extent.contains(b.polygon):
+            visible.append(b)
+            continue
+        for part in shapely.get_parts(b.polygon.intersection(extent)):
+            if isinstance(part, Polygon) and part.area >= 30:
+                visible.append(
+                    Building(shapely.set_precision(part, 0.01), b.colour, b.height_px, b.gable_angle, b.shape)
+                )
+    return visible
+
+
 def plan_scene(
     width: int,
     height: int,
@@ -116,19 +190,12 @@ def plan_scene(
     """
     rng = np.random.default_rng(seed)
     px = pixel_size
-    roads: list[Polygon] = []
     road_w = 10 / px
     # Road grid: spacing 70-120 m; block edges are where buildings line up.
-    xs = [float(rng.uniform(-30, 10) / px)]
-    while xs[-1] < width:
-        xs.append(xs[-1] + rng.uniform(70, 120) / px)
-    ys = [float(rng.uniform(-30, 10) / px)]
-    while ys[-1] < height:
-        ys.append(ys[-1] + rng.uniform(70, 120) / px)
-    for x in xs:
-        roads.append(box(x - road_w / 2, -50, x + road_w / 2, height + 50))
-    for y in ys:
-        roads.append(box(-50, y - road_w / 2, width + 50, y + road_w / 2))
+    xs = _grid_lines(rng, width, px)
+    ys = _grid_lines(rng, height, px)
+    roads = [box(x - road_w / 2, -50, x + road_w / 2, height + 50) for x in xs]
+    roads += [box(-50, y - road_w / 2, width + 50, y + road_w / 2) for y in ys]
 
     gap = 2.5 / px
     placed: list[Polygon] = []
@@ -138,70 +205,20 @@ def plan_scene(
             block = box(x0 + road_w / 2 + gap, y0 + road_w / 2 + gap, x1 - road_w / 2 - gap, y1 - road_w / 2 - gap)
             block_angle = float(rng.choice([0.0, 0.0, 0.0, rng.uniform(-25, 25)]))
             local: list[Polygon] = []
-            attempts = int(60 * density)
-            for _ in range(attempts):
-                shape, kind = _building_shape(rng, px)
-                angle = block_angle + float(rng.choice([0.0, 90.0])) + float(rng.normal(0, 3))
-                shape = rotate(shape, angle, origin=(0, 0))
-                cx = rng.uniform(block.bounds[0], block.bounds[2])
-                cy = rng.uniform(block.bounds[1], block.bounds[3])
-                cand = translate(shape, cx, cy)
-                if not block.contains(cand):
-                    continue
-                grown = cand.buffer(gap, join_style="mitre")
-                if any(grown.intersects(p) for p in local):
-                    continue
-                local.append(cand)
-                flat = kind != "rect" or rng.random() < 0.3
-                ridge = None if flat else angle + (0.0 if _long_axis_is_x(shape, angle) else 90.0)
-                buildings.append(
-                    Building(
-                        polygon=shapely.set_precision(cand, 0.01),
-                        colour=ROOF_COLOURS[rng.integers(len(ROOF_COLOURS))] * rng.uniform(0.85, 1.1),
-                        height_px=float(rng.uniform(3, 12) / px),
-                        gable_angle=ridge,
-                        shape=kind,
-                    )
-                )
+            for _ in range(int(60 * density)):
+                building = _place_building(rng, block, block_angle, px, gap, local)
+                if building is not None:
+                    buildings.append(building)
             placed.extend(local)
 
-    # Trees: in yards, along roads, a share touching roofs (occluding their edges).
-    n_trees = int(width * height * (px * px) / 450)
-    trees = np.column_stack(
-        [
-            rng.uniform(0, width, n_trees),
-            rng.uniform(0, height, n_trees),
-            rng.uniform(2.0, 5.0, n_trees) / px,
-        ]
-    )
-    keep = np.ones(n_trees, bool)
-    if placed:
-        tree_pts = shapely.points(trees[:, 0], trees[:, 1])
-        tree_idx = shapely.STRtree(placed)
-        inside = tree_idx.query(tree_pts, predicate="within")
-        # Trees whose centre falls on a roof are removed, except a few kept to overhang roofs.
-        on_roof = np.unique(inside[0])
-        keep[on_roof] = rng.random(on_roof.size) < 0.08
-    # The truth is what the raster shows: footprints clipped to its extent (parts >= 30 px).
-    extent = box(0, 0, width, height)
-    visible: list[Building] = []
-    for b in buildings:
-        if extent.contains(b.polygon):
-            visible.append(b)
-            continue
-        for part in shapely.get_parts(b.polygon.intersection(extent)):
-            if isinstance(part, Polygon) and part.area >= 30:
-                visible.append(
-                    Building(shapely.set_precision(part, 0.01), b.colour, b.height_px, b.gable_angle, b.shape)
-                )
     return ScenePlan(
         width=width,
         height=height,
         seed=seed,
         roads=roads,
         buildings=buildings,
-        footprints=visible,
-        trees=trees[keep],
+        footprints=_visible(buildings, width, height),
+        trees=_plant_trees(rng, width, height, px, placed),
         shadow=(math.cos(math.radians(35)), math.sin(math.radians(35))),
     )
 

@@ -2,26 +2,29 @@
 
 Only the standard library (``sqlite3``, ``json``, ``struct``), numpy, shapely 2 and pyproj:
 
-- :class:`GpkgWriter` writes a GeoPackage 1.2 feature layer in plain sqlite3, as GDAL writes
-  it (the same core tables, column types, R-tree index and triggers, ``gpkg_ogr_contents``),
-  so GDAL, QGIS and pyogrio read it without a warning and can append to it.
+- :func:`create_layer`, :func:`append_features` and :func:`write_gpkg` write a GeoPackage 1.2
+  feature layer in plain sqlite3, as GDAL writes it (the same core tables, column types, R-tree
+  index and triggers, ``gpkg_ogr_contents``), so GDAL, QGIS and pyogrio read it without a
+  warning and can append to it.
 - :func:`write_geojson` writes a FeatureCollection (with the legacy ``crs`` member that GDAL
   writes, so a projected layer reads back in its CRS).
-- :func:`list_layers` and :func:`read_features` read any GeoPackage (any envelope, ISO or
-  extended WKB) and GeoJSON natively; other formats (Shapefile, FlatGeobuf, ...) go through
-  pyogrio when it is installed (``pip install "fastsam-geo[vector]"``).
+- :func:`list_layers` and :func:`read_features` (in :mod:`fastsam_geo.vectorread`) read any
+  GeoPackage (any envelope, ISO or extended WKB) and GeoJSON natively; other formats
+  (Shapefile, FlatGeobuf, ...) go through pyogrio when it is installed
+  (``pip install "fastsam-geo[vector]"``).
+
+The column tables, format constants and geometry blobs shared by reading and writing live in
+:mod:`fastsam_geo.vectorbase`. This module is the one to import: it re-exports every name of
+both, so ``from fastsam_geo.vectorio import read_features, Features`` keeps working.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import sqlite3
-import struct
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -30,259 +33,50 @@ import numpy as np
 import shapely
 from pyproj import CRS
 
-VECTOR_EXTRA = 'pip install "fastsam-geo[vector]"'
-APPLICATION_ID = 0x47504B47  # "GPKG"
-USER_VERSION = 10200  # GeoPackage 1.2: what the GDAL of QGIS 3.22 reads without warnings
-GEOJSON_SUFFIXES = (".geojson", ".json")
-_ENVELOPE_BYTES = {0: 0, 1: 32, 2: 48, 3: 48, 4: 64}
-_OGR_TYPES = {
-    "GEOMETRY": "Unknown",
-    "POINT": "Point",
-    "LINESTRING": "LineString",
-    "POLYGON": "Polygon",
-    "MULTIPOINT": "MultiPoint",
-    "MULTILINESTRING": "MultiLineString",
-    "MULTIPOLYGON": "MultiPolygon",
-    "GEOMETRYCOLLECTION": "GeometryCollection",
-}
+# Reading and the shared vocabulary have modules of their own; every name they took from here stays
+# importable from here (F401: re-exported, not all used in this module).
+from fastsam_geo.vectorbase import (  # noqa: F401
+    _ENVELOPE_BYTES,
+    _OGR_TYPES,
+    APPLICATION_ID,
+    GEOJSON_SUFFIXES,
+    USER_VERSION,
+    VECTOR_EXTRA,
+    Features,
+    Table,
+    VectorFormatError,
+    _as_array,
+    _blob_wkb,
+    _from_sql,
+    _plain_number,
+    _py,
+    _quote,
+    _sql_values,
+    column_type,
+    geometries_from_blobs,
+    gpkg_blobs,
+    sql_type,
+)
+from fastsam_geo.vectorread import (  # noqa: F401
+    _geojson_crs,
+    _gpkg_crs,
+    _is_geojson,
+    _is_gpkg,
+    _json_column,
+    _layer_info,
+    _objects,
+    _ogr_type,
+    _open_ro,
+    _pyogrio,
+    _read_geojson,
+    _read_gpkg,
+    _read_pyogrio,
+    list_layers,
+    read_features,
+)
 
 
-class VectorFormatError(ValueError):
-    """A vector file that cannot be read (not a GeoPackage/GeoJSON, no such layer, ...)."""
-
-
-# ============================================================================ tables
-class Table:
-    """Columns of equal length by name, read as attributes or items (a pandas-free frame).
-
-    >>> t = Table({"tile_id": np.array(["a", "b"], dtype=object), "objects": np.array([3, 0])})
-    >>> len(t), int(t.objects.sum()), list(t["tile_id"]), t.rows()[1]
-    (2, 3, ['a', 'b'], {'tile_id': 'b', 'objects': 0})
-    """
-
-    def __init__(self, columns: Mapping[str, Any] | None = None, length: int | None = None) -> None:
-        self.columns: dict[str, np.ndarray] = {k: _as_array(v) for k, v in (columns or {}).items()}
-        self._len = length if length is not None else len(next(iter(self.columns.values()), ()))
-
-    def __len__(self) -> int:
-        return self._len
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        return self.columns[name]
-
-    def __getattr__(self, name: str) -> np.ndarray:
-        try:
-            return self.__dict__["columns"][name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-    def get(self, name: str, default: Any = None) -> Any:
-        """The column ``name``, or ``default`` when there is none."""
-        return self.columns.get(name, default)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self.columns
-
-    def __repr__(self) -> str:
-        return f"Table({len(self)} rows: {', '.join(self.columns)})"
-
-    def rows(self) -> list[dict[str, Any]]:
-        """The rows as dicts of Python values (numpy scalars converted)."""
-        names = list(self.columns)
-        cols = [[_py(v) for v in self.columns[n]] for n in names]
-        return [dict(zip(names, vals, strict=True)) for vals in zip(*cols, strict=True)]
-
-
-def _as_array(values: Any) -> np.ndarray:
-    """A 1-D numpy array of a column; strings and mixed values as an object array.
-
-    >>> _as_array(["a", None]).dtype, _as_array([1, 2]).dtype, _as_array(np.array([True])).dtype
-    (dtype('O'), dtype('int64'), dtype('bool'))
-    """
-    if isinstance(values, np.ndarray):
-        return values.astype(object) if values.dtype.kind == "U" else values
-    values = list(values)
-    arr = np.asarray(values) if values and all(_plain_number(v) for v in values) else None
-    if arr is not None and arr.dtype.kind in "biuf":
-        return arr
-    out = np.empty(len(values), dtype=object)
-    out[:] = values
-    return out
-
-
-def _sql_values(values: Any) -> list[Any]:
-    """A column as Python values for sqlite3 / json (NaN as None), vectorised for numeric arrays.
-
-    >>> _sql_values(np.array([0.5, np.nan])), _sql_values(np.array([True])), _sql_values(["a", np.int64(2)])
-    ([0.5, None], [True], ['a', 2])
-    """
-    arr = _as_array(values)
-    if arr.dtype.kind in "biu":
-        return arr.tolist()
-    if arr.dtype.kind == "f":
-        out = arr.astype(object)
-        out[np.isnan(arr)] = None
-        return [v if v is None else float(v) for v in out.tolist()]
-    return [_py(v) for v in arr]
-
-
-def _plain_number(v: Any) -> bool:
-    return isinstance(v, (bool, int, float, np.bool_, np.integer, np.floating))
-
-
-def _py(v: Any) -> Any:
-    """A Python scalar for sqlite3/json: numpy types converted, NaN to None.
-
-    >>> _py(np.float32(0.5)), _py(np.int64(3)), _py(np.bool_(True)), _py(float("nan"))
-    (0.5, 3, True, None)
-    """
-    if isinstance(v, np.generic):
-        v = v.item()
-    if isinstance(v, float) and math.isnan(v):
-        return None
-    return v
-
-
-@dataclass
-class Features:
-    """A vector layer in memory: geometries, attribute columns and the CRS."""
-
-    geometry: np.ndarray
-    columns: Table
-    crs: CRS | None
-    layer: str = ""
-    geometry_type: str | None = None
-
-    def __len__(self) -> int:
-        return len(self.geometry)
-
-    @classmethod
-    def of(cls, geoms: Sequence[Any] | np.ndarray, crs: Any = None, **columns: Any) -> Features:
-        """Features from geometries, a CRS (anything pyproj reads; None: none) and columns.
-
-        >>> f = Features.of([shapely.box(0, 0, 1, 1)], "EPSG:32633", score=[0.5])
-        >>> len(f), f.crs.to_epsg(), f.columns.score.tolist()
-        (1, 32633, [0.5])
-        """
-        arr = np.empty(len(geoms), dtype=object)
-        arr[:] = list(geoms)
-        crs = None if crs is None else CRS.from_user_input(crs)
-        return cls(arr, Table(columns, len(arr)), crs)
-
-    def take(self, index: np.ndarray) -> Features:
-        """The rows at ``index`` (an integer or boolean array)."""
-        cols = Table({k: v[index] for k, v in self.columns.columns.items()})
-        geoms = self.geometry[index]
-        return Features(geoms, Table(cols.columns, len(geoms)), self.crs, self.layer, self.geometry_type)
-
-
-# ============================================================================ columns
-def sql_type(dtype: Any) -> str:
-    """The GeoPackage column type GDAL writes for a numpy dtype (or a dtype name like ``"str"``).
-
-    >>> [sql_type(t) for t in ("int64", "int32", "int16", "float64", "float32", "bool", "str", object)]
-    ['INTEGER', 'MEDIUMINT', 'SMALLINT', 'REAL', 'FLOAT', 'BOOLEAN', 'TEXT', 'TEXT']
-    """
-    if dtype in ("str", str):
-        return "TEXT"
-    dt = np.dtype(dtype)
-    if dt.kind == "b":
-        return "BOOLEAN"
-    if dt.kind in "iu":
-        if dt.itemsize == 1 or (dt.itemsize == 2 and dt.kind == "i"):
-            return "SMALLINT"
-        return "MEDIUMINT" if dt.itemsize == 2 or (dt.itemsize == 4 and dt.kind == "i") else "INTEGER"
-    if dt.kind == "f":
-        return "FLOAT" if dt.itemsize == 4 else "REAL"
-    return "TEXT"
-
-
-def column_type(values: Any) -> str:
-    """The GeoPackage type of a column of values (an array's dtype, else from its values).
-
-    >>> column_type(np.array([1.5], np.float32)), column_type(["a", None]), column_type([True, False])
-    ('FLOAT', 'TEXT', 'BOOLEAN')
-    """
-    return sql_type(_as_array(values).dtype)
-
-
-def _from_sql(values: list[Any], decl: str) -> np.ndarray:
-    """A column read from SQLite, typed by its declared GeoPackage type.
-
-    >>> _from_sql([1, None], "INTEGER").tolist(), _from_sql([1.5, None], "REAL").tolist()
-    ([1, None], [1.5, nan])
-    >>> _from_sql([1, 0], "BOOLEAN").tolist(), _from_sql([2], "MEDIUMINT").dtype
-    ([True, False], dtype('int32'))
-    """
-    decl = decl.upper().split("(")[0].strip()
-    has_null = any(v is None for v in values)
-    if decl in ("REAL", "FLOAT", "DOUBLE"):
-        return np.array([np.nan if v is None else v for v in values], np.float32 if decl == "FLOAT" else np.float64)
-    ints = {"BOOLEAN": bool, "TINYINT": np.int8, "SMALLINT": np.int16, "MEDIUMINT": np.int32}
-    if (decl in ints or "INT" in decl) and not has_null and all(isinstance(v, int) for v in values):
-        return np.array(values, dtype=ints.get(decl, np.int64))
-    if decl == "BOOLEAN":
-        values = [None if v is None else bool(v) for v in values]
-    out = np.empty(len(values), dtype=object)
-    out[:] = values
-    return out
-
-
-# ============================================================================ geometry blobs
-def gpkg_blobs(geoms: np.ndarray, srs_id: int) -> list[bytes | None]:
-    """GeoPackage binary geometries: GP header (little-endian, envelope [minx, maxx, miny, maxy])
-    and WKB; empty geometries flagged empty without envelope, missing ones None.
-
-    >>> b = gpkg_blobs(np.array([shapely.box(0, 0, 2, 1), shapely.Polygon(), None]), 4326)
-    >>> b[0][:4], struct.unpack("<i4d", b[0][4:40]), b[1][:4], b[2]
-    (b'GP\\x00\\x03', (4326, 0.0, 2.0, 0.0, 1.0), b'GP\\x00\\x11', None)
-    """
-    geoms = np.asarray(geoms, dtype=object)
-    wkb = shapely.to_wkb(geoms, byte_order=1)
-    bounds = shapely.bounds(geoms)
-    empty = shapely.is_empty(geoms)
-    out: list[bytes | None] = []
-    for w, (x0, y0, x1, y1), e in zip(wkb, bounds.tolist(), empty.tolist(), strict=True):
-        if w is None:
-            out.append(None)
-        elif e:
-            out.append(struct.pack("<2sBBi", b"GP", 0, 0x11, srs_id) + w)
-        else:
-            out.append(struct.pack("<2sBBi4d", b"GP", 0, 0x03, srs_id, x0, x1, y0, y1) + w)
-    return out
-
-
-def _blob_wkb(blob: bytes | memoryview | None) -> bytes | None:
-    """The WKB of a GeoPackage binary geometry (any envelope type; either byte order).
-
-    >>> _blob_wkb(gpkg_blobs(np.array([shapely.Point(1, 2)]), 0)[0]).hex()
-    '0101000000000000000000f03f0000000000000040'
-    """
-    if blob is None:
-        return None
-    b = bytes(blob)
-    if len(b) < 8 or b[:2] != b"GP":
-        raise VectorFormatError("not a GeoPackage geometry blob (no 'GP' magic)")
-    flags = b[3]
-    if flags & 0x20:
-        raise VectorFormatError("extended GeoPackage geometry blobs (a vendor extension) are not supported")
-    envelope = (flags >> 1) & 0x07
-    if envelope not in _ENVELOPE_BYTES:
-        raise VectorFormatError(f"invalid GeoPackage envelope type {envelope}")
-    return b[8 + _ENVELOPE_BYTES[envelope] :]
-
-
-def geometries_from_blobs(blobs: Sequence[bytes | memoryview | None]) -> np.ndarray:
-    """Shapely geometries of GeoPackage blobs (None stays None).
-
-    >>> geometries_from_blobs(gpkg_blobs(np.array([shapely.box(0, 0, 1, 1), None]), 0))[0].area
-    1.0
-    """
-    wkbs = np.empty(len(blobs), dtype=object)
-    wkbs[:] = [_blob_wkb(b) for b in blobs]
-    return shapely.from_wkb(wkbs) if len(wkbs) else np.empty(0, dtype=object)
-
-
+# ============================================================================ geometry blobs in SQL
 def _st_funcs(conn: sqlite3.Connection) -> None:
     """Register ST_IsEmpty and ST_MinX..ST_MaxY (what GDAL provides for the R-tree triggers)."""
 
@@ -357,15 +151,6 @@ _TRIGGERS = (
 
 def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-
-
-def _quote(name: str) -> str:
-    """An SQL identifier in double quotes.
-
-    >>> _quote('a"b')
-    '"a""b"'
-    """
-    return '"' + name.replace('"', '""') + '"'
 
 
 def srs_id_for(conn: sqlite3.Connection, crs: CRS | None) -> int:
@@ -484,19 +269,6 @@ def create_layer(
             conn.execute(sql.replace("{t}", t.replace('"', '""')).replace("{g}", g.replace('"', '""')))
 
 
-def _layer_info(conn: sqlite3.Connection, layer: str) -> tuple[str, int, list[tuple[str, str]]]:
-    """(geometry column, srs_id, [(attribute column, declared type)]) of a feature layer."""
-    row = conn.execute(
-        "SELECT column_name, srs_id FROM gpkg_geometry_columns WHERE lower(table_name) = lower(?)", (layer,)
-    ).fetchone()
-    if row is None:
-        raise VectorFormatError(f"no feature layer {layer!r}")
-    geom, srs_id = row
-    cols = [(r[1], r[2] or "") for r in conn.execute(f"PRAGMA table_info({_quote(layer)})")]
-    pk = {r[1] for r in conn.execute(f"PRAGMA table_info({_quote(layer)})") if r[5]}
-    return geom, int(srs_id), [(n, d) for n, d in cols if n != geom and n not in pk]
-
-
 def append_features(
     path: str | os.PathLike[str], layer: str, geoms: np.ndarray, columns: Mapping[str, Any]
 ) -> int:
@@ -574,230 +346,6 @@ def write_gpkg(
     schema = dict(schema) if schema is not None else {k: column_type(v) for k, v in columns.items()}
     create_layer(path, layer, crs, schema, geometry_type)
     append_features(path, layer, geoms, columns)
-
-
-# ============================================================================ reading
-def _is_geojson(path: Path) -> bool:
-    return path.suffix.lower() in GEOJSON_SUFFIXES
-
-
-def _is_gpkg(path: Path) -> bool:
-    if path.suffix.lower() == ".gpkg":
-        return True
-    try:
-        with open(path, "rb") as f:
-            return f.read(16) == b"SQLite format 3\x00"
-    except OSError:
-        return False
-
-
-def _open_ro(path: Path) -> sqlite3.Connection:
-    if not path.is_file():
-        raise VectorFormatError(f"{path}: no such file")
-    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-    try:
-        conn.execute("SELECT count(*) FROM gpkg_contents").fetchone()
-    except sqlite3.DatabaseError as exc:
-        conn.close()
-        raise VectorFormatError(f"{path}: not a GeoPackage ({exc})") from None
-    return conn
-
-
-def list_layers(path: str | os.PathLike[str]) -> list[tuple[str, str | None]]:
-    """(name, geometry type) of each layer, as pyogrio names them ("Polygon", ...; None: a table)."""
-    p = Path(path)
-    if _is_geojson(p):
-        feats = _read_geojson(p)  # GDAL's name: the "name" member, else the file's stem
-        return [(feats.layer, feats.geometry_type)]
-    if not _is_gpkg(p):
-        pyogrio = _pyogrio(p)
-        return [(str(name), None if kind is None else str(kind)) for name, kind in pyogrio.list_layers(p)]
-    conn = _open_ro(p)
-    try:
-        rows = conn.execute(
-            "SELECT c.table_name, g.geometry_type_name, g.z, g.m FROM gpkg_contents c "
-            "LEFT JOIN gpkg_geometry_columns g ON lower(g.table_name) = lower(c.table_name) "
-            "WHERE c.data_type IN ('features', 'attributes') "
-            "ORDER BY c.rowid"
-        ).fetchall()
-    finally:
-        conn.close()
-    return [(name, _ogr_type(kind, z, m)) for name, kind, z, m in rows]
-
-
-def _ogr_type(kind: str | None, z: int | None, m: int | None) -> str | None:
-    """GDAL's name of a GeoPackage geometry type (``z``/``m``: 0 no, 1 yes, 2 optional).
-
-    >>> _ogr_type("POLYGON", 0, 0), _ogr_type("MULTIPOLYGON", 1, 0), _ogr_type(None, None, None)
-    ('Polygon', 'MultiPolygon Z', None)
-    """
-    if kind is None:
-        return None
-    suffix = ("Z" if z == 1 else "") + ("M" if m == 1 else "")
-    name = _OGR_TYPES.get(kind.upper(), "Unknown")
-    return f"{name} {suffix}" if suffix else name
-
-
-def read_features(path: str | os.PathLike[str], layer: str | None = None) -> Features:
-    """Read a vector layer (the first when ``layer`` is None): GeoPackage and GeoJSON natively,
-    other formats with pyogrio when it is installed. Raises :class:`VectorFormatError`."""
-    p = Path(path)
-    if _is_geojson(p):
-        feats = _read_geojson(p)
-        if layer is not None and layer != feats.layer:
-            raise VectorFormatError(f"{p}: no layer {layer!r} (a GeoJSON file has one, {feats.layer!r})")
-        return feats
-    if _is_gpkg(p):
-        return _read_gpkg(p, layer)
-    return _read_pyogrio(p, layer)
-
-
-def _gpkg_crs(conn: sqlite3.Connection, srs_id: int) -> CRS | None:
-    cols = {r[1] for r in conn.execute("PRAGMA table_info(gpkg_spatial_ref_sys)")}
-    wkt2 = ", definition_12_063" if "definition_12_063" in cols else ", NULL"
-    row = conn.execute(
-        f"SELECT organization, organization_coordsys_id, definition{wkt2} FROM gpkg_spatial_ref_sys "
-        "WHERE srs_id = ?",
-        (srs_id,),
-    ).fetchone()
-    if row is None or (srs_id in (-1, 0) and (row[2] or "").strip().lower() == "undefined"):
-        return None
-    org, code, definition, definition2 = row
-    if str(org).upper() == "GDAL" and int(code) == 99999:  # GDAL's "Undefined SRS" of a layer without CRS
-        return None
-    if str(org).upper() == "EPSG":
-        try:
-            return CRS.from_epsg(int(code))
-        except Exception:  # an EPSG code this PROJ database lacks: the stored WKT
-            pass
-    for text in (definition2, definition):
-        if text and text.strip().lower() != "undefined":
-            return CRS.from_user_input(text)
-    return None
-
-
-def _read_gpkg(path: Path, layer: str | None) -> Features:
-    layers = list_layers(path)
-    if not layers:
-        raise VectorFormatError(f"{path}: the GeoPackage has no layer")
-    names = {n.lower(): n for n, _ in layers}
-    if layer is None:
-        layer = layers[0][0]
-    elif layer.lower() not in names:
-        raise VectorFormatError(f"{path}: no layer {layer!r} (layers: {', '.join(n for n, _ in layers)})")
-    layer = names[layer.lower()]
-    conn = _open_ro(path)
-    try:
-        kinds = dict(layers)
-        if kinds[layer] is None:  # an attribute table
-            cols = [(r[1], r[2] or "") for r in conn.execute(f"PRAGMA table_info({_quote(layer)})") if not r[5]]
-            geom_col, crs = None, None
-        else:
-            geom_col, srs_id, cols = _layer_info(conn, layer)
-            crs = _gpkg_crs(conn, srs_id)
-        select = ", ".join(_quote(c) for c in ([geom_col] if geom_col else []) + [c for c, _ in cols]) or "1"
-        rows = conn.execute(f"SELECT {select} FROM {_quote(layer)} ORDER BY rowid").fetchall()
-    finally:
-        conn.close()
-    offset = 1 if geom_col else 0
-    geoms = geometries_from_blobs([r[0] for r in rows]) if geom_col else np.full(len(rows), None, dtype=object)
-    table = Table({c: _from_sql([r[i + offset] for r in rows], d) for i, (c, d) in enumerate(cols)}, len(rows))
-    return Features(geoms, table, crs, layer, kinds[layer])
-
-
-def _geojson_crs(doc: Mapping[str, Any]) -> CRS:
-    """The CRS of a GeoJSON document: a legacy ``crs`` member, else WGS 84 (RFC 7946).
-
-    >>> _geojson_crs({"crs": {"type": "name", "properties": {"name": "urn:ogc:def:crs:EPSG::32633"}}}).to_epsg()
-    32633
-    >>> _geojson_crs({}).to_epsg()
-    4326
-    """
-    member = doc.get("crs")
-    if not isinstance(member, Mapping):
-        return CRS.from_epsg(4326)
-    props = member.get("properties") or {}
-    if member.get("type") == "name" and props.get("name"):
-        crs = CRS.from_user_input(props["name"])
-        # GDAL reads CRS84 (WGS 84 in lon/lat order, RFC 7946's) as EPSG:4326, as do geopandas and QGIS
-        return CRS.from_epsg(4326) if crs.to_authority() == ("OGC", "CRS84") else crs
-    if member.get("type") == "EPSG" and props.get("code"):
-        return CRS.from_epsg(int(props["code"]))
-    raise VectorFormatError(f"unsupported GeoJSON crs member {json.dumps(member)[:120]}")
-
-
-def _read_geojson(path: Path) -> Features:
-    try:
-        with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise VectorFormatError(f"{path}: not a GeoJSON file ({exc})") from None
-    if not isinstance(doc, Mapping) or "type" not in doc:
-        raise VectorFormatError(f"{path}: not a GeoJSON object")
-    if doc["type"] == "FeatureCollection":
-        features = doc.get("features") or []
-    elif doc["type"] == "Feature":
-        features = [doc]
-    else:
-        features = [{"type": "Feature", "properties": {}, "geometry": doc}]
-    geoms = np.empty(len(features), dtype=object)
-    try:
-        geoms[:] = [shapely.geometry.shape(f["geometry"]) if f.get("geometry") else None for f in features]
-    except (KeyError, TypeError, ValueError, AttributeError, shapely.errors.ShapelyError) as exc:
-        raise VectorFormatError(f"{path}: invalid GeoJSON geometry ({exc})") from None
-    names: dict[str, None] = {}
-    for feat in features:
-        names.update(dict.fromkeys(feat.get("properties") or {}))
-    cols = {k: _json_column([(f.get("properties") or {}).get(k) for f in features]) for k in names}
-    kinds = {_OGR_TYPES.get(g.geom_type.upper(), "Unknown") for g in geoms if g is not None}
-    kind = kinds.pop() if len(kinds) == 1 else "Unknown"
-    return Features(geoms, Table(cols, len(features)), _geojson_crs(doc), str(doc.get("name") or path.stem), kind)
-
-
-def _json_column(values: list[Any]) -> np.ndarray:
-    """A typed column from JSON values (integers with nulls stay an object column, as from a GeoPackage).
-
-    >>> _json_column([1, 2]).dtype, _json_column([1, 2.5, None]).tolist(), _json_column([True, None]).tolist()
-    (dtype('int64'), [1.0, 2.5, nan], [True, None])
-    """
-    present = [v for v in values if v is not None]
-    if present and all(isinstance(v, bool) for v in present):
-        return np.array(values, bool) if len(present) == len(values) else _objects(values)
-    if present and all(isinstance(v, int) and not isinstance(v, bool) for v in present):
-        return np.array(values, np.int64) if len(present) == len(values) else _objects(values)
-    if present and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
-        return np.array([np.nan if v is None else v for v in values], np.float64)
-    return _objects(values)
-
-
-def _objects(values: Iterable[Any]) -> np.ndarray:
-    values = list(values)
-    out = np.empty(len(values), dtype=object)
-    out[:] = values
-    return out
-
-
-def _pyogrio(path: Path) -> Any:
-    try:
-        import pyogrio
-    except ImportError:
-        raise VectorFormatError(
-            f"{path}: reading {path.suffix or 'this format'} needs GDAL: {VECTOR_EXTRA}, or convert it "
-            "to a GeoPackage or GeoJSON"
-        ) from None
-    return pyogrio
-
-
-def _read_pyogrio(path: Path, layer: str | None) -> Features:
-    pyogrio = _pyogrio(path)
-    from pyogrio.raw import read
-
-    meta, _, wkb, fields = read(path, layer=layer)
-    geoms = shapely.from_wkb(wkb) if wkb is not None else np.full(len(fields[0]) if fields else 0, None, object)
-    crs = CRS.from_user_input(meta["crs"]) if meta.get("crs") else None
-    cols = {str(n): np.asarray(v) for n, v in zip(meta["fields"], fields, strict=True)}
-    name = layer if layer is not None else str(pyogrio.list_layers(path)[0][0])
-    return Features(np.asarray(geoms, dtype=object), Table(cols, len(geoms)), crs, name, meta.get("geometry_type"))
 
 
 # ============================================================================ GeoJSON and other writers

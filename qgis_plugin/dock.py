@@ -83,9 +83,27 @@ class FastSAMDock(QgsDockWidget):
 
     # ------------------------------------------------------------------ widgets
     def _build(self) -> None:
+        """The panel: one group box per part (data and model, prompt, thresholds, output), the run
+        buttons, progress and status, in a scroll area."""
         body = QWidget(self)
         outer = QVBoxLayout(body)
+        outer.addWidget(self._build_data_box(body))
+        outer.addWidget(self._build_prompt_box(body))
+        outer.addWidget(self._build_thresholds_box(body))
+        outer.addWidget(self._build_output_box(body))
+        self._build_run_rows(body, outer)
 
+        scroll = QScrollArea(self)
+        scroll.setWidgetResizable(True)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setWidget(body)
+        self.setWidget(scroll)
+        self._mode_changed()
+        self._output_changed()
+
+    def _build_data_box(self, body: QWidget) -> QGroupBox:
+        """Data and model: raster layer, weights, device, tile size and overlap."""
         data = QGroupBox("Data and model", body)
         form = QFormLayout(data)
         self.layer_combo = QgsMapLayerComboBox(data)
@@ -119,8 +137,10 @@ class FastSAMDock(QgsDockWidget):
         tiles.addWidget(QLabel("overlap", data))
         tiles.addWidget(self.overlap_spin)
         form.addRow("Tile size", tiles)
-        outer.addWidget(data)
+        return data
 
+    def _build_prompt_box(self, body: QWidget) -> QGroupBox:
+        """Prompt: mode, map picking, live runs, text and its threshold, the building filter."""
         prompts = QGroupBox("Prompt", body)
         pform = QFormLayout(prompts)
         self.mode_combo = QComboBox(prompts)
@@ -156,6 +176,11 @@ class FastSAMDock(QgsDockWidget):
         self.text_threshold_spin.setSingleStep(0.01)
         self.text_threshold_spin.setValue(0.22)
         pform.addRow("Text threshold", self.text_threshold_spin)
+        self._build_building_filter(prompts, pform)
+        return prompts
+
+    def _build_building_filter(self, prompts: QGroupBox, pform: QFormLayout) -> None:
+        """The building filter's rows of the prompt box: on/off and the area range."""
         self.filter_check = QCheckBox("Building filter", prompts)
         self.filter_check.setToolTip("Everything and text modes: keep only building-like objects (area, shape)")
         self.filter_check.setChecked(True)
@@ -175,8 +200,9 @@ class FastSAMDock(QgsDockWidget):
         area.addWidget(QLabel("to", prompts))
         area.addWidget(self.max_area_spin)
         pform.addRow("Building area", area)
-        outer.addWidget(prompts)
 
+    def _build_thresholds_box(self, body: QWidget) -> QGroupBox:
+        """Thresholds and shape: confidence, NMS IoU, simplification, regularisation."""
         thresholds = QGroupBox("Thresholds and shape", body)
         tform = QFormLayout(thresholds)
         self.conf_spin = QDoubleSpinBox(thresholds)
@@ -200,8 +226,10 @@ class FastSAMDock(QgsDockWidget):
         self.regularize_check = QCheckBox("Regularize outlines", thresholds)
         self.regularize_check.setToolTip("Square the outlines (right angles); bad fits are refused")
         tform.addRow(self.regularize_check)
-        outer.addWidget(thresholds)
+        return thresholds
 
+    def _build_output_box(self, body: QWidget) -> QGroupBox:
+        """Output: a temporary layer or a GeoPackage file."""
         output = QGroupBox("Output", body)
         oform = QFormLayout(output)
         self.output_combo = QComboBox(output)
@@ -213,8 +241,10 @@ class FastSAMDock(QgsDockWidget):
         self.output_widget.setStorageMode(SAVE_FILE)
         self.output_widget.setFilter("GeoPackage (*.gpkg)")
         oform.addRow("File", self.output_widget)
-        outer.addWidget(output)
+        return output
 
+    def _build_run_rows(self, body: QWidget, outer: QVBoxLayout) -> None:
+        """Run, Cancel and Settings buttons, the progress bar and the status line, below the boxes."""
         run_row = QHBoxLayout()
         self.run_button = QPushButton(icon(), "Run", body)
         self.run_button.clicked.connect(self.run)
@@ -235,15 +265,6 @@ class FastSAMDock(QgsDockWidget):
         self.status_label.setWordWrap(True)
         outer.addWidget(self.status_label)
         outer.addStretch(1)
-
-        scroll = QScrollArea(self)
-        scroll.setWidgetResizable(True)
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        scroll.setFrameShape(QFrame.Shape.NoFrame)
-        scroll.setWidget(body)
-        self.setWidget(scroll)
-        self._mode_changed()
-        self._output_changed()
 
     def _make_tools(self) -> None:
         self.point_tool = PointPromptTool(self.canvas)
