@@ -339,8 +339,10 @@ SegmenterFactory = Callable[[str | None, str, float | None, float], Any]
 
 def _fastsam_factory(weights: str | None, device: str, conf: float | None, iou: float) -> Any:
     from fastsam_geo.segment import FastSAMSegmenter
+    from fastsam_geo.segmenters import resolve_model
 
-    return FastSAMSegmenter(weights, device=device, conf=conf, iou=iou)
+    # engine auto, as extract: a .pt's ONNX twin runs on ONNX Runtime when installed
+    return FastSAMSegmenter(resolve_model(weights).path, device=device, conf=conf, iou=iou)
 
 
 class Engine:
