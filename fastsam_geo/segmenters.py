@@ -117,7 +117,10 @@ def resolve_model(weights: str | os.PathLike[str] | None, engine: str = "auto") 
     chosen = _choose(path, sha, engine)
     if chosen != path:
         path, sha = chosen, sha256_file(chosen)
-    meta = read_model_meta(path) if path.is_file() else {}
+    try:
+        meta = read_model_meta(path) if path.is_file() else {}
+    except (WeightsError, ImportError):  # an unreadable file: the engine that loads it says why, in one line
+        meta = {}
     return ResolvedModel(
         path=os.fspath(path),
         sha256=sha,
