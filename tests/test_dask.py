@@ -89,6 +89,17 @@ def test_two_workers_give_the_single_process_polygons(client, town, reference, t
     assert_same(reference, _read(out))
     meta, _ = read_run_tables(out)
     assert meta["weights_sha256"]
+    # each of the 2 worker processes on this host runs the model on its share of the host's cores
+    from fastsam_geo.segment import cpu_threads
+
+    threads = client.run(_model_threads)
+    assert sorted(threads.values()) == [max(1, cpu_threads() // 2)] * 2, threads
+
+
+def _model_threads(dask_worker: Any) -> int:  # client.run passes the worker by this name
+    from fastsam_geo.cluster import PLUGIN
+
+    return int(dask_worker.plugins[PLUGIN].segmenter.threads)
 
 
 def test_a_worker_killed_mid_run_loses_and_doubles_nothing(client, town, reference, tmp_path: Path) -> None:
