@@ -461,7 +461,7 @@ def _model_options(f: Callable[..., Any]) -> Callable[..., Any]:
             "-w",
             "--weights",
             default=None,
-            help="FastSAM weights (.pt: torch; .onnx: ONNX Runtime); default: weights/ or $FASTSAM_GEO_WEIGHTS.",
+            help="FastSAM weights, .pt or .onnx (the engine: --engine); default: weights/ or $FASTSAM_GEO_WEIGHTS.",
         ),
         click.option(
             "--engine",
