@@ -227,10 +227,12 @@ def label_of(segmenter: Any) -> ModelLabel:
     seg = inner(segmenter)
     path = str(getattr(seg, "weights_path", "") or "") or None
     sha = getattr(seg, "weights_sha256", None)
+    engine = getattr(seg, "engine", None)
+    if engine is not None and str(engine).startswith("onnx"):  # OnnxFastSAMSegmenter says "onnxruntime"
+        engine = "onnx"
     if isinstance(seg, (FastSAMSegmenter, CacheOnly)):
-        engine = "onnx" if str(seg.engine).startswith("onnx") else "torch"
         return ModelLabel(path, sha, "FastSAM", engine)
-    return ModelLabel(path, sha, type(seg).__name__, getattr(seg, "engine", None))
+    return ModelLabel(path, sha, type(seg).__name__, engine)
 
 
 __all__ = [

@@ -293,6 +293,11 @@ class LazySegmenter:
         return getattr(self.inner, "weights_sha256", None)
 
     @property
+    def engine(self) -> str | None:
+        """The engine that runs the model (loads it)."""
+        return getattr(self.inner, "engine", None)
+
+    @property
     def gsd(self) -> float | None:
         """The model's working resolution (loads the model)."""
         return getattr(self.inner, "gsd", None)
@@ -324,6 +329,10 @@ class _Recorded:
     @property
     def weights_sha256(self) -> str | None:
         return getattr(self.model, "weights_sha256", None)
+
+    @property
+    def engine(self) -> str | None:
+        return getattr(self.model, "engine", None)
 
     @property
     def gsd(self) -> float | None:
