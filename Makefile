@@ -39,7 +39,7 @@ test: install
 ## test-light: the light install: no torch importable; extract with the bundled .onnx gives the torch install's F1
 test-light: install $(LIGHT)/.installed
 	$(LIGHT)/bin/python -c "import importlib.util as u, sys; sys.exit('torch importable in $(LIGHT)' if u.find_spec('torch') else 0)"
-	$(FSG) -q extract sample_tiles/town_s7_1024.tif $(LIGHT)/torch_ref.gpkg --overwrite --no-cache
+	$(FSG) -q extract sample_tiles/town_s7_1024.tif $(LIGHT)/torch_ref.gpkg --overwrite --no-cache --engine torch
 	ref=$$($(FSG) evaluate $(LIGHT)/torch_ref.gpkg sample_tiles/town_s7_1024_buildings.gpkg --json \
 	  | $(PY) -c "import json, sys; print(json.load(sys.stdin)['f1'])") && \
 	FASTSAM_GEO_REFERENCE_F1=$$ref $(LIGHT)/bin/pytest -q -p no:cacheprovider tests/test_light.py

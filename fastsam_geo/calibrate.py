@@ -215,8 +215,10 @@ def calibrate_conf(
     truths = [loaded[id(t)] for t in layers]
     if segmenter is None:
         from fastsam_geo.segment import FastSAMSegmenter
+        from fastsam_geo.segmenters import resolve_model
 
-        segmenter = FastSAMSegmenter(weights, device=device, conf=grid[0])
+        # the engine extract runs (engine auto: the .pt's ONNX twin when there is one)
+        segmenter = FastSAMSegmenter(resolve_model(weights).path, device=device, conf=grid[0])
     per_source: dict[str, list[Scores]] = {}
     with tempfile.TemporaryDirectory(prefix="fastsam-geo-calibrate-") as tmp:
         for i, (raster, truth) in enumerate(zip(rasters, truths, strict=True)):

@@ -461,7 +461,14 @@ def _model_options(f: Callable[..., Any]) -> Callable[..., Any]:
             "-w",
             "--weights",
             default=None,
-            help="FastSAM weights (.pt: torch; .onnx: ONNX Runtime); default: weights/ or $FASTSAM_GEO_WEIGHTS.",
+            help="FastSAM weights, .pt or .onnx (the engine: --engine); default: weights/ or $FASTSAM_GEO_WEIGHTS.",
+        ),
+        click.option(
+            "--engine",
+            type=click.Choice(["auto", "onnx", "torch"]),
+            default="auto",
+            show_default=True,
+            help="auto: a .pt's ONNX twin beside it runs on ONNX Runtime when installed; onnx; torch.",
         ),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:0, mps."),
         click.option(
@@ -659,7 +666,7 @@ def _run_locked(
     """_run_extract while this process holds the output's lock."""
     quiet = ctx.obj.get("quiet", False)
     options, scorer = _extract_options(kw, cache_only=cache_only, use_cache=use_cache)
-    client, cluster = _connect(workers, scheduler, quiet)
+    client, cluster = _connect(workers, scheduler, quiet, ctx.obj.get("verbose", 0) > 0)
     parts: list[tuple[str, Path]] = []
     vrt = output.with_name(f".{output.name}.mosaic.vrt")
     try:
@@ -735,18 +742,20 @@ def _extract_options(kw: dict[str, Any], *, cache_only: bool, use_cache: bool) -
         cache_dir=_usable_cache_dir(None if cache_dir is None else Path(cache_dir), cache_only),
         cache_only=cache_only,
         assign_crs=kw["assign_crs"],
+        engine=kw["engine"],
     )
     return options, scorer
 
 
-def _connect(workers: int | None, scheduler: str | None, quiet: bool) -> tuple[Any, Any]:
-    """A Dask client for --workers / --scheduler / $DASK_SCHEDULER_ADDRESS, else (None, None)."""
+def _connect(workers: int | None, scheduler: str | None, quiet: bool, verbose: bool) -> tuple[Any, Any]:
+    """A Dask client for --workers / --scheduler / $DASK_SCHEDULER_ADDRESS, else (None, None);
+    Dask's own logs only with -v."""
     scheduler = scheduler or (None if workers else os.environ.get("DASK_SCHEDULER_ADDRESS"))
     if not workers and not scheduler:
         return None, None
     from fastsam_geo.cluster import connect
 
-    client, cluster = connect(workers=workers, scheduler=scheduler)
+    client, cluster = connect(workers=workers, scheduler=scheduler, verbose=verbose)
     if not quiet:
         n = len(client.scheduler_info().get("workers", {}))
         click.echo(f"Dask: {n} workers at {client.scheduler.address}; dashboard {client.dashboard_link}", err=True)

@@ -27,7 +27,7 @@ import numpy as np
 from fastsam_geo.errors import DependencyError, WeightsError
 from fastsam_geo.modelmeta import META_KEY, default_gsd, parse_meta
 from fastsam_geo.nms import non_max_suppression
-from fastsam_geo.segment import FastSAMSegmenter, round_up
+from fastsam_geo.segment import FastSAMSegmenter, cpu_threads, round_up
 from fastsam_geo.weights import sha256_file
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ class OnnxFastSAMSegmenter(FastSAMSegmenter):
         ort = import_onnxruntime()
         providers = select_providers(device, ort.get_available_providers())
         opts = ort.SessionOptions()
-        self.threads = int(threads or os.cpu_count() or 1)
+        self.threads = int(threads or cpu_threads())
         opts.intra_op_num_threads = self.threads
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -9,14 +9,13 @@ Needs the ``torch`` extra: ``pip install "fastsam-geo[torch]"``.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from fastsam_geo.errors import DependencyError, WeightsError
-from fastsam_geo.segment import FastSAMSegmenter
+from fastsam_geo.segment import FastSAMSegmenter, cpu_threads
 from fastsam_geo.weights import sha256_file
 
 if TYPE_CHECKING:
@@ -40,12 +39,12 @@ def import_torch() -> Any:
 
 
 def set_torch_threads(threads: int | None = None) -> int:
-    """Set torch's intra-op threads (default: every core; ultralytics leaves one idle).
+    """Set torch's intra-op threads (default: every core this process may use; ultralytics leaves one idle).
 
     Returns the number set.
     """
     torch = import_torch()
-    n = threads or os.cpu_count() or 1
+    n = threads or cpu_threads()
     torch.set_num_threads(n)
     return n
 

@@ -59,6 +59,7 @@ def build_options(
     prefetch: int = 4,
     assign_crs: str | None = None,
     resumable: bool = True,
+    engine: str = "auto",
 ) -> ExtractOptions:
     """The typed options of :func:`extract_buildings`'s keywords.
 
@@ -72,7 +73,7 @@ def build_options(
         bfilter = BuildingFilter(enabled=building_filter is not False)
     return ExtractOptions(
         tiling=TilingOptions(tile_size, overlap, tuple(bands) if bands is not None else None, stretch, gsd, assign_crs),
-        model=ModelOptions(None if weights is None else os.fspath(weights), device, batch_size, conf, iou),
+        model=ModelOptions(None if weights is None else os.fspath(weights), device, batch_size, conf, iou, engine),
         select=SelectOptions(prompts, bfilter, simplify_px, min_area_m2, regularize, match_iou),
         output=OutputOptions(
             overwrite, resume, layer, None if cache_dir is None else os.fspath(cache_dir), cache_only, resumable
@@ -115,6 +116,7 @@ def extract_buildings(
     sheets: Sequence[Sheet] = (),
     assign_crs: str | None = None,
     resumable: bool = True,
+    engine: str = "auto",
 ) -> ExtractSummary:
     """Extract building polygons from ``raster`` into ``output`` (.gpkg, .geojson, .fgb).
 
@@ -152,6 +154,9 @@ def extract_buildings(
             assigns it (replacing the file's own): a raster without a CRS can be read this way.
         resumable: keep a resume ledger beside ``output`` while running (False: a cancelled or
             failed run leaves no ``.OUTPUT.resume.sqlite``; ``resume`` is then impossible).
+        engine: ``"auto"`` (default): a ``.pt`` whose ONNX twin (its ``fastsam-geo export``) lies
+            beside it runs on ONNX Runtime when onnxruntime is installed, anything else on its own
+            engine; ``"onnx"`` / ``"torch"`` choose explicitly. The summary's ``engine`` says which ran.
 
     Returns:
         An :class:`ExtractSummary`.
@@ -183,6 +188,7 @@ def extract_buildings(
         prefetch=prefetch,
         assign_crs=assign_crs,
         resumable=resumable,
+        engine=engine,
     )
     job = RasterJob(raster, output, progress, tuple(sheets))
     (summary,) = extract_rasters(

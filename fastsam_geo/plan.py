@@ -27,6 +27,7 @@ from fastsam_geo.tiling import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, TileGrid, Til
 
 if TYPE_CHECKING:
     from fastsam_geo.prompts import Prompts
+    from fastsam_geo.segmenters import ResolvedModel
 
 
 @dataclass
@@ -66,6 +67,7 @@ class ModelOptions:
     batch_size: int | None = None
     conf: float | None = None  # None: the model's (stored with its weights), else 0.25
     iou: float = 0.7
+    engine: str = "auto"  # auto: the ONNX twin of a .pt when onnxruntime is installed; onnx; torch
 
 
 @dataclass(frozen=True)
@@ -222,16 +224,17 @@ def open_source(raster: str | os.PathLike[str], tiling: TilingOptions) -> Raster
     return src
 
 
-def resolve_gsd(options: ExtractOptions, segmenter: Any = None) -> ExtractOptions:
+def resolve_gsd(options: ExtractOptions, segmenter: Any = None, model: ResolvedModel | None = None) -> ExtractOptions:
     """Options whose ``tiling.gsd`` is the working resolution itself (metres, or None: native):
-    ``gsd`` when given, else the segmenter's, else the one stored with the weights. A ``model.conf``
-    of None becomes the segmenter's threshold, else the one stored with the weights (else 0.25)."""
+    ``gsd`` when given, else the segmenter's, else the model's (``model``, resolved once by
+    :func:`~fastsam_geo.segmenters.resolve_model`). A ``model.conf`` of None becomes the
+    segmenter's threshold, else the model's (else 0.25)."""
     from fastsam_geo.errors import RasterError
-    from fastsam_geo.modelmeta import DEFAULT_CONF, parse_gsd, weights_conf, weights_gsd, working_gsd
+    from fastsam_geo.modelmeta import DEFAULT_CONF, parse_gsd, working_gsd
 
+    inner = getattr(segmenter, "segmenter", segmenter)
     if options.model.conf is None:
-        inner = getattr(segmenter, "segmenter", segmenter)
-        conf = getattr(inner, "conf", None) if segmenter is not None else weights_conf(options.model.weights)
+        conf = getattr(inner, "conf", None) if segmenter is not None else (model.conf if model else None)
         options = replace(options, model=replace(options.model, conf=DEFAULT_CONF if conf is None else float(conf)))
 
     try:
@@ -241,9 +244,8 @@ def resolve_gsd(options: ExtractOptions, segmenter: Any = None) -> ExtractOption
     if checked is not None:
         working = working_gsd(checked, None)
     else:
-        inner = getattr(segmenter, "segmenter", segmenter)
-        model = getattr(inner, "gsd", None) if segmenter is not None else weights_gsd(options.model.weights)
-        working = working_gsd(None, model)
+        native = getattr(inner, "gsd", None) if segmenter is not None else (model.gsd if model else None)
+        working = working_gsd(None, native)
     return replace(options, tiling=replace(options.tiling, gsd=working))
 
 

@@ -22,9 +22,19 @@ import rasterio
 
 from fastsam_geo.errors import Cancelled, PromptError
 from fastsam_geo.locks import locks_job_outputs
-from fastsam_geo.masks import InstanceMasks
 from fastsam_geo.output import refuse_input_as_output
-from fastsam_geo.plan import ExtractOptions, ModelOptions, RunPlan, Sheet, open_source, plan_run, resolve_gsd
+from fastsam_geo.plan import ExtractOptions, RunPlan, Sheet, open_source, plan_run, resolve_gsd
+from fastsam_geo.segmenters import (
+    CacheOnly,
+    ModelLabel,
+    ResolvedModel,
+    cache_bands_key,
+    inner,
+    label_of,
+    make_segmenter,
+    resolve_model,
+    with_cache,
+)
 from fastsam_geo.sink import ExtractSummary, ProgressFn, RunSink, Timer, preflight
 from fastsam_geo.tilework import TileContext, TileResult, process_tiles, read_tile
 from fastsam_geo.tiling import Tile, TileSpec
@@ -58,69 +68,6 @@ class Executor(Protocol):
     seconds: dict[str, float]
 
     def run(self, jobs: Sequence[Job], check: CheckFn) -> Iterator[tuple[int, TileResult]]: ...
-
-
-# ---------------------------------------------------------------------------------- segmenters
-class CacheOnly:
-    """A segmenter that never runs a model: for re-prompting tiles already in the cache.
-
-    Its ``metadata`` is what a CPU ``FastSAMSegmenter`` with the same settings reports, so
-    its cache keys are the ones ``extract`` wrote.
-    """
-
-    def __init__(
-        self, raster: str | os.PathLike[str], weights: str | os.PathLike[str] | None, conf: float, iou: float
-    ) -> None:
-        from fastsam_geo.segment import mask_settings
-        from fastsam_geo.weights import resolve_weights, sha256_file
-
-        self.raster = raster
-        self.weights_path = resolve_weights(weights)
-        self.weights_sha256 = sha256_file(self.weights_path)
-        self.metadata = mask_settings(self.weights_sha256, conf=conf, iou=iou)
-
-    def segment(self, tiles: Sequence[Tile]) -> list[InstanceMasks]:
-        """Refuses: a tile reached here is not in the cache."""
-        ids = ", ".join(t.id for t in tiles[:3])
-        raise PromptError(
-            f"{self.raster}: tile(s) {ids} not in the mask cache; run `fastsam-geo extract` over this raster "
-            "first (with the same weights, --conf, --iou, --bands and --gsd), or use `extract` with these prompts."
-        )
-
-
-def inner(segmenter: Any) -> Any:
-    """The segmenter behind a cache wrapper."""
-    return getattr(segmenter, "segmenter", segmenter)
-
-
-def with_cache(segmenter: Any, raster: str | os.PathLike[str], cache_dir: str | os.PathLike[str], bands: str) -> Any:
-    """Wrap ``segmenter`` so that tiles already segmented come from ``cache_dir``.
-
-    Keys come from the segmenter's ``metadata`` (weights sha256, conf, iou, max_det...), the
-    same way the QGIS worker builds them, so both share the cache.
-    """
-    from fastsam_geo.cache import CachedSegmenter, MaskCache, key_fn_for
-
-    settings = getattr(segmenter, "metadata", None)
-    if settings is None:  # a plugged-in segmenter without metadata: key on its type
-        settings = {"weights_sha256": type(segmenter).__name__, "conf": 0.0, "iou": 0.0, "imgsz": None}
-    return CachedSegmenter(segmenter, MaskCache(cache_dir), key_fn_for(raster, settings, bands))
-
-
-def cache_bands_key(plan: RunPlan) -> str:
-    """The bands/stretch part of a cache key."""
-    return f"{list(plan.bands)}|{plan.options.tiling.stretch}"
-
-
-def make_segmenter(model: ModelOptions, *, raster: str = "", cache_only: bool = False) -> Segmenter:
-    """The default segmenter of ``model`` (or the cache-only one for re-prompting)."""
-    if cache_only:
-        return CacheOnly(raster, model.weights, model.conf, model.iou)  # type: ignore[return-value]
-    from fastsam_geo.segment import FastSAMSegmenter
-
-    return FastSAMSegmenter(
-        model.weights, device=model.device, batch_size=model.batch_size, conf=model.conf, iou=model.iou
-    )
 
 
 # ---------------------------------------------------------------------------------- local
@@ -221,16 +168,9 @@ class RasterJob:
     options: ExtractOptions | None = None  # this raster's own options (e.g. resume), else the run's
 
 
-def _weights_of(segmenter: Any) -> tuple[str | None, str | None, str]:
-    seg = inner(segmenter)
-    path = str(getattr(seg, "weights_path", "") or "") or None
-    return path, getattr(seg, "weights_sha256", None), type(seg).__name__
-
-
-def _open_sinks(plans: list[RunPlan], jobs: list[RasterJob], describe: Any) -> list[RunSink]:
+def _open_sinks(plans: list[RunPlan], jobs: list[RasterJob], label: ModelLabel) -> list[RunSink]:
     """A sink per plan, ledger opened or created; the first failure closes those opened."""
     sinks: list[RunSink] = []
-    weights, sha, name = describe
     try:
         for plan, job in zip(plans, jobs, strict=True):
             summary = ExtractSummary(
@@ -239,10 +179,12 @@ def _open_sinks(plans: list[RunPlan], jobs: list[RasterJob], describe: Any) -> l
                 tiles_total=len(plan.specs),
                 mode=plan.mode,
                 crs=plan.source.info.crs.to_string() if plan.source is not None else _crs_string(plan),
-                weights=weights,
-                weights_sha256=sha,
+                weights=label.weights,
+                weights_sha256=label.sha256,
+                engine=label.engine,
             )
-            sinks.append(RunSink(plan, summary, job.progress).open(plan.params(name, sha), name))
+            sink = RunSink(plan, summary, job.progress)
+            sinks.append(sink.open(plan.params(label.segmenter, label.sha256), label.segmenter))
     except BaseException as exc:
         for s in sinks:
             s.close(exc)
@@ -279,6 +221,41 @@ def drive(sinks: list[RunSink], executor: Executor, cancel: CancelFn | None) -> 
         sink.finish()
 
 
+def _plan_all(
+    jobs: list[RasterJob], options: ExtractOptions, segmenter: Segmenter | None, local: bool
+) -> tuple[list[RunPlan], ResolvedModel | None]:
+    """A plan per job (sources kept open for the local executor) and the model, resolved once
+    (after the first raster is checked: a bad raster is named before a missing model)."""
+    plans: list[RunPlan] = []
+    resolved: ResolvedModel | None = None
+    need_model = segmenter is None or options.output.cache_only  # cache-only: the model's cache keys
+    try:
+        for job in jobs:
+            o = job.options or options
+            src = open_source(job.raster, replace(o.tiling, gsd=None)) if local else None
+            try:
+                if src is not None:
+                    refuse_input_as_output(job.output, src.dataset.files)  # any other multi-file format too
+                if need_model and resolved is None:
+                    resolved = resolve_model(o.model.weights, o.model.engine)
+                o = resolve_gsd(o, segmenter, resolved)
+                if src is not None and hasattr(src, "set_gsd"):
+                    src.set_gsd(o.tiling.gsd)  # type: ignore[arg-type]
+                plans.append(plan_run(job.raster, job.output, o, source=src, sheets=job.sheets))
+            except BaseException:
+                if src is not None:
+                    src.close()
+                raise
+        if need_model and resolved is None:
+            resolved = resolve_model(options.model.weights, options.model.engine)
+    except BaseException:
+        for p in plans:
+            if p.source is not None:
+                p.source.close()
+        raise
+    return plans, resolved
+
+
 @locks_job_outputs
 def extract_rasters(
     jobs: Sequence[RasterJob],
@@ -293,7 +270,8 @@ def extract_rasters(
     """Extract buildings from every raster of ``jobs``; one summary per raster.
 
     ``client`` (a ``dask.distributed.Client``) runs tile work on its cluster, tiles of all
-    rasters together; else it runs here (or on ``executor``).
+    rasters together; else it runs here (or on ``executor``). The model is resolved once, here,
+    and its one value (:class:`~fastsam_geo.segmenters.ResolvedModel`) goes to the executor.
     """
     t_start = time.perf_counter()
     jobs = list(jobs)
@@ -304,35 +282,20 @@ def extract_rasters(
         preflight(job.output, overwrite=o.overwrite, resume=o.resume)
     if out.cache_only and out.cache_dir is None:
         raise PromptError("re-prompting from the cache needs a cache folder (--cache-dir).")
-    plans: list[RunPlan] = []
+    plans, resolved = _plan_all(jobs, options, segmenter, local=client is None)
     try:
-        for job in jobs:
-            o = job.options or options
-            # the raster is checked before the gsd asks the segmenter (which may load the model)
-            src = open_source(job.raster, replace(o.tiling, gsd=None)) if client is None else None
-            if src is not None:
-                refuse_input_as_output(job.output, src.dataset.files)  # any other multi-file format too
-            try:
-                o = resolve_gsd(o, segmenter)
-                if src is not None and hasattr(src, "set_gsd"):
-                    src.set_gsd(o.tiling.gsd)  # type: ignore[arg-type]
-                plans.append(plan_run(job.raster, job.output, o, source=src, sheets=job.sheets))
-            except BaseException:
-                if src is not None:
-                    src.close()
-                raise
-        options = resolve_gsd(options, segmenter)
+        options = resolve_gsd(options, segmenter, resolved)
         if any(p.prompts is not None and p.prompts.text for p in plans) and text_scorer is None and client is None:
             from fastsam_geo.textprompt import ClipScorer
 
             text_scorer = ClipScorer()
         if executor is None:
-            executor, describe = _executor(plans, options, segmenter, text_scorer, client)
+            executor, label = _executor(plans, options, segmenter, resolved, text_scorer, client)
         else:
-            describe = getattr(executor, "describe", None) or (
-                _weights_of(segmenter) if segmenter is not None else (None, None, "Segmenter")
+            label = getattr(executor, "label", None) or (
+                label_of(segmenter) if segmenter is not None else ModelLabel(None, None, "Segmenter", None)
             )
-        sinks = _open_sinks(plans, jobs, describe)
+        sinks = _open_sinks(plans, jobs, label)
         try:
             drive(sinks, executor, cancel)
         except BaseException as exc:
@@ -357,23 +320,29 @@ def _executor(
     plans: list[RunPlan],
     options: ExtractOptions,
     segmenter: Segmenter | None,
+    resolved: ResolvedModel | None,
     text_scorer: TextScorer | None,
     client: Any,
-) -> tuple[Executor, tuple[str | None, str | None, str]]:
-    """The executor of a run and (weights path, sha256, segmenter name) for its metadata."""
+) -> tuple[Executor, ModelLabel]:
+    """The executor of a run and the label of its model (for the output's metadata and ledger)."""
     out = options.output
     if client is not None:
         from fastsam_geo.cluster import DaskExecutor
 
         dask_ex = DaskExecutor(
-            client, options, segmenter=segmenter, text_scorer=text_scorer, rasters=[p.raster for p in plans]
+            client,
+            options,
+            segmenter=segmenter,
+            model=resolved,
+            text_scorer=text_scorer,
+            rasters=[p.raster for p in plans],
         )
-        return dask_ex, dask_ex.describe
+        return dask_ex, dask_ex.label
     base = segmenter
-    if out.cache_only:
-        base = make_segmenter(options.model, raster=plans[0].raster if plans else "", cache_only=True)
-    elif base is None:
-        base = make_segmenter(options.model)
+    if base is None or out.cache_only:
+        assert resolved is not None  # resolved by _plan_all when no segmenter is given, or cache-only
+        raster = plans[0].raster if plans else ""
+        base = make_segmenter(options.model, resolved, raster=raster, cache_only=out.cache_only)
     batch = options.model.batch_size or int(getattr(base, "batch_size", 1) or 1)
 
     def segmenter_for(plan: RunPlan) -> Segmenter:
@@ -382,7 +351,7 @@ def _executor(
         return with_cache(base, plan.raster, out.cache_dir, cache_bands_key(plan))  # type: ignore[no-any-return]
 
     local = LocalExecutor(segmenter_for, batch_size=batch, prefetch=options.prefetch, text_scorer=text_scorer)
-    return local, _weights_of(base)
+    return local, label_of(base)
 
 
 __all__ = [
@@ -393,5 +362,7 @@ __all__ = [
     "RasterJob",
     "drive",
     "extract_rasters",
+    "inner",
     "make_segmenter",
+    "with_cache",
 ]

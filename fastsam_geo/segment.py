@@ -54,6 +54,15 @@ class Segmenter(Protocol):
         ...
 
 
+def cpu_threads() -> int:
+    """The cores this process may run on: its CPU affinity (``taskset``, a container's cpuset),
+    ``os.cpu_count()`` where the platform has none. The engines' default thread count."""
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
 # ---------------------------------------------------------------------- geometry (pure numpy)
 @dataclass(frozen=True)
 class Letterbox:
@@ -365,7 +374,7 @@ class FastSAMSegmenter:
         imgsz: network input size; None runs each batch at its tiles' own size (rounded up to
             the stride, 32), padding smaller tiles; an int resizes every tile to fit
             ``imgsz x imgsz``. An ONNX file exported with a fixed size runs at that size.
-        threads: CPU threads (None: every core).
+        threads: CPU threads (None: every core this process may use, :func:`cpu_threads`).
         min_area_px: masks smaller than this many pixels are dropped.
 
     Attributes:

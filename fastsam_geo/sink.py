@@ -55,6 +55,7 @@ class ExtractSummary:
     crs: str = ""
     weights: str | None = None
     weights_sha256: str | None = None
+    engine: str | None = None  # "onnx" (ONNX Runtime) or "torch" for FastSAM; a plugged-in model's own
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -236,6 +237,7 @@ class RunSink:
             "overlap": str(o.tiling.overlap),
             "weights": self.summary.weights or weights_label,
             "weights_sha256": self.summary.weights_sha256 or "",
+            "engine": self.summary.engine or "",
             "conf": str(o.model.conf),
             "iou": str(o.model.iou),
             **plan.grid_metadata,

@@ -125,9 +125,9 @@ def compare_instances(a: InstanceMasks, b: InstanceMasks) -> Agreement:
 
 
 class SlowSegmenter:
-    """The FastSAM model of ``weights``, ``delay_s`` slower per tile: gives a test time to act
-    mid-run (kill a Dask worker, cancel). The model loads on first use, so the object pickles
-    small (it is shipped to Dask workers)."""
+    """The FastSAM model of ``weights`` (on the engine ``extract`` picks: engine auto), ``delay_s``
+    slower per tile: gives a test time to act mid-run (kill a Dask worker, cancel). The model
+    loads on first use, so the object pickles small (it is shipped to Dask workers)."""
 
     def __init__(self, weights: str | os.PathLike[str], delay_s: float = 1.0, device: str = "cpu") -> None:
         self.weights = os.fspath(weights)
@@ -143,8 +143,9 @@ class SlowSegmenter:
         import time
 
         from fastsam_geo.segment import FastSAMSegmenter
+        from fastsam_geo.segmenters import resolve_model
 
         if self._model is None:
-            self._model = FastSAMSegmenter(self.weights, device=self.device)
+            self._model = FastSAMSegmenter(resolve_model(self.weights).path, device=self.device)
         time.sleep(self.delay_s * len(tiles))
         return self._model.segment(tiles)  # type: ignore[attr-defined]

@@ -293,6 +293,11 @@ class LazySegmenter:
         return getattr(self.inner, "weights_sha256", None)
 
     @property
+    def engine(self) -> str | None:
+        """The engine that runs the model (loads it)."""
+        return getattr(self.inner, "engine", None)
+
+    @property
     def gsd(self) -> float | None:
         """The model's working resolution (loads the model)."""
         return getattr(self.inner, "gsd", None)
@@ -326,6 +331,10 @@ class _Recorded:
         return getattr(self.model, "weights_sha256", None)
 
     @property
+    def engine(self) -> str | None:
+        return getattr(self.model, "engine", None)
+
+    @property
     def gsd(self) -> float | None:
         return getattr(self.model, "gsd", None)
 
@@ -339,8 +348,10 @@ SegmenterFactory = Callable[[str | None, str, float | None, float], Any]
 
 def _fastsam_factory(weights: str | None, device: str, conf: float | None, iou: float) -> Any:
     from fastsam_geo.segment import FastSAMSegmenter
+    from fastsam_geo.segmenters import resolve_model
 
-    return FastSAMSegmenter(weights, device=device, conf=conf, iou=iou)
+    # engine auto, as extract: a .pt's ONNX twin runs on ONNX Runtime when installed
+    return FastSAMSegmenter(resolve_model(weights).path, device=device, conf=conf, iou=iou)
 
 
 class Engine:

@@ -286,6 +286,7 @@ def test_worker_process_with_a_fastsam_checkpoint_keeps_masks_warm(
     assert first["cache"]["model_tiles"] == 1 and second["cache"]["model_tiles"] == 0
     assert second["cache"]["hits"] == 1
     assert first["weights_sha256"] and first["weights_sha256"] == second["weights_sha256"]
+    assert first["engine"] == second["engine"] == "torch"  # a .pt without an ONNX twin beside it
     assert first["output"] != second["output"]  # outputs in the worker's temporary folder
     assert proc.returncode == 0 and not Path(first["output"]).parent.exists()  # removed at exit
 
