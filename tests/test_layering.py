@@ -1,7 +1,5 @@
-"""The package's import graph has no cycle (DESIGN.md: core <- segment <- plan/run <- cli).
-
-Module-level imports only (an import inside a function or under ``if TYPE_CHECKING:`` runs
-late or never, and cannot make a cycle at import time).
+"""Layering of the run path: cluster.py (the Dask executor) never imports run.py (the cycle
+check of the whole package is in test_house.py).
 """
 
 from __future__ import annotations
@@ -33,24 +31,6 @@ def _module_imports(path: Path) -> set[str]:
 
     visit(tree.body)
     return found
-
-
-def test_no_module_level_import_cycle() -> None:
-    graph = {p.stem: _module_imports(p) for p in PKG.glob("*.py")}
-    state: dict[str, int] = {}  # 1: on the path, 2: done
-
-    def walk(node: str, path: list[str]) -> None:
-        state[node] = 1
-        for nxt in sorted(graph.get(node, ())):
-            if state.get(nxt) == 1:
-                raise AssertionError("import cycle: " + " -> ".join([*path[path.index(nxt) :], nxt]))
-            if nxt not in state:
-                walk(nxt, [*path, nxt])
-        state[node] = 2
-
-    for module in sorted(graph):
-        if module not in state:
-            walk(module, [module])
 
 
 def _all_imports(path: Path) -> set[str]:
