@@ -112,7 +112,7 @@ def sample(output: Path, size: int, seed: int, pixel_size: float, crs: str, dens
     Example:
       fastsam-geo sample sample_tiles/town.tif --size 1024 --seed 1
     """
-    from fastsam_geo.output import check_output
+    from fastsam_geo.output import guard_output
     from fastsam_geo.validate import check_size
 
     try:
@@ -139,9 +139,9 @@ def sample(output: Path, size: int, seed: int, pixel_size: float, crs: str, dens
         raise click.UsageError(f"--crs {crs!r}: not a CRS; give e.g. EPSG:32633.") from None
     if output.suffix.lower() not in (".tif", ".tiff"):
         raise click.UsageError(f"{output}: sample writes a GeoTIFF; give a .tif name.")
-    check_output(output.with_suffix(".gpkg"), True)  # folder exists and is writable
-    if output.exists() and not overwrite:
-        raise click.UsageError(f"{output} exists; add --overwrite to replace it.")
+    truth = output.with_name(f"{output.stem}_buildings.gpkg")
+    guard_output(output, (), overwrite)  # the raster and its truth: neither replaced without --overwrite
+    guard_output(truth, (), overwrite)
     scene = write_scene(output, size, seed=seed, pixel_size=pixel_size, crs=crs, density=density)
     click.echo(f"{scene.raster}: {size} x {size} px, {len(scene.truth)} buildings", err=True)
 
@@ -193,6 +193,7 @@ def sample(output: Path, size: int, seed: int, pixel_size: float, crs: str, dens
     show_default=True,
     help="Add one copy of each training crop as another sensor sees it (grey, coarser, radiometry), turned 90 deg.",
 )
+@click.option("--overwrite", is_flag=True, help="Replace --output if it exists (never an input).")
 def train(
     rasters: tuple[str, ...],
     labels: tuple[str, ...],
@@ -208,6 +209,7 @@ def train(
     gsd: float | None,
     work_dir: Path | None,
     augment: bool,
+    overwrite: bool,
 ) -> None:
     """Build a YOLO-seg dataset from RASTERS and --labels footprints, fine-tune BASE with
     ultralytics, and write the best weights to --output. The result loads as --weights.
@@ -234,6 +236,7 @@ def train(
         work_dir=work_dir,
         gsd=gsd,
         augment=augment,
+        overwrite=overwrite,
     )
     click.echo(
         f"{result.weights}: {result.epochs} epochs in {result.seconds:.0f} s "
@@ -524,6 +527,11 @@ def _model_options(f: Callable[..., Any]) -> Callable[..., Any]:
             default=None,
             help="Vector file of prompts: points (field 'label') and polygons (used as boxes).",
         ),
+        click.option(
+            "--prompts-layer",
+            default=None,
+            help="Layer of --prompts to read (needed when the file holds several layers).",
+        ),
         click.option("--text", default=None, help='Text prompt scored with CLIP, e.g. "building".'),
         click.option(
             "--text-threshold", default=None, type=float, help="Keep every mask whose CLIP score is above this."
@@ -703,7 +711,14 @@ def _extract_options(kw: dict[str, Any], *, cache_only: bool, use_cache: bool) -
     from fastsam_geo.pipeline import BuildingFilter, build_options
 
     prompts = _build_prompts(
-        kw["points"], kw["boxes"], kw["prompt_crs"], kw["prompt_file"], kw["text"], kw["text_threshold"], kw["top_k"]
+        kw["points"],
+        kw["boxes"],
+        kw["prompt_crs"],
+        kw["prompt_file"],
+        kw["text"],
+        kw["text_threshold"],
+        kw["top_k"],
+        kw["prompts_layer"],
     )
     scorer = None
     if prompts is not None and prompts.text:
@@ -1028,13 +1043,14 @@ def _build_prompts(
     text: str | None,
     text_threshold: float | None,
     top_k: int | None,
+    prompts_layer: str | None = None,
 ) -> object:
     if not (points or boxes or prompt_file or text):
         return None
     from fastsam_geo.prompts import BoxPrompt, PointPrompt, Prompts, read_prompt_file
 
     if prompt_file is not None:
-        base = read_prompt_file(prompt_file)
+        base = read_prompt_file(prompt_file, layer=prompts_layer)
         pts, bxs, crs = list(base.points), list(base.boxes), base.crs
     else:
         pts, bxs, crs = [], [], prompt_crs
