@@ -1093,6 +1093,8 @@ def _build_prompts(
 @click.option("--tile-size", default=1024, show_default=True)
 @click.option("--overlap", default=None, type=int, help="Tile overlap in pixels (default: tile size / 8).")
 @click.option("--json", "as_json", is_flag=True, help="Print the scores as JSON.")
+@click.option("--truth-layer", default=None, help="Layer of TRUTH to score against (a file of several layers).")
+@click.option("--pred-layer", default=None, help="Layer of PRED to score (default: its only layer, or 'buildings').")
 def evaluate(
     pred: Path | None,
     truth: Path | None,
@@ -1102,6 +1104,8 @@ def evaluate(
     tile_size: int,
     overlap: int | None,
     as_json: bool,
+    truth_layer: str | None,
+    pred_layer: str | None,
 ) -> None:
     """Building F1 of PRED against TRUTH (SpaceNet rule: one-to-one matches at IoU >= 0.5),
     precision, recall, mean IoU, and the seam score (share of truth buildings crossing a
@@ -1126,11 +1130,14 @@ def evaluate(
     sources: list[tuple[str, Any]] = []
     if pred is not None and truth is not None:
         if raster is None:
-            sources.append((pred.stem, run_eval(pred, truth, iou_threshold=iou_threshold)))
+            p_in, t_in = _layer_of(pred, "prediction", pred_layer), _layer_of(truth, "truth", truth_layer)
+            sources.append((pred.stem, run_eval(p_in, t_in, iou_threshold=iou_threshold)))
         else:
-            sources.append((raster.stem, _score_on_raster(pred, truth, raster, iou_threshold, tile_size, overlap)))
+            args = (iou_threshold, tile_size, overlap, pred_layer, truth_layer)
+            sources.append((raster.stem, _score_on_raster(pred, truth, raster, *args)))
     for p, t, r in pairs:
-        sources.append((r.stem, _score_on_raster(p, t, r, iou_threshold, tile_size, overlap)))
+        args = (iou_threshold, tile_size, overlap, pred_layer, truth_layer)
+        sources.append((r.stem, _score_on_raster(p, t, r, *args)))
     if len(sources) == 1:
         scores = sources[0][1]
         if as_json:
@@ -1155,7 +1162,25 @@ def evaluate(
     _print_table([*sources, ("all (pooled)", total)])
 
 
-def _score_on_raster(pred: Path, truth: Path, raster: Path, iou: float, tile_size: int, overlap: int | None) -> Any:
+def _layer_of(path: Path, role: str, layer: str | None) -> Any:
+    """``path`` itself, or its layer ``layer`` read (and checked) as footprints."""
+    if layer is None:
+        return path
+    from fastsam_geo.evaluate import load_footprints
+
+    return load_footprints(path, role, layer)
+
+
+def _score_on_raster(
+    pred: Path,
+    truth: Path,
+    raster: Path,
+    iou: float,
+    tile_size: int,
+    overlap: int | None,
+    pred_layer: str | None = None,
+    truth_layer: str | None = None,
+) -> Any:
     """Scores of one source on its raster, seams from the grid the prediction was made on."""
     from fastsam_geo.evaluate import evaluate_on_raster, seam_lines
     from fastsam_geo.raster import RasterSource
@@ -1166,7 +1191,8 @@ def _score_on_raster(pred: Path, truth: Path, raster: Path, iou: float, tile_siz
     check_tiling(tile_size, overlap)
     with RasterSource(raster, gsd=_prediction_gsd(pred)) as src:
         grid = TileGrid(src.info.width, src.info.height, tile_size, overlap, src.info.transform)
-    return evaluate_on_raster(pred, truth, raster, iou_threshold=iou, seams=seam_lines(grid))
+    p_in, t_in = _layer_of(pred, "prediction", pred_layer), _layer_of(truth, "truth", truth_layer)
+    return evaluate_on_raster(p_in, t_in, raster, iou_threshold=iou, seams=seam_lines(grid))
 
 
 def _prediction_gsd(pred: Path) -> float | None:
