@@ -7,6 +7,7 @@ file or option and the fix, no traceback, no output file, nothing new beside the
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.server
 import os
@@ -606,3 +607,110 @@ def test_progress_bar_only_on_a_terminal(work: Path) -> None:
     assert p.wait(120) == 0
     text = b"".join(chunks).decode(errors="replace")
     assert "9/9" in text and ("tile/s" in text or "s/tile" in text)
+
+
+# ================================================================== mosaic: each sheet as it is stored
+def _sheets(src: Path, folder: Path, *, bgr_second: bool = False, nodata: tuple = (None, None)) -> list[Path]:
+    """The raster ``src`` cut into a left and a right sheet; the right one optionally stored B,G,R
+    (and saying so in its colour interpretation), each with its own nodata value."""
+    from rasterio.enums import ColorInterp
+
+    out = []
+    with rasterio.open(src) as ds:
+        half = ds.width // 2
+        for k in range(2):
+            w = Window(half * k, 0, half, ds.height)
+            data = ds.read(window=w)
+            prof = {**ds.profile, "width": half, "height": ds.height, "transform": ds.window_transform(w)}
+            prof.update(photometric=None, nodata=nodata[k])
+            path = folder / f"sheet{k}.tif"
+            with rasterio.open(path, "w", **prof) as dst:
+                if k == 1 and bgr_second:
+                    dst.write(data[::-1])
+                    dst.colorinterp = [ColorInterp.blue, ColorInterp.green, ColorInterp.red]
+                else:
+                    dst.write(data)
+                    dst.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue]
+            out.append(path)
+    return out
+
+
+def test_mosaic_reads_a_bgr_sheet_in_its_own_band_order(work: Path) -> None:
+    rgb = work / "rgb"
+    bgr = work / "bgr"
+    rgb.mkdir()
+    bgr.mkdir()
+    a = _sheets(work / "r.tif", rgb)
+    b = _sheets(work / "r.tif", bgr, bgr_second=True)
+    for sheets, folder in ((a, rgb), (b, bgr)):
+        r = run_cli("-q", "extract", *sheets, folder / "m.gpkg", *FAST, "--mosaic")
+        assert r.returncode == 0, r.stderr
+    da = pyogrio.read_dataframe(rgb / "m.gpkg")
+    db = pyogrio.read_dataframe(bgr / "m.gpkg")
+    assert len(da) > 3
+    assert len(da) == len(db)
+    assert abs(da.area.sum() - db.area.sum()) < 1e-6 * da.area.sum()
+
+
+@pytest.mark.parametrize("nodata", [(0, 255), (None, 0)], ids=["0-255", "none-0"])
+def test_mosaic_of_sheets_with_other_nodata_is_refused(work: Path, nodata: tuple) -> None:
+    sheets = _sheets(work / "r.tif", work, nodata=nodata)
+    out = work / "m.gpkg"
+    line = assert_refused(["extract", *sheets, out, *FAST, "--mosaic"], work, "nodata", "sheet", output=out)
+    assert "gdal_edit" in line
+    # the other order says the same: never a result that depends on the order of the inputs
+    assert_refused(["extract", *sheets[::-1], out, *FAST, "--mosaic"], work, "nodata", output=out)
+
+
+def test_mosaic_of_sheets_with_alpha_in_one_only_is_refused(work: Path) -> None:
+    from rasterio.enums import ColorInterp
+
+    sheets = _sheets(work / "r.tif", work)
+    with rasterio.open(sheets[1]) as ds:
+        data, prof = ds.read(), ds.profile
+    prof.update(count=4)
+    with rasterio.open(sheets[1], "w", **prof) as ds:
+        ds.write(np.concatenate([data, np.full_like(data[:1], 255)]))
+        ds.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha]
+    with rasterio.open(sheets[0]) as ds:
+        data, prof = ds.read(), ds.profile
+    prof.update(count=4, alpha="UNSPECIFIED", photometric="RGB")  # a 4th band that is not alpha (e.g. NIR)
+    with rasterio.open(sheets[0], "w", **prof) as ds:
+        ds.write(np.concatenate([data, np.full_like(data[:1], 7)]))
+    with rasterio.open(sheets[0]) as ds:
+        assert ds.colorinterp[3] == ColorInterp.undefined
+    assert_refused(["extract", *sheets, work / "m.gpkg", *FAST, "--mosaic"], work, "alpha", "sheet1.tif")
+
+
+def test_a_mosaic_run_resumes(work: Path) -> None:
+    """An interrupted --mosaic run goes on with --resume (the VRT is written again, to the same stamp)."""
+    import signal
+    import sqlite3
+
+    big = write_scene(work / "big.tif", 1024, seed=5).raster
+    sheets = _sheets(big, work)
+    out = work / "m.gpkg"
+    ledger = work / ".m.gpkg.resume.sqlite"
+    p = subprocess.Popen([*FSG, "-q", "extract", *sheets, out, *FAST, "--mosaic"], env=ENV, stderr=subprocess.PIPE)
+    done = 0
+    deadline = time.monotonic() + 240
+    while p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{ledger}?mode=ro", uri=True, timeout=1)) as con:
+                done = con.execute("SELECT count(*) FROM tiles").fetchone()[0]
+        except sqlite3.Error:
+            continue
+        if done >= 3:
+            p.send_signal(signal.SIGINT)
+            break
+    p.communicate(timeout=120)
+    assert done >= 3 and p.returncode == 130, (done, p.returncode)
+    assert ledger.exists() and not out.exists()
+    r = run_cli("extract", *sheets, out, *FAST, "--mosaic", "--resume")
+    assert r.returncode == 0, r.stderr
+    assert "resum" in r.stderr.lower(), r.stderr
+    full = work / "full.gpkg"
+    assert run_cli("-q", "extract", *sheets, full, *FAST, "--mosaic").returncode == 0
+    assert len(pyogrio.read_dataframe(out)) == len(pyogrio.read_dataframe(full))
+    assert not list(work.glob(".*.vrt"))
