@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import platform
 import queue
@@ -619,6 +620,11 @@ class WorkerServer:
         """Answer one request; False when the server should stop (``shutdown``)."""
         rid = msg.get("id") if isinstance(msg, dict) else None
         try:
+            if not valid_id(rid):
+                bad, rid = rid, None  # answered with id null: the request's id cannot be written back
+                raise ProtocolError(
+                    f"request id {str(bad)[:50]} is not a string, a whole or finite number, or null; use e.g. 1"
+                )
             if not isinstance(msg, dict) or not isinstance(msg.get("cmd"), str):
                 raise ProtocolError(f"a request is an object with a 'cmd' string, got {str(msg)[:200]}")
             cmd = msg["cmd"]
@@ -709,12 +715,38 @@ class WorkerServer:
         self.engine.close()
 
 
+def valid_id(rid: object) -> bool:
+    """Whether a request id can be written back in a reply: a string, an integer, a finite
+    number or null (JSON has no NaN or infinity; a list or an object is no id).
+
+    >>> valid_id(1), valid_id("a"), valid_id(None), valid_id(float("nan")), valid_id([1]), valid_id(True)
+    (True, True, True, False, False, False)
+    """
+    if rid is None or isinstance(rid, str):
+        return True
+    if isinstance(rid, bool) or not isinstance(rid, (int, float)):
+        return False
+    return math.isfinite(rid)
+
+
 def line_writer(stream: IO[str]) -> Callable[[Message], None]:
-    """A thread-safe writer of one JSON object per line, flushed at once."""
+    """A thread-safe writer of one JSON object per line, flushed at once. A message that is not
+    valid JSON (a NaN in a result) is replaced by an error reply to the same request, so the
+    worker never dies on what it writes."""
     lock = threading.Lock()
 
     def write(msg: Message) -> None:
-        text = json.dumps(msg, default=str, allow_nan=False, separators=(",", ":"))
+        try:
+            text = json.dumps(msg, default=str, allow_nan=False, separators=(",", ":"))
+        except ValueError as exc:
+            rid = msg.get("id") if isinstance(msg, dict) and valid_id(msg.get("id")) else None
+            reply = {
+                "id": rid,
+                "type": "error",
+                "error": f"reply cannot be written as JSON ({exc})",
+                "kind": "ProtocolError",
+            }
+            text = json.dumps(reply, default=str, allow_nan=False, separators=(",", ":"))
         with lock:
             stream.write(text + "\n")
             stream.flush()

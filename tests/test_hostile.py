@@ -714,3 +714,96 @@ def test_a_mosaic_run_resumes(work: Path) -> None:
     assert run_cli("-q", "extract", *sheets, full, *FAST, "--mosaic").returncode == 0
     assert len(pyogrio.read_dataframe(out)) == len(pyogrio.read_dataframe(full))
     assert not list(work.glob(".*.vrt"))
+
+
+# ================================================================== the worker (a real process) and the API
+def _worker_session(requests: list[str], timeout: float = 240) -> tuple[list[dict], str, int]:
+    proc = subprocess.Popen(
+        [*FSG, "worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV
+    )
+    out, err = proc.communicate("\n".join(requests) + "\n", timeout=timeout)
+    import json
+
+    return [json.loads(line) for line in out.splitlines()], err, proc.returncode
+
+
+@pytest.mark.parametrize("rid", ["NaN", "Infinity", "-Infinity", "[1, 2]", "{\"a\": 1}", "true"])
+def test_worker_answers_a_request_with_an_unwritable_id_and_goes_on(rid: str) -> None:
+    replies, err, code = _worker_session(
+        [f'{{"id": {rid}, "cmd": "hello"}}', '{"id": 2, "cmd": "hello"}', '{"id": 3, "cmd": "shutdown"}']
+    )
+    assert code == 0, err
+    assert "Traceback" not in err, err
+    assert replies[0]["id"] is None and replies[0]["type"] == "error", replies
+    assert "id" in replies[0]["error"] and "\n" not in replies[0]["error"]
+    assert [r["id"] for r in replies[1:]] == [2, 3]
+    assert replies[1]["type"] == "result"
+
+
+@pytest.mark.parametrize(
+    "prompts,must",
+    [
+        ('{"points": [[NaN, NaN]]}', "finite"),
+        ('{"points": [[500010.0, Infinity, 1]]}', "finite"),
+        ('{"boxes": [[500000, NaN, 500100, 4649900]]}', "finite"),
+        ('{"text": "building", "text_threshold": NaN}', "text_threshold"),
+        ('{"text": "building", "text_threshold": 7}', "text_threshold"),
+    ],
+    ids=["nan-point", "inf-point", "nan-box", "nan-threshold", "threshold-7"],
+)
+def test_worker_refuses_non_finite_prompts_and_writes_nothing(work: Path, prompts: str, must: str) -> None:
+    import json
+
+    out = work / "w.gpkg"
+    before = snapshot([work])
+    params = f'{{"raster": {json.dumps(str(work / "r.tif"))}, "output": {json.dumps(str(out))}, '
+    params += f'"weights": {json.dumps(str(WEIGHTS))}, "tile_size": 256, "overlap": 32, "prompts": {prompts}}}'
+    replies, err, code = _worker_session(
+        [f'{{"id": 1, "cmd": "extract", "params": {params}}}', '{"id": 2, "cmd": "hello"}']
+    )
+    assert code == 0, err
+    first = next(r for r in replies if r["id"] == 1 and r["type"] != "progress")
+    assert first["type"] == "error" and must in first["error"], first
+    assert "\n" not in first["error"]
+    assert any(r["id"] == 2 and r["type"] == "result" for r in replies)
+    assert snapshot([work]) == before and not out.exists()
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: __import__("fastsam_geo.prompts").prompts.PointPrompt(float("nan"), 4649900.0),
+        lambda: __import__("fastsam_geo.prompts").prompts.PointPrompt(500010.0, float("-inf")),
+        lambda: __import__("fastsam_geo.prompts").prompts.BoxPrompt(500000, 4649800, float("inf"), 4649900),
+        lambda: __import__("fastsam_geo.prompts").prompts.PointPrompt("x", 1.0),  # type: ignore[arg-type]
+        lambda: __import__("fastsam_geo.prompts").prompts.Prompts(text="building", text_threshold=float("nan")),
+        lambda: __import__("fastsam_geo.prompts").prompts.Prompts(text="building", text_threshold=1.5),
+        lambda: __import__("fastsam_geo.prompts").prompts.Prompts(text="building", text_top_k=0),
+        lambda: __import__("fastsam_geo.prompts").prompts.Prompts(text="building", text_top_k=2.5),
+    ],
+    ids=["nan-x", "inf-y", "inf-box", "text-x", "nan-threshold", "threshold-1.5", "top-k-0", "top-k-2.5"],
+)
+def test_api_prompts_refuse_bad_values_where_the_roads_meet(make) -> None:
+    from fastsam_geo.errors import PromptError
+
+    with pytest.raises(PromptError) as err:
+        make()
+    assert "\n" not in str(err.value)
+
+
+def test_api_nan_point_never_gives_an_empty_result(work: Path) -> None:
+    from fastsam_geo.errors import PromptError
+    from fastsam_geo.pipeline import extract_buildings
+    from fastsam_geo.prompts import PointPrompt, Prompts
+
+    before = snapshot([work])
+    with pytest.raises(PromptError, match="finite"):
+        extract_buildings(
+            work / "r.tif",
+            work / "api.gpkg",
+            weights=WEIGHTS,
+            tile_size=256,
+            overlap=32,
+            prompts=Prompts(points=[PointPrompt(float("nan"), float("nan"))]),
+        )
+    assert snapshot([work]) == before
