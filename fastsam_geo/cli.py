@@ -1282,7 +1282,9 @@ def info(raster: str, tile_size: int, overlap: int | None, weights: str | None, 
         meta = read_model_meta(w)
         model_gsd, model_conf = default_gsd(w, meta), default_conf(meta)
     except FastSAMGeoError as exc:
-        w_error = str(exc)
+        if weights is not None:  # the file asked for is not a model: say so, never "none stored"
+            raise
+        w, w_error = None, str(exc)
     from fastsam_geo.validate import check_tiling
 
     overlap = _default_overlap(tile_size) if overlap is None else overlap

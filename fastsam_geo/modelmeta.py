@@ -126,7 +126,10 @@ def _read_onnx_meta(path: Path) -> dict[str, Any]:
         session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         props = session.get_modelmeta().custom_metadata_map
     except Exception as exc:
-        raise WeightsError(f"{path}: cannot read the ONNX model ({type(exc).__name__}); use an .onnx file.") from None
+        raise WeightsError(
+            f"{path}: not a readable ONNX model ({type(exc).__name__}: damaged, or another file named .onnx); "
+            "export one with `fastsam-geo export MODEL.pt OUT.onnx`."
+        ) from None
     raw = props.get(META_KEY)
     return json.loads(raw) if raw else {}
 
