@@ -277,6 +277,31 @@ def weights_gsd(weights: str | os.PathLike[str] | None) -> float | None:
         return None
 
 
+def onnx_input_size(weights: str | os.PathLike[str] | None) -> tuple[int, int] | None:
+    """The fixed input size ``(height, width)`` of the ONNX model ``weights`` resolves to, read from
+    its graph; None for a ``.pt``, a dynamic-size graph, or weights that cannot be found or read
+    (the segmenter that loads them reports that)."""
+    from fastsam_geo.weights import resolve_weights
+
+    try:
+        path = resolve_weights(weights)
+    except (WeightsError, ImportError):
+        return None
+    if path.suffix.lower() != ".onnx":
+        return None
+    try:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        shape = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]).get_inputs()[0].shape
+    except Exception:
+        return None
+    if len(shape) == 4 and isinstance(shape[2], int) and isinstance(shape[3], int):
+        return int(shape[2]), int(shape[3])
+    return None
+
+
 def parse_meta(text: str | None) -> dict[str, Any]:
     """The metadata dict from its JSON text (``{}`` for nothing, bad JSON or a non-object).
 
