@@ -1239,10 +1239,12 @@ def calibrate(
     Example:
       fastsam-geo calibrate weights/mine.pt block_a.tif block_b.tif --labels osm.gpkg --write
     """
-    from fastsam_geo.calibrate import calibrate_conf, store_conf
+    from fastsam_geo.calibrate import calibrate_conf, check_store, store_conf
 
     if len(labels) not in (1, len(rasters)):
         raise click.BadParameter(f"give one --labels file or one per raster ({len(rasters)})", param_hint="--labels")
+    if write:
+        check_store(weights, [*rasters, *labels])
     cal = calibrate_conf(weights, list(rasters), list(labels) if len(labels) > 1 else labels[0], gsd=gsd, device=device)
     click.echo(cal.table())
     if cal.conf is None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -319,7 +320,7 @@ def parse_meta(text: str | None) -> dict[str, Any]:
 
 def write_onnx_meta(path: str | os.PathLike[str], meta: dict[str, Any]) -> None:
     """Store ``meta`` as JSON under ``metadata_props["fastsam_geo"]`` of an ``.onnx`` file (in place;
-    needs the ``onnx`` package, in the torch extra). Used by ``fastsam-geo export``."""
+    needs the ``onnx`` package, in the torch extra), atomically. Used by ``fastsam-geo export``."""
     import onnx
 
     model = onnx.load(os.fspath(path))
@@ -328,4 +329,13 @@ def write_onnx_meta(path: str | os.PathLike[str], meta: dict[str, Any]) -> None:
             model.metadata_props.remove(prop)
     entry = model.metadata_props.add()
     entry.key, entry.value = META_KEY, json.dumps(meta, sort_keys=True)
-    onnx.save(model, os.fspath(path))
+    p = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp.onnx")
+    os.close(fd)
+    try:  # written beside it and moved into place: a failure leaves the model as it was
+        onnx.save(model, tmp)
+        shutil.copymode(p, tmp)
+        os.replace(tmp, p)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
