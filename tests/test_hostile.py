@@ -539,15 +539,6 @@ def test_full_disk_is_one_line_and_leaves_nothing(
 
 
 # ================================================================== URLs
-    def do_HEAD(self) -> None:
-        path = Path(self.translate_path(self.path))
-        if not path.is_file():
-            self.send_error(404)
-            return
-        self.send_response(200)
-        self.send_header("Content-Length", str(path.stat().st_size))
-        self.send_header("Accept-Ranges", "bytes")
-        self.end_headers()
 
 
 @pytest.fixture()
@@ -727,7 +718,7 @@ def _worker_session(requests: list[str], timeout: float = 240) -> tuple[list[dic
     return [json.loads(line) for line in out.splitlines()], err, proc.returncode
 
 
-@pytest.mark.parametrize("rid", ["NaN", "Infinity", "-Infinity", "[1, 2]", "{\"a\": 1}", "true"])
+@pytest.mark.parametrize("rid", ["NaN", "Infinity", "-Infinity", "[1, 2]", '{"a": 1}', "true"])
 def test_worker_answers_a_request_with_an_unwritable_id_and_goes_on(rid: str) -> None:
     replies, err, code = _worker_session(
         [f'{{"id": {rid}, "cmd": "hello"}}', '{"id": 2, "cmd": "hello"}', '{"id": 3, "cmd": "shutdown"}']
@@ -807,3 +798,210 @@ def test_api_nan_point_never_gives_an_empty_result(work: Path) -> None:
             prompts=Prompts(points=[PointPrompt(float("nan"), float("nan"))]),
         )
     assert snapshot([work]) == before
+
+
+# ================================================================== a matrix per command: vector inputs
+@pytest.fixture()
+def labels(work: Path, town: Scene) -> dict[str, Path]:
+    """Footprint files beside the raster: good, points, empty, elsewhere, bow-ties, several layers."""
+    from shapely.geometry import Polygon
+
+    t = town.truth
+    out = {"good": work / "truth.gpkg"}
+    t.to_file(out["good"], layer="buildings")
+    pts = t.copy()
+    pts.geometry = t.geometry.centroid
+    pts.to_file(work / "points.gpkg")
+    out["points"] = work / "points.gpkg"
+    t.iloc[:0].to_file(work / "empty.gpkg")
+    out["empty"] = work / "empty.gpkg"
+    far = t.copy()
+    far.geometry = t.geometry.translate(50_000, 0)
+    far.to_file(work / "far.gpkg")
+    out["far"] = work / "far.gpkg"
+    bow = t.copy()
+    bow.geometry = [Polygon([(a, b), (c, d), (c, b), (a, d)]) for a, b, c, d in t.geometry.bounds.to_numpy()]
+    bow.to_file(work / "bow.gpkg")
+    out["bow"] = work / "bow.gpkg"
+    t.to_file(work / "layers.gpkg", layer="houses")
+    far.to_file(work / "layers.gpkg", layer="sheds")
+    out["layers"] = work / "layers.gpkg"
+    return out
+
+
+@pytest.mark.parametrize(
+    "kind,must",
+    [("points", "no building polygons"), ("empty", "no building polygons"), ("far", "none of the footprints")],
+)
+def test_train_refuses_labels_it_cannot_learn_from(work: Path, labels: dict[str, Path], kind: str, must: str) -> None:
+    out = work / "m.pt"
+    assert_refused(
+        ["train", work / "r.tif", "--labels", labels[kind], "-o", out, "--epochs", "1"], work, must, output=out
+    )
+    assert not (work / "train_work").exists()
+
+
+@pytest.mark.parametrize(
+    "target,extra,must",
+    [
+        ("r.tif", [], "also an input"),
+        ("r.tif", ["--overwrite"], "also an input"),
+        ("truth.gpkg", ["--overwrite"], "also an input"),
+        ("base.pt", ["--base", "BASE", "--overwrite"], "also an input"),
+        ("exists.pt", [], "--overwrite"),
+        ("m.onnx", [], ".pt"),
+        ("no/such/m.pt", [], "does not exist"),
+    ],
+    ids=["raster", "raster-overwrite", "labels", "base", "exists", "onnx", "no-folder"],
+)
+def test_train_output_guard(work: Path, labels: dict[str, Path], target: str, extra: list[str], must: str) -> None:
+    shutil.copy(WEIGHTS, work / "base.pt")
+    (work / "exists.pt").write_bytes(b"an earlier model")
+    extra = [str(work / "base.pt") if e == "BASE" else e for e in extra]
+    out = work / target
+    args = ["train", work / "r.tif", "--labels", labels["good"], "-o", out, "--epochs", "1", *extra]
+    assert_refused(args, work, must, output=out)
+    assert not (work / "train_work").exists()
+
+
+def test_train_refuses_a_base_that_is_not_a_model(work: Path, labels: dict[str, Path]) -> None:
+    out = work / "m.pt"
+    args = ["train", work / "r.tif", "--labels", labels["good"], "-o", out, "--base", labels["good"]]
+    assert_refused(args, work, "--base", output=out)
+
+
+@pytest.mark.parametrize(
+    "truth,extra,must",
+    [
+        ("points", [], "no polygons"),
+        ("empty", [], "no footprints"),
+        ("layers", [], "--truth-layer"),
+        ("layers", ["--truth-layer", "nope"], "nope"),
+    ],
+    ids=["points", "empty", "layers", "no-such-layer"],
+)
+def test_evaluate_refuses_truth_it_cannot_score(
+    work: Path, labels: dict[str, Path], truth: str, extra: list[str], must: str
+) -> None:
+    line = assert_refused(["evaluate", labels["good"], labels[truth], *extra], work, must)
+    assert labels[truth].name in line
+
+
+def test_evaluate_repairs_invalid_truth_with_one_warning(work: Path, labels: dict[str, Path]) -> None:
+    r = run_cli("evaluate", labels["good"], labels["bow"], "--json")
+    assert r.returncode == 0, r.stderr
+    warn = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(warn) == 1 and "bow.gpkg" in warn[0] and "make_valid" in warn[0], r.stderr
+    r = run_cli("evaluate", labels["good"], labels["layers"], "--truth-layer", "houses", "--json")
+    assert r.returncode == 0 and '"f1": 1.0' in r.stdout, r.stdout + r.stderr
+
+
+def test_prompts_file_of_several_layers_is_refused_unless_one_is_named(work: Path, labels: dict[str, Path]) -> None:
+    out = work / "p.gpkg"
+    line = assert_refused(["extract", work / "r.tif", out, *FAST, "--prompts", labels["layers"]], work, output=out)
+    assert "houses" in line and "sheds" in line and "--prompts-layer" in line
+    assert_refused(
+        ["extract", work / "r.tif", out, *FAST, "--prompts", labels["layers"], "--prompts-layer", "nope"],
+        work,
+        "nope",
+        output=out,
+    )
+    r = run_cli("-q", "extract", work / "r.tif", out, *FAST, "--prompts", labels["layers"], "--prompts-layer", "houses")
+    assert r.returncode == 0, r.stderr
+    assert len(pyogrio.read_dataframe(out)) > 0
+
+
+# ================================================================== export, info, calibrate, sample
+@pytest.mark.parametrize(
+    "args,must",
+    [
+        (["--imgsz", "0"], "--imgsz 0"),
+        (["--imgsz", "100"], "e.g. 96 or 128"),
+        (["--imgsz", "99999"], "--imgsz"),
+        (["--opset", "1"], "--opset 1"),
+        (["--opset", "99"], "--opset 99"),
+        (["--batch", "0"], "--batch"),
+    ],
+    ids=["imgsz-0", "imgsz-100", "imgsz-huge", "opset-1", "opset-99", "batch-0"],
+)
+def test_export_refuses_bad_values(work: Path, args: list[str], must: str) -> None:
+    out = work / "m.onnx"
+    assert_refused(["export", WEIGHTS, out, *args], work, must, output=out)
+
+
+def test_export_names_the_files_it_was_given(work: Path) -> None:
+    onnx = work / "given.onnx"
+    onnx.write_text("not a model")
+    line = assert_refused(["export", onnx, work / "m.onnx"], work, str(onnx), ".pt", output=work / "m.onnx")
+    assert "fastsam-geo-export" not in line
+    broken = work / "broken.pt"
+    broken.write_text("not a checkpoint")
+    line = assert_refused(["export", broken, work / "m.onnx"], work, str(broken), output=work / "m.onnx")
+    assert "fastsam-geo-export" not in line
+    shutil.copy(WEIGHTS, work / "w.pt")
+    assert_refused(["export", work / "w.pt", work / "r.tif"], work, ".onnx")
+    (work / "m.onnx").write_bytes(b"keep")
+    assert_refused(["export", work / "w.pt", work / "m.onnx"], work, "--overwrite")
+
+
+@pytest.mark.parametrize("name", ["text.onnx", "text.pt", "r.tif"])
+def test_info_on_weights_that_are_not_a_model(work: Path, name: str) -> None:
+    if name != "r.tif":
+        (work / name).write_text("hello")
+    assert_refused(["info", work / "r.tif", "--weights", work / name], work, name)
+
+
+def test_calibrate_write_checks_the_model_first(work: Path, labels: dict[str, Path]) -> None:
+    (work / "text.onnx").write_text("hello")
+    args = ["calibrate", work / "text.onnx", work / "r.tif", "--labels", labels["good"], "--write"]
+    assert_refused(args, work, "text.onnx")
+    args = ["calibrate", WEIGHTS, work / "r.tif", "--labels", labels["points"], "--write"]
+    before = sha(WEIGHTS)
+    assert_refused(args, work, "points.gpkg")
+    assert sha(WEIGHTS) == before
+
+
+@pytest.mark.skipif(IS_ROOT, reason="root writes read-only files")
+def test_calibrate_write_refuses_a_read_only_model_before_working(work: Path, labels: dict[str, Path]) -> None:
+    shutil.copy(WEIGHTS, work / "ro.pt")
+    (work / "ro.pt").chmod(0o444)
+    args = ["calibrate", work / "ro.pt", work / "r.tif", "--labels", labels["good"], "--write"]
+    assert_refused(args, work, "read-only")
+
+
+def test_sample_guards_the_raster_and_its_truth(work: Path) -> None:
+    (work / "s_buildings.gpkg").write_bytes(b"an earlier truth")
+    assert_refused(["sample", work / "s.tif", "--size", "64"], work, "s_buildings.gpkg", "--overwrite")
+    assert_refused(["sample", work / "r.tif", "--size", "64"], work, "r.tif", "--overwrite")
+    r = run_cli("sample", work / "s.tif", "--size", "64", "--overwrite")
+    assert r.returncode == 0, r.stderr
+
+
+# ================================================================== an ONNX model with a fixed input size
+@pytest.fixture(scope="module")
+def onnx128(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The town model exported (for real) with a fixed 128 px input."""
+    pytest.importorskip("onnx")
+    from fastsam_geo.export import export_onnx
+
+    out = tmp_path_factory.mktemp("onnx") / "town128.onnx"
+    meta = export_onnx(WEIGHTS, out, imgsz=128)
+    assert meta["imgsz"] == [128, 128]
+    return out
+
+
+def test_fixed_size_onnx_refuses_larger_tiles(work: Path, onnx128: Path) -> None:
+    out = work / "b.gpkg"
+    args = ["extract", work / "r.tif", out, "-w", onnx128, "--tile-size", "256", "--no-cache"]
+    line = assert_refused(args, work, "128", "--tile-size 128", output=out)
+    assert "256" in line
+    from fastsam_geo.errors import TilingError
+    from fastsam_geo.pipeline import extract_buildings
+
+    with pytest.raises(TilingError, match="--tile-size 128"):
+        extract_buildings(work / "r.tif", work / "api.gpkg", weights=onnx128, tile_size=256, overlap=32)
+    assert not (work / "api.gpkg").exists()
+    r = run_cli(
+        "-q", "extract", work / "r.tif", out, "-w", onnx128, "--tile-size", "128", "--overlap", "16", "--no-cache"
+    )
+    assert r.returncode == 0, r.stderr
