@@ -309,6 +309,38 @@ def _check_train_output(
         raise FastSAMGeoError(f"--base {base}: no such checkpoint; check the path.")
 
 
+def _write_model(
+    best: Path,
+    out: Path,
+    meta: dict[str, object],
+    ds: DatasetSummary,
+    rasters: Sequence[str | os.PathLike[str]],
+    labels: object,
+    work: Path,
+    *,
+    batch: int,
+    device: str,
+) -> tuple[list[SourceScore], float | None, Calibration]:
+    """Copy the trained weights to ``out`` with their metadata, the per-source validation and
+    the calibrated threshold, through a staging file beside ``out``: a failure or Ctrl-C never
+    leaves a half-written model there (an earlier ``out`` stays as it was)."""
+    from fastsam_geo.modelmeta import write_pt_meta
+
+    gsd = meta["gsd_m"]
+    with staged_file(out) as tmp:
+        shutil.copyfile(best, tmp)
+        imgsz = int(meta["imgsz"])  # type: ignore[call-overload]
+        per_source = validate_per_source(tmp, ds, rasters, work, imgsz=imgsz, batch=batch, device=device)
+        write_pt_meta(tmp, meta)  # the working resolution first: the calibration reads at it
+        # the threshold: the extract pipeline's best object F1 on the training rasters, else (no threshold
+        # finds a truth building there) the median of the sources' best-F1 thresholds on their crops
+        cal = calibrate_conf(tmp, rasters, labels, gsd=gsd, device=device)  # type: ignore[arg-type]
+        conf = cal.conf if cal.conf is not None else calibrated_conf(per_source)
+        if conf is not None:
+            write_pt_meta(tmp, {"conf": conf})
+    return per_source, conf, cal
+
+
 @dataclass
 class SourceScore:
     """Validation of the trained model on the validation crops of one source (one raster)."""
@@ -503,19 +535,8 @@ def train(
     best = Path(model.trainer.best)
     if not best.exists():
         best = Path(model.trainer.last)
-    with staged_file(out) as tmp:  # a failure or Ctrl-C never leaves a half-written model at ``out``
-        shutil.copyfile(best, tmp)
-        from fastsam_geo.modelmeta import write_pt_meta
-
-        meta = {"gsd_m": gsd, "imgsz": imgsz, "base": str(base), "epochs": int(model.trainer.epochs)}
-        per_source = validate_per_source(tmp, ds, rasters, work, imgsz=imgsz, batch=batch, device=device)
-        write_pt_meta(tmp, meta)  # the working resolution first: the calibration reads at it
-        # the threshold: the extract pipeline's best object F1 on the training rasters, else (no threshold
-        # finds a truth building there) the median of the sources' best-F1 thresholds on their crops
-        cal = calibrate_conf(tmp, rasters, labels, gsd=gsd, device=device)  # one layer or one per raster
-        conf = cal.conf if cal.conf is not None else calibrated_conf(per_source)
-        if conf is not None:
-            write_pt_meta(tmp, {"conf": conf})
+    meta = {"gsd_m": gsd, "imgsz": imgsz, "base": str(base), "epochs": int(model.trainer.epochs)}
+    per_source, conf, cal = _write_model(best, out, meta, ds, rasters, labels, work, batch=batch, device=device)
     return TrainResult(
         weights=out,
         seconds=seconds,

@@ -253,8 +253,9 @@ def prompts_from_json(spec: Mapping[str, Any] | None) -> Any:
     kw: dict[str, Any] = {"points": points, "boxes": boxes, "text": spec.get("text") or None, "crs": spec.get("crs")}
     if spec.get("text_threshold") is not None:
         kw["text_threshold"] = float(spec["text_threshold"])
-    if spec.get("top_k") is not None:
-        kw["text_top_k"] = int(spec["top_k"])
+    if spec.get("top_k") is not None:  # 2.0 is 2; 2.5 or "2" are refused by Prompts, never rounded
+        k = spec["top_k"]
+        kw["text_top_k"] = int(k) if isinstance(k, float) and k.is_integer() else k
     prompts = Prompts(**kw)
     return None if prompts.is_empty else prompts
 

@@ -739,8 +739,9 @@ def test_worker_answers_a_request_with_an_unwritable_id_and_goes_on(rid: str) ->
         ('{"boxes": [[500000, NaN, 500100, 4649900]]}', "finite"),
         ('{"text": "building", "text_threshold": NaN}', "text_threshold"),
         ('{"text": "building", "text_threshold": 7}', "text_threshold"),
+        ('{"text": "building", "top_k": 2.5}', "text_top_k"),
     ],
-    ids=["nan-point", "inf-point", "nan-box", "nan-threshold", "threshold-7"],
+    ids=["nan-point", "inf-point", "nan-box", "nan-threshold", "threshold-7", "top-k-2.5"],
 )
 def test_worker_refuses_non_finite_prompts_and_writes_nothing(work: Path, prompts: str, must: str) -> None:
     import json
