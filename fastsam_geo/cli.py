@@ -264,7 +264,12 @@ def train(
 @main.command(short_help="Export a .pt model to ONNX (runs without torch).")
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.argument("output", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--imgsz", default=1024, show_default=True, help="Input size in pixels (square); tiles are padded to it.")
+@click.option(
+    "--imgsz",
+    default=1024,
+    show_default=True,
+    help="Input size in pixels (square, a multiple of 32); tiles are padded to it, and extract refuses larger tiles.",
+)
 @click.option("--batch", default="1", show_default=True, help="Batch size of the graph, or 'dynamic' (any batch/size).")
 @click.option("--opset", default=None, type=int, help="ONNX opset (default: ultralytics' choice for this torch).")
 @click.option("--half", is_flag=True, help="Float16 weights (for GPUs; the CPU runs float32 faster).")
