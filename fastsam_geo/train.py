@@ -25,6 +25,7 @@ from shapely.geometry.polygon import orient
 
 from fastsam_geo.calibrate import Calibration, calibrate_conf, per_raster
 from fastsam_geo.errors import FastSAMGeoError, RasterError
+from fastsam_geo.locks import output_lock
 from fastsam_geo.output import staged_file
 from fastsam_geo.raster import RasterSource
 from fastsam_geo.tiling import TileGrid
@@ -491,58 +492,59 @@ def train(
     moved into place at the end. Labels without a polygon on the rasters are refused before
     anything is written (:func:`check_labels`).
     """
+    out = Path(output)
+    _check_train_output(out, rasters, labels, base, overwrite)  # in seconds, before torch is imported
+    check_labels(rasters, labels)
     from fastsam_geo.engine_torch import set_torch_threads
 
     os.environ.setdefault("YOLO_OFFLINE", "1")
     from ultralytics import YOLO
 
     set_torch_threads(threads)
-    out = Path(output)
-    _check_train_output(out, rasters, labels, base, overwrite)
-    check_labels(rasters, labels)
-    work = Path(work_dir) if work_dir else out.with_suffix("").parent / "train_work"
-    ds = build_dataset(rasters, labels, work / "dataset", crop=imgsz, seed=seed, gsd=gsd, augment=augment)
-    if ds.instances == 0:
-        raise FastSAMGeoError(
-            f"{_label_name(per_raster(labels, len(rasters))[0])}: {ds.images} training crops but no building "
-            "larger than 12 px at this resolution; give larger footprints or a finer --gsd."
+    with output_lock(out):  # one writer: a second train to the same -o is told at once
+        work = Path(work_dir) if work_dir else out.with_suffix("").parent / "train_work"
+        ds = build_dataset(rasters, labels, work / "dataset", crop=imgsz, seed=seed, gsd=gsd, augment=augment)
+        if ds.instances == 0:
+            raise FastSAMGeoError(
+                f"{_label_name(per_raster(labels, len(rasters))[0])}: {ds.images} training crops but no building "
+                "larger than 12 px at this resolution; give larger footprints or a finer --gsd."
+            )
+        model = YOLO(base, task="segment")
+        t0 = time.perf_counter()
+        kwargs: dict[str, object] = {
+            "data": str(ds.data_yaml),
+            "epochs": epochs,
+            "imgsz": imgsz,
+            "batch": batch,
+            "device": device,
+            "workers": workers,
+            "seed": seed,
+            "deterministic": True,
+            "plots": False,
+            "project": str((work / "runs").resolve()),
+            "name": "train",
+            "exist_ok": True,
+            "single_cls": True,
+            "amp": device != "cpu",
+            "verbose": False,
+            "patience": 0,
+            "flipud": 0.5,  # imagery seen from above has no "up": flip both ways (ultralytics: lr only)
+        }
+        if time_hours:
+            kwargs["time"] = time_hours
+        model.train(**kwargs)
+        seconds = time.perf_counter() - t0
+        best = Path(model.trainer.best)
+        if not best.exists():
+            best = Path(model.trainer.last)
+        meta = {"gsd_m": gsd, "imgsz": imgsz, "base": str(base), "epochs": int(model.trainer.epochs)}
+        per_source, conf, cal = _write_model(best, out, meta, ds, rasters, labels, work, batch=batch, device=device)
+        return TrainResult(
+            weights=out,
+            seconds=seconds,
+            epochs=int(model.trainer.epochs),
+            dataset=ds,
+            per_source=per_source,
+            conf=conf,
+            calibration=cal if cal.conf is not None else None,
         )
-    model = YOLO(base, task="segment")
-    t0 = time.perf_counter()
-    kwargs: dict[str, object] = {
-        "data": str(ds.data_yaml),
-        "epochs": epochs,
-        "imgsz": imgsz,
-        "batch": batch,
-        "device": device,
-        "workers": workers,
-        "seed": seed,
-        "deterministic": True,
-        "plots": False,
-        "project": str((work / "runs").resolve()),
-        "name": "train",
-        "exist_ok": True,
-        "single_cls": True,
-        "amp": device != "cpu",
-        "verbose": False,
-        "patience": 0,
-        "flipud": 0.5,  # imagery seen from above has no "up": flip both ways (ultralytics: lr only)
-    }
-    if time_hours:
-        kwargs["time"] = time_hours
-    model.train(**kwargs)
-    seconds = time.perf_counter() - t0
-    best = Path(model.trainer.best)
-    if not best.exists():
-        best = Path(model.trainer.last)
-    meta = {"gsd_m": gsd, "imgsz": imgsz, "base": str(base), "epochs": int(model.trainer.epochs)}
-    per_source, conf, cal = _write_model(best, out, meta, ds, rasters, labels, work, batch=batch, device=device)
-    return TrainResult(
-        weights=out,
-        seconds=seconds,
-        epochs=int(model.trainer.epochs),
-        dataset=ds,
-        per_source=per_source,
-        conf=conf,
-        calibration=cal if cal.conf is not None else None,
-    )

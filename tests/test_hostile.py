@@ -1006,3 +1006,15 @@ def test_fixed_size_onnx_refuses_larger_tiles(work: Path, onnx128: Path) -> None
         "-q", "extract", work / "r.tif", out, "-w", onnx128, "--tile-size", "128", "--overlap", "16", "--no-cache"
     )
     assert r.returncode == 0, r.stderr
+
+
+def test_train_is_one_writer_per_output(work: Path, labels: dict[str, Path]) -> None:
+    from fastsam_geo.locks import output_lock
+
+    out = work / "m.pt"
+    with output_lock(out):  # another run holds the output
+        args = ["train", work / "r.tif", "--labels", labels["good"], "-o", out, "--epochs", "1"]
+        r = run_cli(*map(str, args))
+    assert r.returncode == 1 and "another fastsam-geo run is writing" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not out.exists()
+    assert not (work / "train_work").exists()
