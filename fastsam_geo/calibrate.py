@@ -239,6 +239,29 @@ def calibrate_conf(
     return cal
 
 
+def check_store(weights: str | os.PathLike[str], inputs: Sequence[object] = ()) -> None:
+    """Before a calibration whose threshold will be stored in ``weights`` (``calibrate --write``):
+    refuse, in one line and before minutes of work, a file that is not a model, a model that
+    cannot be rewritten here (its folder or itself read-only, the onnx or torch package missing)."""
+    from fastsam_geo.errors import DependencyError, OutputError
+    from fastsam_geo.modelmeta import read_model_meta
+    from fastsam_geo.output import guard_output
+
+    p = Path(weights)
+    read_model_meta(p)  # WeightsError: not a .pt / .onnx model
+    need = "onnx" if p.suffix.lower() == ".onnx" else "torch"
+    try:
+        __import__(need)
+    except ImportError:
+        raise DependencyError(
+            f"--write on {p} needs the {need} package to rewrite the model: pip install \"fastsam-geo[torch]\" "
+            "(or calibrate without --write and pass --conf to extract)."
+        ) from None
+    guard_output(p, inputs, overwrite=True)  # its folder can be written (the model is replaced atomically)
+    if not os.access(p, os.W_OK):
+        raise OutputError(f"{p}: the model file is read-only; make it writable (chmod u+w) or drop --write.")
+
+
 def store_conf(weights: str | os.PathLike[str], conf: float) -> None:
     """Store ``conf`` as the model's threshold in ``weights`` (a ``.pt`` checkpoint or an ``.onnx``
     file; the other metadata stay)."""

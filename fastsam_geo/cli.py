@@ -112,7 +112,7 @@ def sample(output: Path, size: int, seed: int, pixel_size: float, crs: str, dens
     Example:
       fastsam-geo sample sample_tiles/town.tif --size 1024 --seed 1
     """
-    from fastsam_geo.output import check_output
+    from fastsam_geo.output import guard_output
     from fastsam_geo.validate import check_size
 
     try:
@@ -139,9 +139,9 @@ def sample(output: Path, size: int, seed: int, pixel_size: float, crs: str, dens
         raise click.UsageError(f"--crs {crs!r}: not a CRS; give e.g. EPSG:32633.") from None
     if output.suffix.lower() not in (".tif", ".tiff"):
         raise click.UsageError(f"{output}: sample writes a GeoTIFF; give a .tif name.")
-    check_output(output.with_suffix(".gpkg"), True)  # folder exists and is writable
-    if output.exists() and not overwrite:
-        raise click.UsageError(f"{output} exists; add --overwrite to replace it.")
+    truth = output.with_name(f"{output.stem}_buildings.gpkg")
+    guard_output(output, (), overwrite)  # the raster and its truth: neither replaced without --overwrite
+    guard_output(truth, (), overwrite)
     scene = write_scene(output, size, seed=seed, pixel_size=pixel_size, crs=crs, density=density)
     click.echo(f"{scene.raster}: {size} x {size} px, {len(scene.truth)} buildings", err=True)
 
@@ -193,6 +193,7 @@ def sample(output: Path, size: int, seed: int, pixel_size: float, crs: str, dens
     show_default=True,
     help="Add one copy of each training crop as another sensor sees it (grey, coarser, radiometry), turned 90 deg.",
 )
+@click.option("--overwrite", is_flag=True, help="Replace --output if it exists (never an input).")
 def train(
     rasters: tuple[str, ...],
     labels: tuple[str, ...],
@@ -208,6 +209,7 @@ def train(
     gsd: float | None,
     work_dir: Path | None,
     augment: bool,
+    overwrite: bool,
 ) -> None:
     """Build a YOLO-seg dataset from RASTERS and --labels footprints, fine-tune BASE with
     ultralytics, and write the best weights to --output. The result loads as --weights.
@@ -234,6 +236,7 @@ def train(
         work_dir=work_dir,
         gsd=gsd,
         augment=augment,
+        overwrite=overwrite,
     )
     click.echo(
         f"{result.weights}: {result.epochs} epochs in {result.seconds:.0f} s "
@@ -261,7 +264,12 @@ def train(
 @main.command(short_help="Export a .pt model to ONNX (runs without torch).")
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.argument("output", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--imgsz", default=1024, show_default=True, help="Input size in pixels (square); tiles are padded to it.")
+@click.option(
+    "--imgsz",
+    default=1024,
+    show_default=True,
+    help="Input size in pixels (square, a multiple of 32); tiles are padded to it, and extract refuses larger tiles.",
+)
 @click.option("--batch", default="1", show_default=True, help="Batch size of the graph, or 'dynamic' (any batch/size).")
 @click.option("--opset", default=None, type=int, help="ONNX opset (default: ultralytics' choice for this torch).")
 @click.option("--half", is_flag=True, help="Float16 weights (for GPUs; the CPU runs float32 faster).")
@@ -531,6 +539,11 @@ def _model_options(f: Callable[..., Any]) -> Callable[..., Any]:
             default=None,
             help="Vector file of prompts: points (field 'label') and polygons (used as boxes).",
         ),
+        click.option(
+            "--prompts-layer",
+            default=None,
+            help="Layer of --prompts to read (needed when the file holds several layers).",
+        ),
         click.option("--text", default=None, help='Text prompt scored with CLIP, e.g. "building".'),
         click.option(
             "--text-threshold", default=None, type=float, help="Keep every mask whose CLIP score is above this."
@@ -710,7 +723,14 @@ def _extract_options(kw: dict[str, Any], *, cache_only: bool, use_cache: bool) -
     from fastsam_geo.pipeline import BuildingFilter, build_options
 
     prompts = _build_prompts(
-        kw["points"], kw["boxes"], kw["prompt_crs"], kw["prompt_file"], kw["text"], kw["text_threshold"], kw["top_k"]
+        kw["points"],
+        kw["boxes"],
+        kw["prompt_crs"],
+        kw["prompt_file"],
+        kw["text"],
+        kw["text_threshold"],
+        kw["top_k"],
+        kw["prompts_layer"],
     )
     scorer = None
     if prompts is not None and prompts.text:
@@ -1037,13 +1057,14 @@ def _build_prompts(
     text: str | None,
     text_threshold: float | None,
     top_k: int | None,
+    prompts_layer: str | None = None,
 ) -> object:
     if not (points or boxes or prompt_file or text):
         return None
     from fastsam_geo.prompts import BoxPrompt, PointPrompt, Prompts, read_prompt_file
 
     if prompt_file is not None:
-        base = read_prompt_file(prompt_file)
+        base = read_prompt_file(prompt_file, layer=prompts_layer)
         pts, bxs, crs = list(base.points), list(base.boxes), base.crs
     else:
         pts, bxs, crs = [], [], prompt_crs
@@ -1086,6 +1107,8 @@ def _build_prompts(
 @click.option("--tile-size", default=1024, show_default=True)
 @click.option("--overlap", default=None, type=int, help="Tile overlap in pixels (default: tile size / 8).")
 @click.option("--json", "as_json", is_flag=True, help="Print the scores as JSON.")
+@click.option("--truth-layer", default=None, help="Layer of TRUTH to score against (a file of several layers).")
+@click.option("--pred-layer", default=None, help="Layer of PRED to score (default: its only layer, or 'buildings').")
 def evaluate(
     pred: Path | None,
     truth: Path | None,
@@ -1095,6 +1118,8 @@ def evaluate(
     tile_size: int,
     overlap: int | None,
     as_json: bool,
+    truth_layer: str | None,
+    pred_layer: str | None,
 ) -> None:
     """Building F1 of PRED against TRUTH (SpaceNet rule: one-to-one matches at IoU >= 0.5),
     precision, recall, mean IoU, and the seam score (share of truth buildings crossing a
@@ -1119,11 +1144,14 @@ def evaluate(
     sources: list[tuple[str, Any]] = []
     if pred is not None and truth is not None:
         if raster is None:
-            sources.append((pred.stem, run_eval(pred, truth, iou_threshold=iou_threshold)))
+            p_in, t_in = _layer_of(pred, "prediction", pred_layer), _layer_of(truth, "truth", truth_layer)
+            sources.append((pred.stem, run_eval(p_in, t_in, iou_threshold=iou_threshold)))
         else:
-            sources.append((raster.stem, _score_on_raster(pred, truth, raster, iou_threshold, tile_size, overlap)))
+            args = (iou_threshold, tile_size, overlap, pred_layer, truth_layer)
+            sources.append((raster.stem, _score_on_raster(pred, truth, raster, *args)))
     for p, t, r in pairs:
-        sources.append((r.stem, _score_on_raster(p, t, r, iou_threshold, tile_size, overlap)))
+        args = (iou_threshold, tile_size, overlap, pred_layer, truth_layer)
+        sources.append((r.stem, _score_on_raster(p, t, r, *args)))
     if len(sources) == 1:
         scores = sources[0][1]
         if as_json:
@@ -1148,7 +1176,25 @@ def evaluate(
     _print_table([*sources, ("all (pooled)", total)])
 
 
-def _score_on_raster(pred: Path, truth: Path, raster: Path, iou: float, tile_size: int, overlap: int | None) -> Any:
+def _layer_of(path: Path, role: str, layer: str | None) -> Any:
+    """``path`` itself, or its layer ``layer`` read (and checked) as footprints."""
+    if layer is None:
+        return path
+    from fastsam_geo.evaluate import load_footprints
+
+    return load_footprints(path, role, layer)
+
+
+def _score_on_raster(
+    pred: Path,
+    truth: Path,
+    raster: Path,
+    iou: float,
+    tile_size: int,
+    overlap: int | None,
+    pred_layer: str | None = None,
+    truth_layer: str | None = None,
+) -> Any:
     """Scores of one source on its raster, seams from the grid the prediction was made on."""
     from fastsam_geo.evaluate import evaluate_on_raster, seam_lines
     from fastsam_geo.raster import RasterSource
@@ -1159,7 +1205,8 @@ def _score_on_raster(pred: Path, truth: Path, raster: Path, iou: float, tile_siz
     check_tiling(tile_size, overlap)
     with RasterSource(raster, gsd=_prediction_gsd(pred)) as src:
         grid = TileGrid(src.info.width, src.info.height, tile_size, overlap, src.info.transform)
-    return evaluate_on_raster(pred, truth, raster, iou_threshold=iou, seams=seam_lines(grid))
+    p_in, t_in = _layer_of(pred, "prediction", pred_layer), _layer_of(truth, "truth", truth_layer)
+    return evaluate_on_raster(p_in, t_in, raster, iou_threshold=iou, seams=seam_lines(grid))
 
 
 def _prediction_gsd(pred: Path) -> float | None:
@@ -1206,10 +1253,12 @@ def calibrate(
     Example:
       fastsam-geo calibrate weights/mine.pt block_a.tif block_b.tif --labels osm.gpkg --write
     """
-    from fastsam_geo.calibrate import calibrate_conf, store_conf
+    from fastsam_geo.calibrate import calibrate_conf, check_store, store_conf
 
     if len(labels) not in (1, len(rasters)):
         raise click.BadParameter(f"give one --labels file or one per raster ({len(rasters)})", param_hint="--labels")
+    if write:
+        check_store(weights, [*rasters, *labels])
     cal = calibrate_conf(weights, list(rasters), list(labels) if len(labels) > 1 else labels[0], gsd=gsd, device=device)
     click.echo(cal.table())
     if cal.conf is None:
@@ -1249,7 +1298,9 @@ def info(raster: str, tile_size: int, overlap: int | None, weights: str | None, 
         meta = read_model_meta(w)
         model_gsd, model_conf = default_gsd(w, meta), default_conf(meta)
     except FastSAMGeoError as exc:
-        w_error = str(exc)
+        if weights is not None:  # the file asked for is not a model: say so, never "none stored"
+            raise
+        w, w_error = None, str(exc)
     from fastsam_geo.validate import check_tiling
 
     overlap = _default_overlap(tile_size) if overlap is None else overlap

@@ -25,6 +25,7 @@ GeoDataFrame / GeoSeries.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -40,6 +41,8 @@ from shapely.geometry.base import BaseGeometry
 from fastsam_geo.errors import EvaluationError
 from fastsam_geo.tiling import TileGrid
 from fastsam_geo.vectorio import VECTOR_EXTRA, Features, read_features
+
+log = logging.getLogger("fastsam_geo")
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -271,34 +274,19 @@ def scores_from_counts(tp: int, fp: int, fn: int, mean_iou: float = 0.0) -> Scor
     return Scores(tp, fp, fn, precision, recall, f1, float(mean_iou))
 
 
-def load_footprints(data: Footprints, role: str) -> Features:
-    """Footprints as :class:`Features` (a file's ``buildings`` layer, else its first), null and
-    empty geometries left out; a missing file, an unreadable one or a layer without CRS: one line."""
+def load_footprints(data: Footprints, role: str, layer: str | None = None) -> Features:
+    """Footprints as :class:`Features`: a file's ``layer``, else its only layer, else its
+    ``buildings`` layer (a file of several other layers is refused with their names); null and
+    empty geometries left out, invalid polygons repaired (:func:`polygons_only`). A missing file,
+    an unreadable one, a layer without CRS, or a truth file without one polygon: one line."""
     if isinstance(data, Features):
         frame, name = data, f"{role} footprints"
     elif hasattr(data, "geometry") and hasattr(data, "crs"):  # a GeoDataFrame / GeoSeries
         frame = Features.of(np.asarray(data.geometry.values, dtype=object), data.crs)
         name = f"{role} footprints"
     elif isinstance(data, (str, os.PathLike)):
-        path = Path(data)
-        name = str(path)
-        if not path.exists():
-            raise EvaluationError(f"{path}: no such {role} file; check the path.")
-        try:
-            from fastsam_geo.vectorio import list_layers
-
-            layers = [name for name, _ in list_layers(path)]
-            # fastsam-geo's GeoPackages also hold tables (tile ledger, metadata): read "buildings".
-            layer = "buildings" if "buildings" in layers else layers[0]
-            frame = read_features(path, layer=layer)
-        except Exception as exc:
-            reason = str(exc).split("\n")[0]
-            if VECTOR_EXTRA in reason:  # a Shapefile, FlatGeobuf, ... in the light install
-                raise EvaluationError(reason) from None
-            raise EvaluationError(
-                f"{path}: cannot be read as a {role} vector layer ({reason}); give a GeoPackage, "
-                "GeoJSON, FlatGeobuf or Shapefile."
-            ) from None
+        name = str(data)
+        frame = _read_layer(Path(data), role, layer)
     else:
         raise EvaluationError(
             f"{role}: expected a GeoDataFrame, GeoSeries, Features or a vector file path, got {type(data).__name__}."
@@ -309,7 +297,90 @@ def load_footprints(data: Footprints, role: str) -> Features:
             f"`ogr2ogr -a_srs EPSG:32633 fixed.gpkg {name}`."
         )
     geoms = frame.geometry
-    return frame.take(np.flatnonzero(~(shapely.is_missing(geoms) | shapely.is_empty(geoms))))
+    frame = frame.take(np.flatnonzero(~(shapely.is_missing(geoms) | shapely.is_empty(geoms))))
+    if role == "truth" and isinstance(data, (str, os.PathLike)) and len(frame) == 0:
+        raise EvaluationError(
+            f"{name}: the truth layer {frame.layer!r} has no footprints; give the file of the truth buildings "
+            "(an F1 against nothing means nothing)."
+        )
+    return polygons_only(frame, name, role)
+
+
+def _read_layer(path: Path, role: str, layer: str | None) -> Features:
+    """The footprint layer of a vector file (see :func:`load_footprints`)."""
+    from fastsam_geo.vectorio import VectorFormatError, choose_layer
+
+    if not path.exists():
+        raise EvaluationError(f"{path}: no such {role} file; check the path.")
+    try:
+        # fastsam-geo's GeoPackages also hold tables (tile ledger, metadata): "buildings" is theirs.
+        chosen = choose_layer(path, layer, f"--{'truth' if role == 'truth' else 'pred'}-layer", prefer="buildings")
+    except VectorFormatError as exc:
+        if "layer" in str(exc):
+            raise EvaluationError(str(exc)) from None
+        chosen = None
+    except Exception:
+        chosen = None  # not a vector file: read_features says why
+    try:
+        return read_features(path, layer=chosen)
+    except Exception as exc:
+        reason = str(exc).split("\n")[0]
+        if VECTOR_EXTRA in reason:  # a Shapefile, FlatGeobuf, ... in the light install
+            raise EvaluationError(reason) from None
+        raise EvaluationError(
+            f"{path}: cannot be read as a {role} vector layer ({reason}); give a GeoPackage, "
+            "GeoJSON, FlatGeobuf or Shapefile."
+        ) from None
+
+
+def polygons_only(frame: Features, name: str, role: str) -> Features:
+    """The polygons of ``frame``, invalid ones repaired with ``shapely.make_valid`` (a warning on
+    stderr says how many): a self-intersecting truth polygon scored as it is gives a wrong IoU.
+    A layer of points or lines (no polygon at all) is refused; a few stray non-polygons are left
+    out with a warning.
+
+    >>> from shapely.geometry import Polygon
+    >>> bow = Polygon([(0, 0), (10, 10), (10, 0), (0, 10)])
+    >>> f = polygons_only(Features.of([bow], "EPSG:32633"), "t.gpkg", "truth")
+    >>> bool(shapely.is_valid(f.geometry).all()), round(float(shapely.area(f.geometry).sum()), 1)
+    (True, 50.0)
+    """
+    geoms = frame.geometry
+    if len(geoms) == 0:
+        return frame
+    bad = ~shapely.is_valid(geoms)
+    if bad.any():
+        geoms = geoms.copy()
+        fixed = shapely.make_valid(geoms[bad])
+        # make_valid may return a collection with lines or points: keep the polygonal parts
+        geoms[bad] = [_polygonal(g) for g in fixed]
+        log.warning(
+            "Warning: %s: %d invalid %s polygon(s) (e.g. self-intersecting) repaired with make_valid; "
+            "fix them in the file to silence this.",
+            name,
+            int(bad.sum()),
+            role,
+        )
+        frame = Features(geoms, frame.columns, frame.crs, frame.layer, frame.geometry_type)
+    poly = np.isin(shapely.get_type_id(geoms), (3, 6)) & ~shapely.is_empty(geoms)
+    if not poly.any():
+        kinds = sorted({g.geom_type for g in geoms})
+        raise EvaluationError(
+            f"{name}: the {role} layer has no polygons ({len(geoms)} features: {', '.join(kinds)}); "
+            "give building footprint polygons."
+        )
+    if not poly.all():
+        log.warning("Warning: %s: %d %s features that are not polygons left out.", name, int((~poly).sum()), role)
+        frame = frame.take(np.flatnonzero(poly))
+    return frame
+
+
+def _polygonal(geom: BaseGeometry) -> BaseGeometry:
+    """The polygon parts of a geometry (a Polygon, a MultiPolygon or an empty polygon)."""
+    parts = [p for p in shapely.get_parts(geom) if p.geom_type in ("Polygon", "MultiPolygon")]
+    if not parts:
+        return shapely.Polygon()
+    return parts[0] if len(parts) == 1 else shapely.MultiPolygon([q for p in parts for q in shapely.get_parts(p)])
 
 
 def _to_crs(frame: Features, crs: CRS) -> Features:

@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from fastsam_geo.errors import DependencyError, OutputError, WeightsError
+from fastsam_geo.errors import DependencyError, OptionError, OutputError, WeightsError
 from fastsam_geo.weights import resolve_weights, sha256_file
 
 
@@ -51,8 +51,12 @@ def _source_meta(pt: Path) -> dict[str, Any]:
         return {}
 
 
-def _run_exporter(pt: Path, imgsz: int, batch: int | str, opset: int | None, half: bool, device: str) -> Path:
-    """ultralytics' exporter on ``pt`` (a copy in a scratch folder); the ``.onnx`` it wrote."""
+def _run_exporter(
+    pt: Path, imgsz: int, batch: int | str, opset: int | None, half: bool, device: str, shown: Path | None = None
+) -> Path:
+    """ultralytics' exporter on ``pt`` (a copy in a scratch folder); the ``.onnx`` it wrote.
+    Messages name ``shown``, the file the user gave, never the scratch copy."""
+    shown = shown or pt
     try:
         from ultralytics import YOLO
     except ImportError as e:
@@ -60,15 +64,20 @@ def _run_exporter(pt: Path, imgsz: int, batch: int | str, opset: int | None, hal
     try:
         model = YOLO(str(pt))
     except Exception as e:
-        raise WeightsError(f"Cannot load model weights {pt}: {' '.join(str(e).split())[:300]}") from e
+        reason = " ".join(str(e).replace(str(pt), str(shown)).split())[:300]
+        raise WeightsError(f"Cannot load model weights {shown}: {reason}") from e
     if model.task != "segment":
-        raise WeightsError(f"{pt} holds a {model.task!r} model; export needs a FastSAM / YOLO-seg checkpoint")
+        raise WeightsError(f"{shown} holds a {model.task!r} model; export needs a FastSAM / YOLO-seg checkpoint")
     dynamic = batch == "dynamic"
     kwargs: dict[str, Any] = {"format": "onnx", "imgsz": imgsz, "simplify": True, "dynamic": dynamic}
     kwargs.update(batch=1 if dynamic else int(batch), device=device, opset=opset, verbose=False)
     if half:
         kwargs["quantize"] = 16
-    out = model.export(**kwargs)
+    try:
+        out = model.export(**kwargs)
+    except (AssertionError, RuntimeError, ValueError) as e:  # torch / onnx refusing the settings
+        reason = " ".join(str(e).replace(str(pt), str(shown)).split())[:300]
+        raise OutputError(f"{shown}: the ONNX export failed ({reason}); try the default --opset and --batch.") from e
     if not out or not Path(out).is_file():
         raise OutputError(f"ultralytics' ONNX exporter wrote no file for {pt} (is onnx/onnxslim installed?)")
     return Path(out)
@@ -93,26 +102,74 @@ def export_onnx(
         DependencyError: torch / ultralytics are not installed.
     """
     from fastsam_geo.modelmeta import write_onnx_meta
+    from fastsam_geo.output import guard_output
 
     src = resolve_weights(pt)
+    if src.suffix.lower() != ".pt":
+        raise WeightsError(
+            f"{src}: export converts a PyTorch .pt checkpoint, and this is a {src.suffix or 'file without extension'}; "
+            "give the .pt it came from (an .onnx runs as it is: extract --weights)."
+        )
     dst = Path(output).expanduser()
     if dst.suffix.lower() != ".onnx":
         raise OutputError(f"{dst}: the output of export must end in .onnx")
-    if dst.exists() and not overwrite:
-        raise OutputError(f"{dst} exists; pass --overwrite to replace it")
-    if not dst.parent.is_dir():
-        raise OutputError(f"{dst}: folder {dst.parent} does not exist")
-    if imgsz < 32:
-        raise ValueError(f"--imgsz {imgsz}: must be at least 32")
+    guard_output(dst, [src], overwrite)
+    check_export_options(imgsz, opset)
     batch = parse_batch(batch)
     with tempfile.TemporaryDirectory(prefix=".fastsam-geo-export-", dir=dst.parent) as tmp:
         local = Path(tmp) / (src.stem + ".pt")
         shutil.copyfile(src, local)
-        onnx_file = _run_exporter(local, imgsz, batch, opset, half, device)
+        onnx_file = _run_exporter(local, imgsz, batch, opset, half, device, shown=src)
         meta = _export_meta(src, onnx_file, imgsz=imgsz, batch=batch, half=half)
         write_onnx_meta(onnx_file, meta)
         os.replace(onnx_file, dst)
     return meta
+
+
+#: The model's stride: its input sides are multiples of it.
+STRIDE = 32
+#: Largest input side export accepts (a 8192 px graph already needs tens of GB to run).
+MAX_IMGSZ = 8192
+#: The opsets ultralytics' YOLO-seg export can write (it needs 11 or more).
+MIN_OPSET = 11
+
+
+def _max_opset() -> int:
+    """The newest opset torch's ONNX exporter writes (20 when torch does not say)."""
+    try:
+        from torch.onnx import _constants
+
+        return int(getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", _constants.ONNX_MAX_OPSET))
+    except Exception:
+        return 20
+
+
+def check_export_options(imgsz: object, opset: object) -> None:
+    """Refuse, with one line each, an input size that is not a positive multiple of the stride
+    (ultralytics would round 100 up to 128 and the report would say 100) and an opset the
+    exporter cannot write.
+
+    >>> check_export_options(1024, None)
+    >>> check_export_options(100, None)
+    Traceback (most recent call last):
+    ...
+    fastsam_geo.errors.OptionError: --imgsz 100: give a multiple of 32 (the model's stride) from 32 to 8192, e.g. 96...
+    """
+    if isinstance(imgsz, bool) or not isinstance(imgsz, int) or not STRIDE <= imgsz <= MAX_IMGSZ or imgsz % STRIDE:
+        near = ""
+        if isinstance(imgsz, int) and STRIDE < imgsz < MAX_IMGSZ:
+            near = f", e.g. {imgsz // STRIDE * STRIDE} or {(imgsz // STRIDE + 1) * STRIDE}"
+        raise OptionError(
+            f"--imgsz {imgsz}: give a multiple of {STRIDE} (the model's stride) from {STRIDE} to {MAX_IMGSZ}"
+            f"{near or ', e.g. 1024'}."
+        )
+    if opset is not None:
+        top = _max_opset()
+        if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= top:
+            raise OptionError(
+                f"--opset {opset}: this exporter writes opsets {MIN_OPSET} to {top}; give one of them, "
+                "or leave --opset out for the exporter's choice."
+            )
 
 
 def _export_meta(src: Path, onnx_file: Path, *, imgsz: int, batch: int | str, half: bool) -> dict[str, Any]:
@@ -131,11 +188,13 @@ def _export_meta(src: Path, onnx_file: Path, *, imgsz: int, batch: int | str, ha
         names = {str(k): str(v) for k, v in ast.literal_eval(props.get("names", "{}")).items()}
     except (ValueError, SyntaxError):
         names = {}
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in model.graph.input[0].type.tensor_type.shape.dim]
+    size = [int(dims[2]), int(dims[3])] if len(dims) == 4 and dims[2] and dims[3] else [imgsz, imgsz]
     meta = dict(_source_meta(src))
     meta.update(
         {
             "format": "fastsam-geo onnx",
-            "imgsz": [imgsz, imgsz],
+            "imgsz": size,  # the graph's own input size (a dynamic graph: the size it was exported at)
             "batch": batch,
             "opset": opset,
             "half": bool(half),

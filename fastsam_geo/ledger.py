@@ -65,7 +65,9 @@ def content_hash(path: str | os.PathLike[str], *, whole_below: int = WHOLE_HASH_
 
 def raster_stamp(files: list[str] | tuple[str, ...]) -> list[dict[str, Any]]:
     """What identifies the pixels a run reads: for each local file (a VRT and its sources)
-    its size, modification time (ns) and :func:`content_hash`; a URL by its text.
+    its size and :func:`content_hash`, and for a file too large to hash whole its modification
+    time (ns); a URL by its text. A small file rewritten with the same bytes (the mosaic VRT
+    of a ``--mosaic`` run) keeps its stamp, so the run can be resumed.
 
     A resumed run compares it with the interrupted run's, so pixels changed in place (same
     path, same size) are noticed.
@@ -77,7 +79,9 @@ def raster_stamp(files: list[str] | tuple[str, ...]) -> list[dict[str, Any]]:
             out.append({"file": f})
             continue
         st = os.stat(f)
-        stamp = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": content_hash(f)}
+        stamp: dict[str, Any] = {"size": st.st_size, "sha256": content_hash(f)}
+        if st.st_size > WHOLE_HASH_BYTES:  # hashed in samples: the time tells more changes apart
+            stamp["mtime_ns"] = st.st_mtime_ns
         out.append({"file": os.path.abspath(f), **stamp})
     return out
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -126,7 +127,10 @@ def _read_onnx_meta(path: Path) -> dict[str, Any]:
         session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         props = session.get_modelmeta().custom_metadata_map
     except Exception as exc:
-        raise WeightsError(f"{path}: cannot read the ONNX model ({type(exc).__name__}); use an .onnx file.") from None
+        raise WeightsError(
+            f"{path}: not a readable ONNX model ({type(exc).__name__}: damaged, or another file named .onnx); "
+            "export one with `fastsam-geo export MODEL.pt OUT.onnx`."
+        ) from None
     raw = props.get(META_KEY)
     return json.loads(raw) if raw else {}
 
@@ -274,6 +278,31 @@ def weights_gsd(weights: str | os.PathLike[str] | None) -> float | None:
         return None
 
 
+def onnx_input_size(weights: str | os.PathLike[str] | None) -> tuple[int, int] | None:
+    """The fixed input size ``(height, width)`` of the ONNX model ``weights`` resolves to, read from
+    its graph; None for a ``.pt``, a dynamic-size graph, or weights that cannot be found or read
+    (the segmenter that loads them reports that)."""
+    from fastsam_geo.weights import resolve_weights
+
+    try:
+        path = resolve_weights(weights)
+    except (WeightsError, ImportError):
+        return None
+    if path.suffix.lower() != ".onnx":
+        return None
+    try:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        shape = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]).get_inputs()[0].shape
+    except Exception:
+        return None
+    if len(shape) == 4 and isinstance(shape[2], int) and isinstance(shape[3], int):
+        return int(shape[2]), int(shape[3])
+    return None
+
+
 def parse_meta(text: str | None) -> dict[str, Any]:
     """The metadata dict from its JSON text (``{}`` for nothing, bad JSON or a non-object).
 
@@ -291,7 +320,7 @@ def parse_meta(text: str | None) -> dict[str, Any]:
 
 def write_onnx_meta(path: str | os.PathLike[str], meta: dict[str, Any]) -> None:
     """Store ``meta`` as JSON under ``metadata_props["fastsam_geo"]`` of an ``.onnx`` file (in place;
-    needs the ``onnx`` package, in the torch extra). Used by ``fastsam-geo export``."""
+    needs the ``onnx`` package, in the torch extra), atomically. Used by ``fastsam-geo export``."""
     import onnx
 
     model = onnx.load(os.fspath(path))
@@ -300,4 +329,13 @@ def write_onnx_meta(path: str | os.PathLike[str], meta: dict[str, Any]) -> None:
             model.metadata_props.remove(prop)
     entry = model.metadata_props.add()
     entry.key, entry.value = META_KEY, json.dumps(meta, sort_keys=True)
-    onnx.save(model, os.fspath(path))
+    p = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp.onnx")
+    os.close(fd)
+    try:  # written beside it and moved into place: a failure leaves the model as it was
+        onnx.save(model, tmp)
+        shutil.copymode(p, tmp)
+        os.replace(tmp, p)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -1,6 +1,7 @@
 """Adjacent sheets as one surface: check that rasters form a mosaic, write it as a GDAL VRT.
 
-Sheets form a mosaic when they share CRS, pixel size, band count and data type, and their
+Sheets form a mosaic when they share CRS, pixel size, band count, data type and nodata value, their
+bands can be matched by colour interpretation (each sheet is read with its own band order), and their
 pixel grids are aligned (each origin lies a whole number of pixels from the others); where
 two sheets overlap, their pixels must be the same. The VRT is written here as XML
 (``osgeo.gdal`` is not a dependency; rasterio has no VRT builder): each sheet is one
@@ -50,6 +51,7 @@ class SheetInfo:
     nodata: float | None
     colorinterp: tuple[str, ...]
     block: tuple[int, int]
+    descriptions: tuple[str | None, ...] = ()
 
 
 def _info(path: str) -> SheetInfo:
@@ -66,6 +68,7 @@ def _info(path: str) -> SheetInfo:
                 ds.nodata,
                 tuple(c.name for c in ds.colorinterp),
                 tuple(ds.block_shapes[0]),
+                tuple(ds.descriptions),
             )
     except rasterio.errors.RasterioIOError as exc:
         raise RasterError(f"{path}: cannot be read as a raster ({str(exc).splitlines()[0]}).") from None
@@ -99,8 +102,75 @@ def _check_same(ref: SheetInfo, s: SheetInfo) -> None:
         )
     if (s.count, s.dtype) != (ref.count, ref.dtype):
         raise RasterError(f"{what}: other bands ({s.count} {s.dtype} against {ref.count} {ref.dtype}).")
+    if not _same_nodata(s.nodata, ref.nodata):
+        raise RasterError(
+            f"{what}: other nodata values ({s.nodata} against {ref.nodata}), so the result would depend on the "
+            f"order of the inputs; give them one (gdal_edit.py -a_nodata {ref.nodata if ref.nodata is not None else 0} "
+            "SHEET.tif)."
+        )
+    band_map(ref, s)  # refuses band layouts that cannot be matched
     if grid_offset(r, t) is None:
         raise RasterError(f"{what}: their pixel grids are not aligned; warp them onto one grid (gdalwarp -tap -tr).")
+
+
+def _same_nodata(a: float | None, b: float | None) -> bool:
+    """Whether two nodata values are the same (NaN equals NaN; None only equals None).
+
+    >>> _same_nodata(0.0, 0.0), _same_nodata(None, 0.0), _same_nodata(float("nan"), float("nan"))
+    (True, False, True)
+    """
+    if a is None or b is None:
+        return a is b
+    return a == b or (math.isnan(a) and math.isnan(b))
+
+
+def _layout(s: SheetInfo) -> tuple[tuple[int, int, int], int | None]:
+    """The bands a sheet alone is read with as R, G, B (:func:`~fastsam_geo.raster.band_layout`:
+    colour interpretation, band names, known layouts) and its alpha band (None: none)."""
+    from rasterio.enums import ColorInterp
+
+    from fastsam_geo.raster import band_layout
+
+    ci = [ColorInterp[c] if c in ColorInterp.__members__ else ColorInterp.undefined for c in s.colorinterp]
+    rgb = band_layout(s.count, ci, None, s.descriptions)[0]
+    alpha = next((i + 1 for i, c in enumerate(ci) if c == ColorInterp.alpha), None)
+    return rgb, alpha
+
+
+def band_map(ref: SheetInfo, s: SheetInfo) -> tuple[int, ...]:
+    """For each band of the mosaic (the first sheet's layout), the band of sheet ``s`` that holds
+    it: the bands each sheet alone is read with as red, green and blue, its alpha band, and
+    the other bands in their order. So a sheet stored B,G,R (and saying so in its colour
+    interpretation) is read as R,G,B. An alpha band in one sheet and not in the other is refused.
+
+    >>> info = lambda ci: SheetInfo("a.tif", 1, 1, len(ci), "uint8", "", Affine.identity(), None, ci, (1, 1))
+    >>> band_map(info(("red", "green", "blue")), info(("blue", "green", "red")))
+    (3, 2, 1)
+    >>> band_map(info(("gray", "undefined", "undefined")), info(("red", "green", "blue")))
+    (1, 2, 3)
+    """
+    (r_rgb, r_alpha), (s_rgb, s_alpha) = _layout(ref), _layout(s)
+    if (r_alpha is None) != (s_alpha is None):
+        has, lacks = (ref, s) if r_alpha is not None else (s, ref)
+        raise RasterError(
+            f"{s.path} and {ref.path} cannot form a mosaic: {has.path} has an alpha band and {lacks.path} has none, "
+            "so their empty pixels are told apart differently; give both an alpha band or a nodata value."
+        )
+    if s.count < 3:
+        return tuple(range(1, s.count + 1))
+    out: dict[int, int] = dict(zip(r_rgb, s_rgb, strict=True))
+    if r_alpha is not None and s_alpha is not None:
+        out[r_alpha] = s_alpha
+    rest_s = [b for b in range(1, s.count + 1) if b not in out.values()]
+    rest_r = [b for b in range(1, ref.count + 1) if b not in out]
+    out.update(zip(rest_r, rest_s, strict=False))
+    if len(set(out.values())) != len(out) or len(out) != ref.count:
+        raise RasterError(
+            f"{s.path} and {ref.path} cannot form a mosaic: their bands cannot be matched "
+            f"({','.join(s.colorinterp)} against {','.join(ref.colorinterp)}); give the sheets one band order "
+            "(gdal_translate -b ...)."
+        )
+    return tuple(out[b] for b in range(1, ref.count + 1))
 
 
 def _check_overlaps(sheets: Sequence[SheetInfo]) -> None:
@@ -119,7 +189,8 @@ def _check_overlaps(sheets: Sequence[SheetInfo]) -> None:
             with rasterio.open(sheets[i].path) as da, rasterio.open(sheets[j].path) as db:
                 wa = from_bounds(left, bottom, right, top, da.transform).round_offsets().round_lengths()
                 wb = from_bounds(left, bottom, right, top, db.transform).round_offsets().round_lengths()
-                if not np.array_equal(da.read(window=wa), db.read(window=wb)):
+                order = list(band_map(sheets[i], sheets[j]))  # each sheet in its own band order
+                if not np.array_equal(da.read(window=wa), db.read(order, window=wb)):
                     raise RasterError(
                         f"{sheets[i].path} and {sheets[j].path} overlap with different pixels; "
                         "they cannot form a mosaic (crop the overlap, or extract them separately)."
@@ -183,10 +254,11 @@ def write_vrt(paths: Sequence[str | os.PathLike[str]], vrt: str | os.PathLike[st
             lines.append(f"    <NoDataValue>{nodata!r}</NoDataValue>\n")
         for s in sheets:
             off = grid_offset(transform, s.transform) or (0, 0)
-            lines.append(_source_xml(s, band, Window(off[0], off[1], s.width, s.height), gdal_type))
+            src_band = band_map(sheets[0], s)[band - 1]
+            lines.append(_source_xml(s, src_band, Window(off[0], off[1], s.width, s.height), gdal_type))
         lines.append("  </VRTRasterBand>\n")
     lines.append("</VRTDataset>\n")
-    Path(vrt).write_text("".join(lines))
+    _write_if_changed(Path(vrt), "".join(lines), [s.path for s in sheets])
     out = []
     for s in sheets:
         b = rasterio.transform.array_bounds(s.height, s.width, s.transform)
@@ -194,4 +266,15 @@ def write_vrt(paths: Sequence[str | os.PathLike[str]], vrt: str | os.PathLike[st
     return tuple(out)
 
 
-__all__ = ["check_mosaic", "grid_offset", "write_vrt"]
+def _write_if_changed(vrt: Path, text: str, sources: Sequence[str]) -> None:
+    """Write ``text`` to ``vrt`` unless it already holds it, and give it the newest source's
+    modification time: the same sheets give the same bytes, size and time on every run, so a
+    ``--resume`` or the mask cache sees the same raster (changed sheets change the VRT's time)."""
+    data = text.encode()
+    if not (vrt.is_file() and vrt.read_bytes() == data):
+        vrt.write_bytes(data)
+    newest = max(os.stat(p).st_mtime_ns for p in sources)
+    os.utime(vrt, ns=(newest, newest))
+
+
+__all__ = ["band_map", "check_mosaic", "grid_offset", "write_vrt"]

@@ -46,15 +46,44 @@ def driver_for(path: str | os.PathLike[str]) -> str:
 
 
 def check_output(path: str | os.PathLike[str], overwrite: bool = False) -> Path:
-    """Refuse an output that exists (without ``overwrite``) or whose folder is not writable."""
+    """Refuse a vector output that exists (without ``overwrite``), whose folder is not writable
+    or whose extension names no vector format (see :func:`guard_output` for any file)."""
     out = Path(path)
+    _check_name(out)
+    if driver_for(out) not in ("GPKG", "GeoJSON"):
+        _need_pyogrio(out)
+    return guard_output(out, (), overwrite)
+
+
+def _check_name(out: Path) -> None:
     if "\x00" in str(out) or "\n" in str(out):
         raise OutputError(f"{str(out)!r}: an output name cannot hold a NUL or newline character; rename it.")
     if out.is_dir():
         raise OutputError(f"{out} is a folder; give a file name, e.g. {out / 'buildings.gpkg'}.")
-    if driver_for(out) not in ("GPKG", "GeoJSON"):
-        _need_pyogrio(out)
-    if out.exists() and not overwrite:
+
+
+def guard_output(
+    path: str | os.PathLike[str], inputs: Sequence[object] = (), overwrite: bool = False
+) -> Path:
+    """The one guard of every output path of every command (a GeoPackage, a trained .pt, an
+    .onnx, a sample raster): never one of ``inputs`` (whatever ``overwrite`` says), an existing
+    file only with ``overwrite``, a folder that exists and can be written to (a real probe:
+    permissions, read-only file systems, quotas). Raises :class:`OutputError` (one line).
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp()); (d / "a.pt").write_bytes(b"x")
+    1
+    >>> guard_output(d / "b.pt", [d / "a.pt"]).name
+    'b.pt'
+    >>> guard_output(d / "a.pt", [d / "a.pt"], overwrite=True)
+    Traceback (most recent call last):
+    ...
+    fastsam_geo.errors.OutputError: ...a.pt is also an input (...a.pt); write the output to another file...
+    """
+    out = Path(path)
+    _check_name(out)
+    refuse_input_as_output(out, inputs)
+    if (out.exists() or out.is_symlink()) and not overwrite:
         raise OutputError(f"{out} exists; pass --overwrite (overwrite=True) to replace it.")
     folder = out.parent if str(out.parent) else Path(".")
     if not folder.is_dir():
@@ -67,6 +96,29 @@ def check_output(path: str | os.PathLike[str], overwrite: bool = False) -> Path:
             f"{folder}: output folder is not writable ({exc.strerror}); choose another output path."
         ) from None
     return out
+
+
+@contextlib.contextmanager
+def staged_file(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """A staging path beside ``path`` (same folder, so the final move is atomic) that becomes
+    ``path`` only when the block ends without an error: a failure or Ctrl-C leaves neither a
+    half-written file nor the staging file, and an existing ``path`` stays as it was.
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp())
+    >>> with staged_file(d / "m.pt") as tmp:
+    ...     _ = tmp.write_bytes(b"model")
+    >>> (d / "m.pt").read_bytes(), sorted(p.name for p in d.iterdir())
+    (b'model', ['m.pt'])
+    """
+    out = Path(path)
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.part{out.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, out)
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
 
 
 def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
@@ -99,9 +151,10 @@ def refuse_input_as_output(output: str | os.PathLike[str], inputs: Sequence[obje
         if text.startswith("/vsi") or "://" in text:
             continue
         if same_file(output, text):
+            out = Path(output)
+            other = out.stem + ("_buildings.gpkg" if out.suffix.lower() in DRIVERS else f"_new{out.suffix}")
             raise OutputError(
-                f"{output} is also an input ({text}); write the output to another file, e.g. "
-                f"{Path(output).with_name(Path(output).stem + '_buildings.gpkg')}."
+                f"{output} is also an input ({text}); write the output to another file, e.g. {out.with_name(other)}."
             )
 
 

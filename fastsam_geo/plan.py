@@ -246,7 +246,39 @@ def resolve_gsd(options: ExtractOptions, segmenter: Any = None, model: ResolvedM
     else:
         native = getattr(inner, "gsd", None) if segmenter is not None else (model.gsd if model else None)
         working = working_gsd(None, native)
+    check_input_size(options, segmenter, model)
     return replace(options, tiling=replace(options.tiling, gsd=working))
+
+
+def check_input_size(options: ExtractOptions, segmenter: Any = None, model: ResolvedModel | None = None) -> None:
+    """Refuse tiles larger than the fixed input of an ONNX model: each would be shrunk to fit
+    (a 1024 px tile into a 512 px graph: half the resolution the run and its metadata claim).
+    The fix is a tile size the graph takes, or an export at the tile size. ``model``: the model
+    resolved at plan time (a ``.pt`` whose ONNX twin runs is checked through the twin)."""
+    from fastsam_geo.errors import TilingError
+    from fastsam_geo.modelmeta import onnx_input_size
+
+    inner = getattr(segmenter, "segmenter", segmenter)
+    if segmenter is not None and hasattr(inner, "fixed_shape"):
+        fixed = inner.fixed_shape
+        name = getattr(inner, "weights_path", options.model.weights)
+    elif segmenter is None and model is not None:
+        if model.engine != "onnx":
+            return
+        fixed, name = onnx_input_size(model.path), model.path
+    elif segmenter is None or str(options.model.weights or "").lower().endswith(".onnx"):
+        fixed, name = onnx_input_size(options.model.weights), options.model.weights
+    else:
+        return
+    tile = options.tiling.tile_size
+    if fixed is None or tile <= min(fixed):
+        return
+    side = min(fixed)
+    raise TilingError(
+        f"{name} is an ONNX model exported for {fixed[0]} x {fixed[1]} px inputs: {tile} px tiles would be "
+        f"shrunk to {side} px (a {tile / side:.3g}x coarser resolution); run with --tile-size {side} "
+        f"--overlap {side // 8}, or export the .pt again with --imgsz {tile}."
+    )
 
 
 def grid_metadata(src: RasterSource) -> dict[str, str]:
@@ -358,6 +390,7 @@ __all__ = [
     "SelectOptions",
     "Sheet",
     "TilingOptions",
+    "check_input_size",
     "grid_metadata",
     "open_source",
     "plan_run",

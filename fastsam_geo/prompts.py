@@ -19,6 +19,7 @@ Selection rules (each function documents its own):
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -60,6 +61,51 @@ PromptMode = Literal["everything", "points", "boxes", "text"]
 
 
 # ====================================================================== prompt types
+def _check_coords(kind: str, values: tuple[object, ...], names: str) -> None:
+    """Refuse coordinates that are not finite numbers: the one check the CLI, the Python API and
+    the worker all pass through (a NaN click would otherwise select nothing, silently).
+
+    >>> _check_coords("Point", (1.0, 2.0), "x, y")
+    >>> _check_coords("Point", (float("nan"), 2.0), "x, y")
+    Traceback (most recent call last):
+    ...
+    fastsam_geo.errors.PromptError: Point (nan, 2.0): coordinates (x, y) must be finite numbers...
+    """
+    try:
+        finite = all(not isinstance(v, bool) and math.isfinite(float(v)) for v in values)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        finite = False
+    if not finite:
+        shown = ", ".join(repr(v) if not isinstance(v, float) else str(v) for v in values)
+        raise PromptError(
+            f"{kind} ({shown}): coordinates ({names}) must be finite numbers in the prompts' CRS, "
+            "not NaN or infinity; fix the prompt."
+        )
+
+
+def _check_text_limits(threshold: object, top_k: object) -> None:
+    """Refuse a text threshold outside CLIP's cosine range [-1, 1] (or NaN) and a top-k that is
+    not a whole number >= 1; None means "not set" for both.
+
+    >>> _check_text_limits(0.22, 3)
+    >>> _check_text_limits(float("nan"), None)
+    Traceback (most recent call last):
+    ...
+    fastsam_geo.errors.PromptError: text_threshold=nan: give a cosine similarity from -1 to 1 (e.g. 0.22), or None.
+    """
+    if threshold is not None:
+        try:
+            ok = not isinstance(threshold, bool) and -1.0 <= float(threshold) <= 1.0  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise PromptError(
+                f"text_threshold={threshold!r}: give a cosine similarity from -1 to 1 (e.g. 0.22), or None."
+            )
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1):
+        raise PromptError(f"text_top_k={top_k!r}: give a whole number >= 1 (or None for no limit).")
+
+
 @dataclass(frozen=True)
 class PointPrompt:
     """A click in map coordinates; ``label`` 1 = foreground (select), 0 = background (exclude).
@@ -73,6 +119,7 @@ class PointPrompt:
     label: int = 1
 
     def __post_init__(self) -> None:
+        _check_coords("Point", (self.x, self.y), "x, y")
         if self.label not in (0, 1):
             raise PromptError(f"Point label must be 0 (background) or 1 (foreground), got {self.label!r}.")
 
@@ -91,6 +138,7 @@ class BoxPrompt:
     ymax: float
 
     def __post_init__(self) -> None:
+        _check_coords("Box", (self.xmin, self.ymin, self.xmax, self.ymax), "xmin, ymin, xmax, ymax")
         if not (self.xmax > self.xmin and self.ymax > self.ymin):
             raise PromptError(
                 f"Box ({self.xmin}, {self.ymin}, {self.xmax}, {self.ymax}) is empty: "
@@ -138,8 +186,7 @@ class Prompts:
         elif self.text is not None:
             texts = tuple(t.strip() for t in self.text if t and t.strip())
             self.text = texts or None
-        if self.text_top_k is not None and self.text_top_k < 1:
-            raise PromptError(f"text_top_k={self.text_top_k} must be >= 1 (or None for no limit).")
+        _check_text_limits(self.text_threshold, self.text_top_k)
 
     @property
     def is_empty(self) -> bool:
@@ -219,16 +266,23 @@ def read_prompt_file(
 
     Point features become :class:`PointPrompt` with their ``label_field`` value (1 when the
     field is absent; values must be 0 or 1); polygon features become a :class:`BoxPrompt` of
-    their bounds (one per part of a multipolygon). The file's CRS is kept on the prompts: call
+    their bounds (one per part of a multipolygon). A file of several layers needs ``layer``
+    (it is never read as its first layer without a word). The file's CRS is kept on the prompts: call
     :meth:`Prompts.to_crs` with the raster's CRS.
     """
     import shapely
 
-    from fastsam_geo.vectorio import read_features
+    from fastsam_geo.vectorio import VectorFormatError, choose_layer, read_features
 
     p = Path(path)
     if not p.exists():
         raise PromptError(f"Prompt file not found: {p}")
+    try:
+        layer = choose_layer(p, layer, "--prompts-layer (prompts_layer=)")
+    except VectorFormatError as exc:
+        raise PromptError(str(exc)) from None
+    except Exception as exc:  # pyogrio's DataSourceError: not a vector file
+        raise PromptError(f"Cannot read prompt file {p}: {str(exc).splitlines()[0]}") from exc
     try:
         feats = read_features(p, layer=layer)
     except Exception as exc:  # VectorFormatError, or pyogrio's DataSourceError / DataLayerError
@@ -621,8 +675,7 @@ def select_text(
     s = np.asarray(scores, np.float64).ravel()
     if s.size != n:
         raise ValueError(f"{s.size} scores for {n} masks")
-    if top_k is not None and top_k < 1:
-        raise PromptError(f"top_k={top_k} must be >= 1.")
+    _check_text_limits(threshold, top_k)
     if threshold is None and top_k is None:
         threshold = DEFAULT_TEXT_THRESHOLD
     order = np.argsort(-s, kind="stable")

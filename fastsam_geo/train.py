@@ -25,6 +25,8 @@ from shapely.geometry.polygon import orient
 
 from fastsam_geo.calibrate import Calibration, calibrate_conf, per_raster
 from fastsam_geo.errors import FastSAMGeoError, RasterError
+from fastsam_geo.locks import output_lock
+from fastsam_geo.output import staged_file
 from fastsam_geo.raster import RasterSource
 from fastsam_geo.tiling import TileGrid
 
@@ -151,6 +153,49 @@ def _read_labels(labels: str | os.PathLike[str] | gpd.GeoDataFrame) -> gpd.GeoDa
     return gdf
 
 
+def check_labels(
+    rasters: Sequence[str | os.PathLike[str]],
+    labels: str | os.PathLike[str] | gpd.GeoDataFrame | Sequence[str | os.PathLike[str]],
+) -> int:
+    """The number of footprint polygons that overlap their raster; refuses (one line, before
+    anything is written) footprints without a polygon (points, lines, an empty layer) and
+    footprints of which none lies on its raster (another place, a wrong CRS): a model trained
+    on crops without one building ("9 crops, 0 buildings") is never written.
+    """
+    label_list = per_raster(labels, len(rasters))
+    cache: dict[int, gpd.GeoDataFrame] = {}
+    total, seen = 0, []
+    for raster, lab in zip(rasters, label_list, strict=True):
+        if id(lab) not in cache:
+            gdf = _read_labels(lab)
+            geoms = gdf.geometry.values
+            poly = ~(gdf.geometry.isna().to_numpy() | shapely.is_empty(geoms))
+            poly &= np.isin(shapely.get_type_id(geoms), (3, 6))  # Polygon, MultiPolygon
+            if not poly.any():
+                kinds = sorted({str(t) for t in gdf.geometry.geom_type.dropna()}) or ["no geometry"]
+                raise FastSAMGeoError(
+                    f"{_label_name(lab)}: no building polygons to train on ({len(gdf)} features: "
+                    f"{', '.join(kinds)}); give footprint polygons (outlines, not points)."
+                )
+            cache[id(lab)] = gdf[poly]
+        with RasterSource(raster) as src:
+            box = shapely.box(*src.info.bounds)
+            gdf = cache[id(lab)].to_crs(src.info.crs)
+        n = int(shapely.intersects(gdf.geometry.values, box).sum())
+        total += n
+        seen.append(f"{Path(raster).name} {tuple(round(v) for v in src.info.bounds)} {src.info.crs}")
+    if total == 0:
+        raise FastSAMGeoError(
+            f"{_label_name(label_list[0])}: none of the footprints lies on the raster(s) "
+            f"({'; '.join(seen)}); give the footprints of these rasters, with the right CRS."
+        )
+    return total
+
+
+def _label_name(lab: object) -> str:
+    return str(lab) if isinstance(lab, (str, os.PathLike)) else "the footprints"
+
+
 def build_dataset(
     rasters: Sequence[str | os.PathLike[str]],
     labels: str | os.PathLike[str] | gpd.GeoDataFrame | Sequence[str | os.PathLike[str]],
@@ -237,6 +282,64 @@ def build_dataset(
     yaml = out / "data.yaml"
     yaml.write_text(f"path: {out.resolve()}\ntrain: images/train\nval: images/val\nnames:\n  0: building\n")
     return DatasetSummary(data_yaml=yaml, images=n_img, instances=n_inst, val_images=n_val)
+
+
+def _check_train_output(
+    out: Path,
+    rasters: Sequence[str | os.PathLike[str]],
+    labels: object,
+    base: str,
+    overwrite: bool,
+) -> None:
+    """Refuse an output that is not a ``.pt``, is an input or exists without ``overwrite``."""
+    from fastsam_geo.output import guard_output
+
+    label_paths = [lab for lab in per_raster(labels, len(rasters)) if isinstance(lab, (str, os.PathLike))]
+    guard_output(out, [*rasters, *label_paths, base], overwrite)
+    if out.suffix.lower() != ".pt":
+        raise FastSAMGeoError(
+            f"{out}: train writes a PyTorch checkpoint; give a .pt name (export it to ONNX afterwards)."
+        )
+    kind = Path(base).suffix.lower()
+    if kind not in (".pt", ".yaml", ".yml"):
+        raise FastSAMGeoError(
+            f"--base {base}: give a .pt checkpoint to fine-tune (e.g. FastSAM-s.pt) or a model yaml "
+            "(e.g. yolov8n-seg.yaml)."
+        )
+    if kind == ".pt" and os.sep in str(base) and not Path(base).is_file():
+        raise FastSAMGeoError(f"--base {base}: no such checkpoint; check the path.")
+
+
+def _write_model(
+    best: Path,
+    out: Path,
+    meta: dict[str, object],
+    ds: DatasetSummary,
+    rasters: Sequence[str | os.PathLike[str]],
+    labels: object,
+    work: Path,
+    *,
+    batch: int,
+    device: str,
+) -> tuple[list[SourceScore], float | None, Calibration]:
+    """Copy the trained weights to ``out`` with their metadata, the per-source validation and
+    the calibrated threshold, through a staging file beside ``out``: a failure or Ctrl-C never
+    leaves a half-written model there (an earlier ``out`` stays as it was)."""
+    from fastsam_geo.modelmeta import write_pt_meta
+
+    gsd = meta["gsd_m"]
+    with staged_file(out) as tmp:
+        shutil.copyfile(best, tmp)
+        imgsz = int(meta["imgsz"])  # type: ignore[call-overload]
+        per_source = validate_per_source(tmp, ds, rasters, work, imgsz=imgsz, batch=batch, device=device)
+        write_pt_meta(tmp, meta)  # the working resolution first: the calibration reads at it
+        # the threshold: the extract pipeline's best object F1 on the training rasters, else (no threshold
+        # finds a truth building there) the median of the sources' best-F1 thresholds on their crops
+        cal = calibrate_conf(tmp, rasters, labels, gsd=gsd, device=device)  # type: ignore[arg-type]
+        conf = cal.conf if cal.conf is not None else calibrated_conf(per_source)
+        if conf is not None:
+            write_pt_meta(tmp, {"conf": conf})
+    return per_source, conf, cal
 
 
 @dataclass
@@ -374,6 +477,7 @@ def train(
     threads: int | None = None,
     gsd: float | None = None,
     augment: bool = False,
+    overwrite: bool = False,
 ) -> TrainResult:
     """Build the dataset, fine-tune ``base`` with ultralytics, copy the best weights to ``output``.
 
@@ -382,63 +486,65 @@ def train(
     working ground resolution (metres per pixel) every raster is read at; it is stored in
     the output checkpoint (see :mod:`fastsam_geo.modelmeta`), so ``extract`` reads tiles at
     the same resolution.
+
+    ``output`` (a ``.pt``) is never one of the inputs (rasters, labels, ``base``) and replaces an
+    existing file only with ``overwrite``; the model is written to a staging file beside it and
+    moved into place at the end. Labels without a polygon on the rasters are refused before
+    anything is written (:func:`check_labels`).
     """
+    out = Path(output)
+    _check_train_output(out, rasters, labels, base, overwrite)  # in seconds, before torch is imported
+    check_labels(rasters, labels)
     from fastsam_geo.engine_torch import set_torch_threads
 
     os.environ.setdefault("YOLO_OFFLINE", "1")
     from ultralytics import YOLO
 
     set_torch_threads(threads)
-    work = Path(work_dir) if work_dir else Path(output).with_suffix("").parent / "train_work"
-    ds = build_dataset(rasters, labels, work / "dataset", crop=imgsz, seed=seed, gsd=gsd, augment=augment)
-    model = YOLO(base, task="segment")
-    t0 = time.perf_counter()
-    kwargs: dict[str, object] = {
-        "data": str(ds.data_yaml),
-        "epochs": epochs,
-        "imgsz": imgsz,
-        "batch": batch,
-        "device": device,
-        "workers": workers,
-        "seed": seed,
-        "deterministic": True,
-        "plots": False,
-        "project": str((work / "runs").resolve()),
-        "name": "train",
-        "exist_ok": True,
-        "single_cls": True,
-        "amp": device != "cpu",
-        "verbose": False,
-        "patience": 0,
-        "flipud": 0.5,  # imagery seen from above has no "up": flip both ways (ultralytics: lr only)
-    }
-    if time_hours:
-        kwargs["time"] = time_hours
-    model.train(**kwargs)
-    seconds = time.perf_counter() - t0
-    best = Path(model.trainer.best)
-    if not best.exists():
-        best = Path(model.trainer.last)
-    out = Path(output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(best, out)
-    from fastsam_geo.modelmeta import write_pt_meta
-
-    meta = {"gsd_m": gsd, "imgsz": imgsz, "base": str(base), "epochs": int(model.trainer.epochs)}
-    per_source = validate_per_source(out, ds, rasters, work, imgsz=imgsz, batch=batch, device=device)
-    write_pt_meta(out, meta)  # the working resolution first: the calibration reads at it
-    # the threshold: the extract pipeline's best object F1 on the training rasters, else (no
-    # threshold finds a truth building there) the median of the sources' best-F1 thresholds on their crops
-    cal = calibrate_conf(out, rasters, labels, gsd=gsd, device=device)  # one layer or one per raster
-    conf = cal.conf if cal.conf is not None else calibrated_conf(per_source)
-    if conf is not None:
-        write_pt_meta(out, {"conf": conf})
-    return TrainResult(
-        weights=out,
-        seconds=seconds,
-        epochs=int(model.trainer.epochs),
-        dataset=ds,
-        per_source=per_source,
-        conf=conf,
-        calibration=cal if cal.conf is not None else None,
-    )
+    with output_lock(out):  # one writer: a second train to the same -o is told at once
+        work = Path(work_dir) if work_dir else out.with_suffix("").parent / "train_work"
+        ds = build_dataset(rasters, labels, work / "dataset", crop=imgsz, seed=seed, gsd=gsd, augment=augment)
+        if ds.instances == 0:
+            raise FastSAMGeoError(
+                f"{_label_name(per_raster(labels, len(rasters))[0])}: {ds.images} training crops but no building "
+                "larger than 12 px at this resolution; give larger footprints or a finer --gsd."
+            )
+        model = YOLO(base, task="segment")
+        t0 = time.perf_counter()
+        kwargs: dict[str, object] = {
+            "data": str(ds.data_yaml),
+            "epochs": epochs,
+            "imgsz": imgsz,
+            "batch": batch,
+            "device": device,
+            "workers": workers,
+            "seed": seed,
+            "deterministic": True,
+            "plots": False,
+            "project": str((work / "runs").resolve()),
+            "name": "train",
+            "exist_ok": True,
+            "single_cls": True,
+            "amp": device != "cpu",
+            "verbose": False,
+            "patience": 0,
+            "flipud": 0.5,  # imagery seen from above has no "up": flip both ways (ultralytics: lr only)
+        }
+        if time_hours:
+            kwargs["time"] = time_hours
+        model.train(**kwargs)
+        seconds = time.perf_counter() - t0
+        best = Path(model.trainer.best)
+        if not best.exists():
+            best = Path(model.trainer.last)
+        meta = {"gsd_m": gsd, "imgsz": imgsz, "base": str(base), "epochs": int(model.trainer.epochs)}
+        per_source, conf, cal = _write_model(best, out, meta, ds, rasters, labels, work, batch=batch, device=device)
+        return TrainResult(
+            weights=out,
+            seconds=seconds,
+            epochs=int(model.trainer.epochs),
+            dataset=ds,
+            per_source=per_source,
+            conf=conf,
+            calibration=cal if cal.conf is not None else None,
+        )

@@ -71,6 +71,7 @@ from fastsam_geo.vectorread import (  # noqa: F401
     _read_geojson,
     _read_gpkg,
     _read_pyogrio,
+    choose_layer,
     list_layers,
     read_features,
 )

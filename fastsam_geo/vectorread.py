@@ -94,6 +94,32 @@ def list_layers(path: str | os.PathLike[str]) -> list[tuple[str, str | None]]:
     return [(name, _ogr_type(kind, z, m)) for name, kind, z, m in rows]
 
 
+def choose_layer(path: str | os.PathLike[str], layer: str | None, option: str, prefer: str | None = None) -> str:
+    """The layer to read from ``path``: ``layer`` when given (it must exist), else the only
+    feature layer, else ``prefer`` when the file holds it (fastsam-geo's own ``buildings``).
+    A file with several feature layers and no choice is refused with their names, so that no
+    command silently reads the first one. ``option`` names the flag that picks a layer.
+
+    Raises :class:`VectorFormatError`.
+    """
+    layers = list_layers(path)
+    features = [name for name, kind in layers if kind is not None] or [name for name, _ in layers]
+    if not features:
+        raise VectorFormatError(f"{path}: the file has no layer")
+    if layer is not None:
+        names = {n.lower(): n for n, _ in layers}
+        if layer.lower() not in names:
+            raise VectorFormatError(f"{path}: no layer {layer!r} (layers: {', '.join(features)}); fix {option}")
+        return names[layer.lower()]
+    if len(features) == 1:
+        return features[0]
+    if prefer is not None and prefer in features:
+        return prefer
+    raise VectorFormatError(
+        f"{path} holds {len(features)} layers ({', '.join(features)}); name the one to read with {option} NAME"
+    )
+
+
 def _ogr_type(kind: str | None, z: int | None, m: int | None) -> str | None:
     """GDAL's name of a GeoPackage geometry type (``z``/``m``: 0 no, 1 yes, 2 optional).
 

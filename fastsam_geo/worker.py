@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import platform
 import queue
@@ -252,8 +253,9 @@ def prompts_from_json(spec: Mapping[str, Any] | None) -> Any:
     kw: dict[str, Any] = {"points": points, "boxes": boxes, "text": spec.get("text") or None, "crs": spec.get("crs")}
     if spec.get("text_threshold") is not None:
         kw["text_threshold"] = float(spec["text_threshold"])
-    if spec.get("top_k") is not None:
-        kw["text_top_k"] = int(spec["top_k"])
+    if spec.get("top_k") is not None:  # 2.0 is 2; 2.5 or "2" are refused by Prompts, never rounded
+        k = spec["top_k"]
+        kw["text_top_k"] = int(k) if isinstance(k, float) and k.is_integer() else k
     prompts = Prompts(**kw)
     return None if prompts.is_empty else prompts
 
@@ -630,6 +632,11 @@ class WorkerServer:
         """Answer one request; False when the server should stop (``shutdown``)."""
         rid = msg.get("id") if isinstance(msg, dict) else None
         try:
+            if not valid_id(rid):
+                bad, rid = rid, None  # answered with id null: the request's id cannot be written back
+                raise ProtocolError(
+                    f"request id {str(bad)[:50]} is not a string, a whole or finite number, or null; use e.g. 1"
+                )
             if not isinstance(msg, dict) or not isinstance(msg.get("cmd"), str):
                 raise ProtocolError(f"a request is an object with a 'cmd' string, got {str(msg)[:200]}")
             cmd = msg["cmd"]
@@ -720,12 +727,38 @@ class WorkerServer:
         self.engine.close()
 
 
+def valid_id(rid: object) -> bool:
+    """Whether a request id can be written back in a reply: a string, an integer, a finite
+    number or null (JSON has no NaN or infinity; a list or an object is no id).
+
+    >>> valid_id(1), valid_id("a"), valid_id(None), valid_id(float("nan")), valid_id([1]), valid_id(True)
+    (True, True, True, False, False, False)
+    """
+    if rid is None or isinstance(rid, str):
+        return True
+    if isinstance(rid, bool) or not isinstance(rid, (int, float)):
+        return False
+    return math.isfinite(rid)
+
+
 def line_writer(stream: IO[str]) -> Callable[[Message], None]:
-    """A thread-safe writer of one JSON object per line, flushed at once."""
+    """A thread-safe writer of one JSON object per line, flushed at once. A message that is not
+    valid JSON (a NaN in a result) is replaced by an error reply to the same request, so the
+    worker never dies on what it writes."""
     lock = threading.Lock()
 
     def write(msg: Message) -> None:
-        text = json.dumps(msg, default=str, allow_nan=False, separators=(",", ":"))
+        try:
+            text = json.dumps(msg, default=str, allow_nan=False, separators=(",", ":"))
+        except ValueError as exc:
+            rid = msg.get("id") if isinstance(msg, dict) and valid_id(msg.get("id")) else None
+            reply = {
+                "id": rid,
+                "type": "error",
+                "error": f"reply cannot be written as JSON ({exc})",
+                "kind": "ProtocolError",
+            }
+            text = json.dumps(reply, default=str, allow_nan=False, separators=(",", ":"))
         with lock:
             stream.write(text + "\n")
             stream.flush()

@@ -7,6 +7,7 @@ file or option and the fix, no traceback, no output file, nothing new beside the
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.server
 import os
@@ -538,15 +539,6 @@ def test_full_disk_is_one_line_and_leaves_nothing(
 
 
 # ================================================================== URLs
-    def do_HEAD(self) -> None:
-        path = Path(self.translate_path(self.path))
-        if not path.is_file():
-            self.send_error(404)
-            return
-        self.send_response(200)
-        self.send_header("Content-Length", str(path.stat().st_size))
-        self.send_header("Accept-Ranges", "bytes")
-        self.end_headers()
 
 
 @pytest.fixture()
@@ -606,3 +598,423 @@ def test_progress_bar_only_on_a_terminal(work: Path) -> None:
     assert p.wait(120) == 0
     text = b"".join(chunks).decode(errors="replace")
     assert "9/9" in text and ("tile/s" in text or "s/tile" in text)
+
+
+# ================================================================== mosaic: each sheet as it is stored
+def _sheets(src: Path, folder: Path, *, bgr_second: bool = False, nodata: tuple = (None, None)) -> list[Path]:
+    """The raster ``src`` cut into a left and a right sheet; the right one optionally stored B,G,R
+    (and saying so in its colour interpretation), each with its own nodata value."""
+    from rasterio.enums import ColorInterp
+
+    out = []
+    with rasterio.open(src) as ds:
+        half = ds.width // 2
+        for k in range(2):
+            w = Window(half * k, 0, half, ds.height)
+            data = ds.read(window=w)
+            prof = {**ds.profile, "width": half, "height": ds.height, "transform": ds.window_transform(w)}
+            prof.update(photometric=None, nodata=nodata[k])
+            path = folder / f"sheet{k}.tif"
+            with rasterio.open(path, "w", **prof) as dst:
+                if k == 1 and bgr_second:
+                    dst.write(data[::-1])
+                    dst.colorinterp = [ColorInterp.blue, ColorInterp.green, ColorInterp.red]
+                else:
+                    dst.write(data)
+                    dst.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue]
+            out.append(path)
+    return out
+
+
+def test_mosaic_reads_a_bgr_sheet_in_its_own_band_order(work: Path) -> None:
+    rgb = work / "rgb"
+    bgr = work / "bgr"
+    rgb.mkdir()
+    bgr.mkdir()
+    a = _sheets(work / "r.tif", rgb)
+    b = _sheets(work / "r.tif", bgr, bgr_second=True)
+    for sheets, folder in ((a, rgb), (b, bgr)):
+        r = run_cli("-q", "extract", *sheets, folder / "m.gpkg", *FAST, "--mosaic")
+        assert r.returncode == 0, r.stderr
+    da = pyogrio.read_dataframe(rgb / "m.gpkg")
+    db = pyogrio.read_dataframe(bgr / "m.gpkg")
+    assert len(da) > 3
+    assert len(da) == len(db)
+    assert abs(da.area.sum() - db.area.sum()) < 1e-6 * da.area.sum()
+
+
+@pytest.mark.parametrize("nodata", [(0, 255), (None, 0)], ids=["0-255", "none-0"])
+def test_mosaic_of_sheets_with_other_nodata_is_refused(work: Path, nodata: tuple) -> None:
+    sheets = _sheets(work / "r.tif", work, nodata=nodata)
+    out = work / "m.gpkg"
+    line = assert_refused(["extract", *sheets, out, *FAST, "--mosaic"], work, "nodata", "sheet", output=out)
+    assert "gdal_edit" in line
+    # the other order says the same: never a result that depends on the order of the inputs
+    assert_refused(["extract", *sheets[::-1], out, *FAST, "--mosaic"], work, "nodata", output=out)
+
+
+def test_mosaic_of_sheets_with_alpha_in_one_only_is_refused(work: Path) -> None:
+    from rasterio.enums import ColorInterp
+
+    sheets = _sheets(work / "r.tif", work)
+    with rasterio.open(sheets[1]) as ds:
+        data, prof = ds.read(), ds.profile
+    prof.update(count=4)
+    with rasterio.open(sheets[1], "w", **prof) as ds:
+        ds.write(np.concatenate([data, np.full_like(data[:1], 255)]))
+        ds.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha]
+    with rasterio.open(sheets[0]) as ds:
+        data, prof = ds.read(), ds.profile
+    prof.update(count=4, alpha="UNSPECIFIED", photometric="RGB")  # a 4th band that is not alpha (e.g. NIR)
+    with rasterio.open(sheets[0], "w", **prof) as ds:
+        ds.write(np.concatenate([data, np.full_like(data[:1], 7)]))
+    with rasterio.open(sheets[0]) as ds:
+        assert ds.colorinterp[3] == ColorInterp.undefined
+    assert_refused(["extract", *sheets, work / "m.gpkg", *FAST, "--mosaic"], work, "alpha", "sheet1.tif")
+
+
+def test_a_mosaic_run_resumes(work: Path) -> None:
+    """An interrupted --mosaic run goes on with --resume (the VRT is written again, to the same stamp)."""
+    import signal
+    import sqlite3
+
+    big = write_scene(work / "big.tif", 1024, seed=5).raster
+    sheets = _sheets(big, work)
+    out = work / "m.gpkg"
+    ledger = work / ".m.gpkg.resume.sqlite"
+    p = subprocess.Popen([*FSG, "-q", "extract", *sheets, out, *FAST, "--mosaic"], env=ENV, stderr=subprocess.PIPE)
+    done = 0
+    deadline = time.monotonic() + 240
+    while p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{ledger}?mode=ro", uri=True, timeout=1)) as con:
+                done = con.execute("SELECT count(*) FROM tiles").fetchone()[0]
+        except sqlite3.Error:
+            continue
+        if done >= 3:
+            p.send_signal(signal.SIGINT)
+            break
+    p.communicate(timeout=120)
+    assert done >= 3 and p.returncode == 130, (done, p.returncode)
+    assert ledger.exists() and not out.exists()
+    r = run_cli("extract", *sheets, out, *FAST, "--mosaic", "--resume")
+    assert r.returncode == 0, r.stderr
+    assert "resum" in r.stderr.lower(), r.stderr
+    full = work / "full.gpkg"
+    assert run_cli("-q", "extract", *sheets, full, *FAST, "--mosaic").returncode == 0
+    assert len(pyogrio.read_dataframe(out)) == len(pyogrio.read_dataframe(full))
+    assert not list(work.glob(".*.vrt"))
+
+
+# ================================================================== the worker (a real process) and the API
+def _worker_session(requests: list[str], timeout: float = 240) -> tuple[list[dict], str, int]:
+    proc = subprocess.Popen(
+        [*FSG, "worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV
+    )
+    out, err = proc.communicate("\n".join(requests) + "\n", timeout=timeout)
+    import json
+
+    return [json.loads(line) for line in out.splitlines()], err, proc.returncode
+
+
+@pytest.mark.parametrize("rid", ["NaN", "Infinity", "-Infinity", "[1, 2]", '{"a": 1}', "true"])
+def test_worker_answers_a_request_with_an_unwritable_id_and_goes_on(rid: str) -> None:
+    replies, err, code = _worker_session(
+        [f'{{"id": {rid}, "cmd": "hello"}}', '{"id": 2, "cmd": "hello"}', '{"id": 3, "cmd": "shutdown"}']
+    )
+    assert code == 0, err
+    assert "Traceback" not in err, err
+    assert replies[0]["id"] is None and replies[0]["type"] == "error", replies
+    assert "id" in replies[0]["error"] and "\n" not in replies[0]["error"]
+    assert [r["id"] for r in replies[1:]] == [2, 3]
+    assert replies[1]["type"] == "result"
+
+
+@pytest.mark.parametrize(
+    "prompts,must",
+    [
+        ('{"points": [[NaN, NaN]]}', "finite"),
+        ('{"points": [[500010.0, Infinity, 1]]}', "finite"),
+        ('{"boxes": [[500000, NaN, 500100, 4649900]]}', "finite"),
+        ('{"text": "building", "text_threshold": NaN}', "text_threshold"),
+        ('{"text": "building", "text_threshold": 7}', "text_threshold"),
+        ('{"text": "building", "top_k": 2.5}', "text_top_k"),
+    ],
+    ids=["nan-point", "inf-point", "nan-box", "nan-threshold", "threshold-7", "top-k-2.5"],
+)
+def test_worker_refuses_non_finite_prompts_and_writes_nothing(work: Path, prompts: str, must: str) -> None:
+    import json
+
+    out = work / "w.gpkg"
+    before = snapshot([work])
+    params = f'{{"raster": {json.dumps(str(work / "r.tif"))}, "output": {json.dumps(str(out))}, '
+    params += f'"weights": {json.dumps(str(WEIGHTS))}, "tile_size": 256, "overlap": 32, "prompts": {prompts}}}'
+    replies, err, code = _worker_session(
+        [f'{{"id": 1, "cmd": "extract", "params": {params}}}', '{"id": 2, "cmd": "hello"}']
+    )
+    assert code == 0, err
+    first = next(r for r in replies if r["id"] == 1 and r["type"] != "progress")
+    assert first["type"] == "error" and must in first["error"], first
+    assert "\n" not in first["error"]
+    assert any(r["id"] == 2 and r["type"] == "result" for r in replies)
+    assert snapshot([work]) == before and not out.exists()
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: __import__("fastsam_geo.prompts").prompts.PointPrompt(float("nan"), 4649900.0),
+        lambda: __import__("fastsam_geo.prompts").prompts.PointPrompt(500010.0, float("-inf")),
+        lambda: __import__("fastsam_geo.prompts").prompts.BoxPrompt(500000, 4649800, float("inf"), 4649900),
+        lambda: __import__("fastsam_geo.prompts").prompts.PointPrompt("x", 1.0),  # type: ignore[arg-type]
+        lambda: __import__("fastsam_geo.prompts").prompts.Prompts(text="building", text_threshold=float("nan")),
+        lambda: __import__("fastsam_geo.prompts").prompts.Prompts(text="building", text_threshold=1.5),
+        lambda: __import__("fastsam_geo.prompts").prompts.Prompts(text="building", text_top_k=0),
+        lambda: __import__("fastsam_geo.prompts").prompts.Prompts(text="building", text_top_k=2.5),
+    ],
+    ids=["nan-x", "inf-y", "inf-box", "text-x", "nan-threshold", "threshold-1.5", "top-k-0", "top-k-2.5"],
+)
+def test_api_prompts_refuse_bad_values_where_the_roads_meet(make) -> None:
+    from fastsam_geo.errors import PromptError
+
+    with pytest.raises(PromptError) as err:
+        make()
+    assert "\n" not in str(err.value)
+
+
+def test_api_nan_point_never_gives_an_empty_result(work: Path) -> None:
+    from fastsam_geo.errors import PromptError
+    from fastsam_geo.pipeline import extract_buildings
+    from fastsam_geo.prompts import PointPrompt, Prompts
+
+    before = snapshot([work])
+    with pytest.raises(PromptError, match="finite"):
+        extract_buildings(
+            work / "r.tif",
+            work / "api.gpkg",
+            weights=WEIGHTS,
+            tile_size=256,
+            overlap=32,
+            prompts=Prompts(points=[PointPrompt(float("nan"), float("nan"))]),
+        )
+    assert snapshot([work]) == before
+
+
+# ================================================================== a matrix per command: vector inputs
+@pytest.fixture()
+def labels(work: Path, town: Scene) -> dict[str, Path]:
+    """Footprint files beside the raster: good, points, empty, elsewhere, bow-ties, several layers."""
+    from shapely.geometry import Polygon
+
+    t = town.truth
+    out = {"good": work / "truth.gpkg"}
+    t.to_file(out["good"], layer="buildings")
+    pts = t.copy()
+    pts.geometry = t.geometry.centroid
+    pts.to_file(work / "points.gpkg")
+    out["points"] = work / "points.gpkg"
+    t.iloc[:0].to_file(work / "empty.gpkg")
+    out["empty"] = work / "empty.gpkg"
+    far = t.copy()
+    far.geometry = t.geometry.translate(50_000, 0)
+    far.to_file(work / "far.gpkg")
+    out["far"] = work / "far.gpkg"
+    bow = t.copy()
+    bow.geometry = [Polygon([(a, b), (c, d), (c, b), (a, d)]) for a, b, c, d in t.geometry.bounds.to_numpy()]
+    bow.to_file(work / "bow.gpkg")
+    out["bow"] = work / "bow.gpkg"
+    t.to_file(work / "layers.gpkg", layer="houses")
+    far.to_file(work / "layers.gpkg", layer="sheds")
+    out["layers"] = work / "layers.gpkg"
+    return out
+
+
+@pytest.mark.parametrize(
+    "kind,must",
+    [("points", "no building polygons"), ("empty", "no building polygons"), ("far", "none of the footprints")],
+)
+def test_train_refuses_labels_it_cannot_learn_from(work: Path, labels: dict[str, Path], kind: str, must: str) -> None:
+    out = work / "m.pt"
+    assert_refused(
+        ["train", work / "r.tif", "--labels", labels[kind], "-o", out, "--epochs", "1"], work, must, output=out
+    )
+    assert not (work / "train_work").exists()
+
+
+@pytest.mark.parametrize(
+    "target,extra,must",
+    [
+        ("r.tif", [], "also an input"),
+        ("r.tif", ["--overwrite"], "also an input"),
+        ("truth.gpkg", ["--overwrite"], "also an input"),
+        ("base.pt", ["--base", "BASE", "--overwrite"], "also an input"),
+        ("exists.pt", [], "--overwrite"),
+        ("m.onnx", [], ".pt"),
+        ("no/such/m.pt", [], "does not exist"),
+    ],
+    ids=["raster", "raster-overwrite", "labels", "base", "exists", "onnx", "no-folder"],
+)
+def test_train_output_guard(work: Path, labels: dict[str, Path], target: str, extra: list[str], must: str) -> None:
+    shutil.copy(WEIGHTS, work / "base.pt")
+    (work / "exists.pt").write_bytes(b"an earlier model")
+    extra = [str(work / "base.pt") if e == "BASE" else e for e in extra]
+    out = work / target
+    args = ["train", work / "r.tif", "--labels", labels["good"], "-o", out, "--epochs", "1", *extra]
+    assert_refused(args, work, must, output=out)
+    assert not (work / "train_work").exists()
+
+
+def test_train_refuses_a_base_that_is_not_a_model(work: Path, labels: dict[str, Path]) -> None:
+    out = work / "m.pt"
+    args = ["train", work / "r.tif", "--labels", labels["good"], "-o", out, "--base", labels["good"]]
+    assert_refused(args, work, "--base", output=out)
+
+
+@pytest.mark.parametrize(
+    "truth,extra,must",
+    [
+        ("points", [], "no polygons"),
+        ("empty", [], "no footprints"),
+        ("layers", [], "--truth-layer"),
+        ("layers", ["--truth-layer", "nope"], "nope"),
+    ],
+    ids=["points", "empty", "layers", "no-such-layer"],
+)
+def test_evaluate_refuses_truth_it_cannot_score(
+    work: Path, labels: dict[str, Path], truth: str, extra: list[str], must: str
+) -> None:
+    line = assert_refused(["evaluate", labels["good"], labels[truth], *extra], work, must)
+    assert labels[truth].name in line
+
+
+def test_evaluate_repairs_invalid_truth_with_one_warning(work: Path, labels: dict[str, Path]) -> None:
+    r = run_cli("evaluate", labels["good"], labels["bow"], "--json")
+    assert r.returncode == 0, r.stderr
+    warn = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(warn) == 1 and "bow.gpkg" in warn[0] and "make_valid" in warn[0], r.stderr
+    r = run_cli("evaluate", labels["good"], labels["layers"], "--truth-layer", "houses", "--json")
+    assert r.returncode == 0 and '"f1": 1.0' in r.stdout, r.stdout + r.stderr
+
+
+def test_prompts_file_of_several_layers_is_refused_unless_one_is_named(work: Path, labels: dict[str, Path]) -> None:
+    out = work / "p.gpkg"
+    line = assert_refused(["extract", work / "r.tif", out, *FAST, "--prompts", labels["layers"]], work, output=out)
+    assert "houses" in line and "sheds" in line and "--prompts-layer" in line
+    assert_refused(
+        ["extract", work / "r.tif", out, *FAST, "--prompts", labels["layers"], "--prompts-layer", "nope"],
+        work,
+        "nope",
+        output=out,
+    )
+    r = run_cli("-q", "extract", work / "r.tif", out, *FAST, "--prompts", labels["layers"], "--prompts-layer", "houses")
+    assert r.returncode == 0, r.stderr
+    assert len(pyogrio.read_dataframe(out)) > 0
+
+
+# ================================================================== export, info, calibrate, sample
+@pytest.mark.parametrize(
+    "args,must",
+    [
+        (["--imgsz", "0"], "--imgsz 0"),
+        (["--imgsz", "100"], "e.g. 96 or 128"),
+        (["--imgsz", "99999"], "--imgsz"),
+        (["--opset", "1"], "--opset 1"),
+        (["--opset", "99"], "--opset 99"),
+        (["--batch", "0"], "--batch"),
+    ],
+    ids=["imgsz-0", "imgsz-100", "imgsz-huge", "opset-1", "opset-99", "batch-0"],
+)
+def test_export_refuses_bad_values(work: Path, args: list[str], must: str) -> None:
+    out = work / "m.onnx"
+    assert_refused(["export", WEIGHTS, out, *args], work, must, output=out)
+
+
+def test_export_names_the_files_it_was_given(work: Path) -> None:
+    onnx = work / "given.onnx"
+    onnx.write_text("not a model")
+    line = assert_refused(["export", onnx, work / "m.onnx"], work, str(onnx), ".pt", output=work / "m.onnx")
+    assert "fastsam-geo-export" not in line
+    broken = work / "broken.pt"
+    broken.write_text("not a checkpoint")
+    line = assert_refused(["export", broken, work / "m.onnx"], work, str(broken), output=work / "m.onnx")
+    assert "fastsam-geo-export" not in line
+    shutil.copy(WEIGHTS, work / "w.pt")
+    assert_refused(["export", work / "w.pt", work / "r.tif"], work, ".onnx")
+    (work / "m.onnx").write_bytes(b"keep")
+    assert_refused(["export", work / "w.pt", work / "m.onnx"], work, "--overwrite")
+
+
+@pytest.mark.parametrize("name", ["text.onnx", "text.pt", "r.tif"])
+def test_info_on_weights_that_are_not_a_model(work: Path, name: str) -> None:
+    if name != "r.tif":
+        (work / name).write_text("hello")
+    assert_refused(["info", work / "r.tif", "--weights", work / name], work, name)
+
+
+def test_calibrate_write_checks_the_model_first(work: Path, labels: dict[str, Path]) -> None:
+    (work / "text.onnx").write_text("hello")
+    args = ["calibrate", work / "text.onnx", work / "r.tif", "--labels", labels["good"], "--write"]
+    assert_refused(args, work, "text.onnx")
+    args = ["calibrate", WEIGHTS, work / "r.tif", "--labels", labels["points"], "--write"]
+    before = sha(WEIGHTS)
+    assert_refused(args, work, "points.gpkg")
+    assert sha(WEIGHTS) == before
+
+
+@pytest.mark.skipif(IS_ROOT, reason="root writes read-only files")
+def test_calibrate_write_refuses_a_read_only_model_before_working(work: Path, labels: dict[str, Path]) -> None:
+    shutil.copy(WEIGHTS, work / "ro.pt")
+    (work / "ro.pt").chmod(0o444)
+    args = ["calibrate", work / "ro.pt", work / "r.tif", "--labels", labels["good"], "--write"]
+    assert_refused(args, work, "read-only")
+
+
+def test_sample_guards_the_raster_and_its_truth(work: Path) -> None:
+    (work / "s_buildings.gpkg").write_bytes(b"an earlier truth")
+    assert_refused(["sample", work / "s.tif", "--size", "64"], work, "s_buildings.gpkg", "--overwrite")
+    assert_refused(["sample", work / "r.tif", "--size", "64"], work, "r.tif", "--overwrite")
+    r = run_cli("sample", work / "s.tif", "--size", "64", "--overwrite")
+    assert r.returncode == 0, r.stderr
+
+
+# ================================================================== an ONNX model with a fixed input size
+@pytest.fixture(scope="module")
+def onnx128(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The town model exported (for real) with a fixed 128 px input."""
+    pytest.importorskip("onnx")
+    from fastsam_geo.export import export_onnx
+
+    out = tmp_path_factory.mktemp("onnx") / "town128.onnx"
+    meta = export_onnx(WEIGHTS, out, imgsz=128)
+    assert meta["imgsz"] == [128, 128]
+    return out
+
+
+def test_fixed_size_onnx_refuses_larger_tiles(work: Path, onnx128: Path) -> None:
+    out = work / "b.gpkg"
+    args = ["extract", work / "r.tif", out, "-w", onnx128, "--tile-size", "256", "--no-cache"]
+    line = assert_refused(args, work, "128", "--tile-size 128", output=out)
+    assert "256" in line
+    from fastsam_geo.errors import TilingError
+    from fastsam_geo.pipeline import extract_buildings
+
+    with pytest.raises(TilingError, match="--tile-size 128"):
+        extract_buildings(work / "r.tif", work / "api.gpkg", weights=onnx128, tile_size=256, overlap=32)
+    assert not (work / "api.gpkg").exists()
+    r = run_cli(
+        "-q", "extract", work / "r.tif", out, "-w", onnx128, "--tile-size", "128", "--overlap", "16", "--no-cache"
+    )
+    assert r.returncode == 0, r.stderr
+
+
+def test_train_is_one_writer_per_output(work: Path, labels: dict[str, Path]) -> None:
+    from fastsam_geo.locks import output_lock
+
+    out = work / "m.pt"
+    with output_lock(out):  # another run holds the output
+        args = ["train", work / "r.tif", "--labels", labels["good"], "-o", out, "--epochs", "1"]
+        r = run_cli(*map(str, args))
+    assert r.returncode == 1 and "another fastsam-geo run is writing" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not out.exists()
+    assert not (work / "train_work").exists()

@@ -13,7 +13,7 @@ for seed in $(seq 100 115); do
   "$FSG" -q sample "$WORK/scenes/town_$seed.tif" --size 1024 --seed "$seed" --density "$density" --overwrite
   rasters+=("$WORK/scenes/town_$seed.tif"); labels+=(--labels "$WORK/scenes/town_${seed}_buildings.gpkg")
 done
-"$FSG" train "${rasters[@]}" "${labels[@]}" -o weights/fastsam-geo-town-n.pt \
+"$FSG" train "${rasters[@]}" "${labels[@]}" -o weights/fastsam-geo-town-n.pt --overwrite \
   --base yolov8n-seg.yaml --imgsz 512 --batch 8 --epochs 100 --hours 1.0 --seed 0 --workers 2 \
   --work-dir "$WORK/train"
 PYTHON=.venv/bin/python weights/export_default.sh weights/fastsam-geo-town-n.pt  # the .onnx default of the light install

@@ -29,7 +29,7 @@ for tif in "$REAL"/banepa_train.tif "$REAL"/kampala_train.tif "$REAL"/rio_train_
   rasters+=("$tif"); labels+=(--labels "${tif%.tif}_buildings.gpkg")
 done
 cp "$SHARED/weights/yolov8n-seg-coco.pt" "$WORK/base-coco-n.pt"
-"$FSG" train "${rasters[@]}" "${labels[@]}" -o "$OUTPUT" --gsd 0.25 --augment \
+"$FSG" train "${rasters[@]}" "${labels[@]}" -o "$OUTPUT" --overwrite --gsd 0.25 --augment \
   --base "$WORK/base-coco-n.pt" --imgsz 512 --batch 8 --epochs 300 --hours "$HOURS" --seed 0 --workers 2 \
   --work-dir "$WORK/train"
 PYTHON="$PY" weights/export_default.sh "$OUTPUT"
