@@ -452,7 +452,7 @@ class DaskExecutor:
         if segmenter is None and model is None:
             from fastsam_geo.segmenters import resolve_model
 
-            model = resolve_model(options.model.weights, options.model.engine)
+            model = resolve_model(options.model.weights, options.model.engine, options.tiling.tile_size)
         self.client = client
         self.options = options
         self.retries = retries

@@ -237,7 +237,7 @@ def _plan_all(
                 if src is not None:
                     refuse_input_as_output(job.output, src.dataset.files)  # any other multi-file format too
                 if need_model and resolved is None:
-                    resolved = resolve_model(o.model.weights, o.model.engine)
+                    resolved = resolve_model(o.model.weights, o.model.engine, o.tiling.tile_size)
                 o = resolve_gsd(o, segmenter, resolved)
                 if src is not None and hasattr(src, "set_gsd"):
                     src.set_gsd(o.tiling.gsd)  # type: ignore[arg-type]
@@ -247,7 +247,7 @@ def _plan_all(
                     src.close()
                 raise
         if need_model and resolved is None:
-            resolved = resolve_model(options.model.weights, options.model.engine)
+            resolved = resolve_model(options.model.weights, options.model.engine, options.tiling.tile_size)
     except BaseException:
         for p in plans:
             if p.source is not None:

@@ -81,8 +81,24 @@ def onnx_twin(pt: Path, sha256: str | None) -> Path | None:
     return twin if meta.get("source") == pt.name else None
 
 
-def _choose(path: Path, sha: str | None, engine: str) -> Path:
-    """The file that runs for ``engine`` (see the module docstring); one clear error otherwise."""
+def _twin_fits(twin: Path, tile_size: int | None) -> bool:
+    """True when ``twin`` takes ``tile_size`` px tiles without shrinking them (a fixed input at
+    least that large, a dynamic input, or no tile size to check)."""
+    from fastsam_geo.modelmeta import onnx_input_size
+
+    if tile_size is None:
+        return True
+    try:
+        fixed = onnx_input_size(twin)
+    except Exception:  # unreadable: the engine that loads it says why
+        return True
+    return fixed is None or tile_size <= min(fixed)
+
+
+def _choose(path: Path, sha: str | None, engine: str, tile_size: int | None = None) -> Path:
+    """The file that runs for ``engine`` (see the module docstring); one clear error otherwise.
+    ``auto`` keeps the ``.pt`` (torch installed) when its twin's fixed input is smaller than
+    ``tile_size``: the twin would shrink each tile."""
     onnx = path.suffix.lower() == ".onnx"
     if engine == "torch" and onnx:
         raise WeightsError(
@@ -96,13 +112,19 @@ def _choose(path: Path, sha: str | None, engine: str) -> Path:
             f"--engine onnx: no ONNX export of {path} beside it ({path.with_suffix('.onnx').name}); "
             f"make one with: fastsam-geo export {path} {path.with_suffix('.onnx')} (or use --engine torch)."
         )
-    if twin is not None and (engine == "onnx" or onnxruntime_available()):
+    if twin is not None and engine == "onnx":
+        return twin
+    torch = importlib.util.find_spec("torch") is not None
+    if twin is not None and onnxruntime_available() and (not torch or _twin_fits(twin, tile_size)):
         return twin
     return path
 
 
-def resolve_model(weights: str | os.PathLike[str] | None, engine: str = "auto") -> ResolvedModel:
-    """The model ``weights`` (a path, a name, or None: the default) and ``engine`` stand for.
+def resolve_model(
+    weights: str | os.PathLike[str] | None, engine: str = "auto", tile_size: int | None = None
+) -> ResolvedModel:
+    """The model ``weights`` (a path, a name, or None: the default) and ``engine`` stand for;
+    ``tile_size``: the run's tiles (``auto`` runs the ``.pt`` when its twin's input is smaller).
 
     Raises:
         WeightsError: the weights cannot be found, or ``engine`` cannot run them.
@@ -114,7 +136,7 @@ def resolve_model(weights: str | os.PathLike[str] | None, engine: str = "auto") 
         raise WeightsError(f"engine {engine!r} is not one of {', '.join(ENGINES)}; use auto, onnx or torch.")
     path = resolve_weights(None if weights is None else os.fspath(weights))
     sha = sha256_file(path) if path.is_file() else None
-    chosen = _choose(path, sha, engine)
+    chosen = _choose(path, sha, engine, tile_size)
     if chosen != path:
         path, sha = chosen, sha256_file(chosen)
     try:

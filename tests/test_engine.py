@@ -36,6 +36,18 @@ def test_auto_runs_the_onnx_twin_and_torch_the_pt() -> None:
     assert resolve_model(None).engine == "onnx"  # the default model has its twin too
 
 
+def test_auto_keeps_the_pt_for_tiles_larger_than_the_twins_fixed_input() -> None:
+    """The bundled twins take 1024 px; at 2048 px tiles auto runs the .pt with torch instead of
+    shrinking every tile (an explicit --engine onnx is refused by plan.check_input_size)."""
+    from fastsam_geo.modelmeta import onnx_input_size
+
+    side = min(onnx_input_size(TOWN_ONNX) or (0,))
+    assert side == 1024
+    assert resolve_model(TOWN_PT, "auto", side).engine == "onnx"
+    assert resolve_model(TOWN_PT, "auto", side * 2).engine == "torch"
+    assert resolve_model(TOWN_PT, "onnx", side * 2).engine == "onnx"
+
+
 def test_an_onnx_file_that_is_not_the_pts_export_is_no_twin(tmp_path: Path) -> None:
     pt = tmp_path / "mine.pt"
     shutil.copy(TOWN_PT, pt)
