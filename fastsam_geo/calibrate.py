@@ -211,7 +211,7 @@ def calibrate_conf(
     grid = tuple(sorted(float(c) for c in grid))
     # read once (not once per threshold), and a bad file fails before the model loads
     layers = per_raster(labels, len(rasters))
-    loaded = {id(t): load_footprints(t, "truth") for t in layers}
+    loaded = {id(t): load_footprints(t, "truth", allow_empty=True) for t in layers}  # no building: a negative
     truths = [loaded[id(t)] for t in layers]
     if segmenter is None:
         from fastsam_geo.segment import FastSAMSegmenter

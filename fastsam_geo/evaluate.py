@@ -274,11 +274,13 @@ def scores_from_counts(tp: int, fp: int, fn: int, mean_iou: float = 0.0) -> Scor
     return Scores(tp, fp, fn, precision, recall, f1, float(mean_iou))
 
 
-def load_footprints(data: Footprints, role: str, layer: str | None = None) -> Features:
+def load_footprints(data: Footprints, role: str, layer: str | None = None, *, allow_empty: bool = False) -> Features:
     """Footprints as :class:`Features`: a file's ``layer``, else its only layer, else its
     ``buildings`` layer (a file of several other layers is refused with their names); null and
     empty geometries left out, invalid polygons repaired (:func:`polygons_only`). A missing file,
-    an unreadable one, a layer without CRS, or a truth file without one polygon: one line."""
+    an unreadable one, a layer without CRS, or a truth file without one polygon: one line.
+    ``allow_empty``: an empty truth file is a place without buildings (``calibrate`` and
+    ``train`` take such rasters as negatives), not a mistake."""
     if isinstance(data, Features):
         frame, name = data, f"{role} footprints"
     elif hasattr(data, "geometry") and hasattr(data, "crs"):  # a GeoDataFrame / GeoSeries
@@ -298,7 +300,7 @@ def load_footprints(data: Footprints, role: str, layer: str | None = None) -> Fe
         )
     geoms = frame.geometry
     frame = frame.take(np.flatnonzero(~(shapely.is_missing(geoms) | shapely.is_empty(geoms))))
-    if role == "truth" and isinstance(data, (str, os.PathLike)) and len(frame) == 0:
+    if role == "truth" and isinstance(data, (str, os.PathLike)) and len(frame) == 0 and not allow_empty:
         raise EvaluationError(
             f"{name}: the truth layer {frame.layer!r} has no footprints; give the file of the truth buildings "
             "(an F1 against nothing means nothing)."

@@ -125,6 +125,18 @@ def test_empty_inputs() -> None:
     assert match_buildings(TRUTH, []) == []
 
 
+def test_an_empty_truth_file_is_refused_unless_it_may_mean_no_building(tmp_path: Path) -> None:
+    """evaluate refuses an empty truth file (F1 against nothing); calibrate and train read the same
+    file as a raster without buildings (a negative), as make_real.sh's Rio chips img58 and img59."""
+    from fastsam_geo.evaluate import load_footprints
+
+    path = tmp_path / "none.gpkg"
+    gpd.GeoDataFrame(geometry=gpd.GeoSeries([], crs="EPSG:32633")).to_file(path, layer="buildings")
+    with pytest.raises(FastSAMGeoError, match="has no footprints"):
+        load_footprints(path, "truth")
+    assert len(load_footprints(path, "truth", allow_empty=True)) == 0
+
+
 def test_scores_as_dict() -> None:
     d = evaluate(frame(TRUTH), frame(TRUTH), seams=[]).as_dict()
     assert set(d) == {
