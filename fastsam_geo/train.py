@@ -158,7 +158,8 @@ def check_labels(
     labels: str | os.PathLike[str] | gpd.GeoDataFrame | Sequence[str | os.PathLike[str]],
 ) -> int:
     """The number of footprint polygons that overlap their raster; refuses (one line, before
-    anything is written) footprints without a polygon (points, lines, an empty layer) and
+    anything is written) footprints without a polygon (points, lines), footprints that are all
+    empty (one empty layer beside others is a raster without buildings: a negative) and
     footprints of which none lies on its raster (another place, a wrong CRS): a model trained
     on crops without one building ("9 crops, 0 buildings") is never written.
     """
@@ -171,7 +172,7 @@ def check_labels(
             geoms = gdf.geometry.values
             poly = ~(gdf.geometry.isna().to_numpy() | shapely.is_empty(geoms))
             poly &= np.isin(shapely.get_type_id(geoms), (3, 6))  # Polygon, MultiPolygon
-            if not poly.any():
+            if len(gdf) and not poly.any():  # an empty file: a raster without buildings (a negative)
                 kinds = sorted({str(t) for t in gdf.geometry.geom_type.dropna()}) or ["no geometry"]
                 raise FastSAMGeoError(
                     f"{_label_name(lab)}: no building polygons to train on ({len(gdf)} features: "
@@ -184,6 +185,11 @@ def check_labels(
         n = int(shapely.intersects(gdf.geometry.values, box).sum())
         total += n
         seen.append(f"{Path(raster).name} {tuple(round(v) for v in src.info.bounds)} {src.info.crs}")
+    if total == 0 and all(len(gdf) == 0 for gdf in cache.values()):
+        raise FastSAMGeoError(
+            f"{_label_name(label_list[0])}: no building polygons to train on (the footprints are empty); "
+            "give the footprint polygons of these rasters (a raster without buildings may sit beside others)."
+        )
     if total == 0:
         raise FastSAMGeoError(
             f"{_label_name(label_list[0])}: none of the footprints lies on the raster(s) "
