@@ -72,12 +72,21 @@ def test_extract_with_the_bundled_onnx_default_gives_the_torch_f1(tmp_path: Path
 
 
 def test_pt_weights_without_torch_is_one_clear_line(tmp_path: Path) -> None:
+    """A .pt without its ONNX twin beside it needs torch: one line; with the twin it runs there."""
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    pt = alone / "town.pt"
+    shutil.copy(REPO / "weights/fastsam-geo-town-n.pt", pt)
     out = tmp_path / "b.gpkg"
-    run = fsg("extract", str(SAMPLE), str(out), "--weights", str(REPO / "weights/fastsam-geo-town-n.pt"))
+    run = fsg("extract", str(SAMPLE), str(out), "--weights", str(pt))
     assert run.returncode == 1 and "Traceback" not in run.stderr
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and 'pip install "fastsam-geo[torch]"' in lines[0] and ".onnx" in lines[0], lines
-    assert not out.exists() and list(tmp_path.iterdir()) == []
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["alone"]
+    run = fsg("-q", "extract", str(SAMPLE), str(out), "--weights", str(REPO / "weights/fastsam-geo-town-n.pt"),
+              "--json")
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["engine"] == "onnx"
 
 
 def test_text_prompt_without_open_clip_names_the_extra(tmp_path: Path) -> None:
