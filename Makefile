@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 # the light install (pip install fastsam-geo: ONNX Runtime, no torch), to test it next to the full one
-$(LIGHT)/.installed: pyproject.toml constraints.txt weights/fastsam-geo-n.onnx weights/fastsam-geo-n.pt $(wildcard fastsam_geo/*.py)
+$(LIGHT)/.installed: pyproject.toml constraints.txt weights/fastsam-geo-n.onnx weights/fastsam-geo-n.pt $(wildcard fastsam_geo/*.py fastsam_geo/*/*.py)
 	test -x $(LIGHT)/bin/python || $(PYTHON) -m venv $(LIGHT)
 	$(LIGHT)/bin/python -m pip install -q -c constraints.txt . pytest
 	touch $@

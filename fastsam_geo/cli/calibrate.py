@@ -1,0 +1,49 @@
+"""``fastsam-geo calibrate``: a model's confidence threshold, chosen on labelled rasters."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from .options import _GSD_HELP, _Gsd
+
+
+@click.command(short_help="Choose a model's confidence threshold on labelled rasters.")
+@click.argument("weights", type=click.Path(exists=True, dir_okay=False))
+@click.argument("rasters", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--labels", required=True, multiple=True, help="Footprint vectors (one file, or one per raster).")
+@click.option("--gsd", type=_Gsd(), default=None, help=_GSD_HELP)
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:0, mps.")
+@click.option("--write", is_flag=True, help="Store the chosen threshold in WEIGHTS (.pt or .onnx), for `extract`.")
+def calibrate(
+    weights: str, rasters: tuple[str, ...], labels: tuple[str, ...], gsd: Any, device: str, write: bool
+) -> None:
+    """Run `extract` (CLI defaults) on RASTERS at each confidence threshold from 0.08 to 0.4 and
+    score each result against --labels (object F1 at IoU 0.5, pixel F1). The threshold with the
+    best object F1 averaged over the rasters that have truth buildings (each counts once, and
+    each threshold is averaged with its neighbours) is the model's; --write stores it in
+    WEIGHTS, so that `extract` without --conf uses it. `train` ends with the same step on its
+    rasters.
+
+    \b
+    Example:
+      fastsam-geo calibrate weights/mine.pt block_a.tif block_b.tif --labels osm.gpkg --write
+    """
+    from fastsam_geo.calibrate import calibrate_conf, check_store, store_conf
+
+    if len(labels) not in (1, len(rasters)):
+        raise click.BadParameter(f"give one --labels file or one per raster ({len(rasters)})", param_hint="--labels")
+    if write:
+        check_store(weights, [*rasters, *labels])
+    cal = calibrate_conf(weights, list(rasters), list(labels) if len(labels) > 1 else labels[0], gsd=gsd, device=device)
+    click.echo(cal.table())
+    if cal.conf is None:
+        raise click.ClickException(
+            "no threshold finds any truth building on these rasters (check that --labels overlap them): "
+            "nothing to calibrate on."
+        )
+    click.echo(f"best threshold: {cal.conf:.2f}" + (f" (stored in {weights})" if write else ""))
+    click.echo(cal.source_table())
+    if write:
+        store_conf(weights, cal.conf)
