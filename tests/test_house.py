@@ -31,8 +31,6 @@ ALLOWED_CYCLES: dict[frozenset[str], str] = {}
 
 #: Functions allowed over MAX_FUNCTION_LINES: "module.qualified.name" -> why.
 LONG_FUNCTIONS: dict[str, str] = {
-    "fastsam_geo.prompts.select_points": "prompts.py is being reworked on another branch (issue 22)",
-    "fastsam_geo.prompts.nms_keep": "prompts.py is being reworked on another branch (issue 22)",
     "fastsam_geo.train.build_dataset": "train.py is being edited on another branch (issue 22)",
     "fastsam_geo.train.train": "train.py is being edited on another branch (issue 22)",
     "fastsam_geo.pipeline.extract_buildings": (
@@ -43,8 +41,6 @@ LONG_FUNCTIONS: dict[str, str] = {
 
 #: Modules allowed over MAX_MODULE_LINES: "path/from/the/root.py" -> why.
 LONG_MODULES: dict[str, str] = {
-    "fastsam_geo/prompts.py": "prompt values, reading and selection get rooms of their own on another branch",
-    "fastsam_geo/worker.py": "protocol, server and engine are split on another branch (issue 22)",
     "qgis_plugin/dock.py": (
         "one panel class: its group boxes are built by short methods; widget classes per box "
         "would move the widgets the rest of the panel and tests/qgis use (dock.layer_combo, ...) out of it"
