@@ -112,7 +112,8 @@ class FastSAMDock(QgsDockWidget):
         self.weights_widget = QgsFileWidget(data)
         self.weights_widget.setFilter("Model weights (*.onnx *.pt);;ONNX (*.onnx);;PyTorch (*.pt)")
         self.weights_widget.setToolTip(
-            "FastSAM/YOLO-seg weights; empty: the engine's default model. .onnx runs on every engine; .pt needs "
+            "FastSAM/YOLO-seg weights; empty: the engine's default model. .onnx runs on every engine; a .pt runs "
+            "its ONNX export when one lies beside it (same name, .onnx, made by fastsam-geo export), else it needs "
             "the engine with torch (Settings > tick 'with torch' > Set up engine). .pt files are pickles that can "
             "run code when loaded: use only weights you trust."
         )

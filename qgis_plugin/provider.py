@@ -129,9 +129,9 @@ class ExtractBuildingsAlgorithm(QgsProcessingAlgorithm):
             "the objects with CLIP. Prompts may be in any CRS: they are transformed to the raster's CRS.\n\n"
             "A raster file without a CRS is read in the layer's CRS (set it with Layer > Set CRS).\n\n"
             "The engine runs in a separate Python (Raster > FastSAM-geo > Settings). WEIGHTS (empty: the engine's "
-            "default model) is a FastSAM/YOLO-seg .onnx file, which every engine runs, or a .pt file, which needs "
-            "the engine with torch (Settings: tick 'with torch', then Set up engine). .pt files are pickles: use "
-            "only weights you trust."
+            "default model) is a FastSAM/YOLO-seg .onnx file, which every engine runs, or a .pt file, which runs "
+            "its ONNX export when one lies beside it (same name, .onnx) and else needs the engine with torch "
+            "(Settings: tick 'with torch', then Set up engine). .pt files are pickles: use only weights you trust."
         )
 
     def createInstance(self) -> ExtractBuildingsAlgorithm:
