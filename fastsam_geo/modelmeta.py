@@ -15,6 +15,7 @@ or ``onnxruntime``. Neither is imported at module level.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -291,11 +292,23 @@ def onnx_input_size(weights: str | os.PathLike[str] | None) -> tuple[int, int] |
     if path.suffix.lower() != ".onnx":
         return None
     try:
+        st = path.stat()
+    except OSError:
+        return None
+    return _graph_input_size(str(path.resolve()), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=16)
+def _graph_input_size(path: str, mtime_ns: int, size: int) -> tuple[int, int] | None:
+    """The fixed ``(height, width)`` of an ONNX graph's input, read once per file version (building
+    the session to read it takes a noticeable part of a second: engine auto and the plan's tile
+    check both ask for it on every run)."""
+    try:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
-        shape = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]).get_inputs()[0].shape
+        shape = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"]).get_inputs()[0].shape
     except Exception:
         return None
     if len(shape) == 4 and isinstance(shape[2], int) and isinstance(shape[3], int):
