@@ -25,7 +25,7 @@ import numpy as np
 from affine import Affine
 
 from fastsam_geo.buildingfilter import (  # noqa: F401  (moved there in issue 22, re-exported)
-    _row_ends,
+    _outline_points,
     building_filter,
     min_area_rect,
     nms_keep,

@@ -2,7 +2,8 @@
 
 Masks are traced by GDAL's polygonizer (``rasterio.features.shapes``): masks that do not
 overlap share one label image and one call (its set-up costs more than tracing a building),
-each traced only over the area the masks cover. Polygons follow pixel edges exactly (holes
+each traced only over the area the masks cover; a label image of a few masks spread over the
+tile is traced mask by mask, where that scans fewer pixels (:data:`TRACE_CALL_PX`). Polygons follow pixel edges exactly (holes
 kept, always valid); simplification happens once, after seams are merged (:func:`simplify`),
 so that pieces of one building still meet exactly at a seam.
 """
@@ -59,32 +60,55 @@ def masks_to_geometries(masks: InstanceMasks, transform: Affine) -> np.ndarray:
     out = np.empty(n, dtype=object)
     if n == 0:
         return out
-    h, w = masks.shape
-    boxes = masks.crop_boxes
-    labels: list[np.ndarray] = []
-    taken: list[np.ndarray] = []
-    for i, crop in enumerate(masks.crops):
-        r0, c0, r1, c1 = (int(v) for v in boxes[i])
-        k = next((k for k, occ in enumerate(taken) if not (occ[r0:r1, c0:c1] & crop).any()), len(taken))
-        if k == len(taken):
-            labels.append(np.zeros((h, w), np.int32))
-            taken.append(np.zeros((h, w), bool))
-        labels[k][r0:r1, c0:c1][crop] = i + 1
-        taken[k][r0:r1, c0:c1] |= crop
     parts: list[list[Polygon]] = [[] for _ in range(n)]
     with rasterio.Env():
-        for lab, occ in zip(labels, taken, strict=True):
+        for lab, occ, members in _label_layers(masks):
             rows, cols = np.flatnonzero(occ.any(1)), np.flatnonzero(occ.any(0))
-            if rows.size == 0:
-                continue
             r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-            sub = lab[r0:r1, c0:c1]
-            t = transform * Affine.translation(c0, r0)
-            for geom, value in rasterio.features.shapes(sub, mask=sub > 0, connectivity=4, transform=t):
-                parts[int(value) - 1].append(shape(geom))
+            crops_px = sum(masks.crops[i].size for i in members)
+            if len(members) * TRACE_CALL_PX + crops_px < TRACE_CALL_PX + (r1 - r0) * (c1 - c0):
+                for i in members:  # a few masks spread over the tile: one small call each
+                    b0, b1 = int(masks.crop_boxes[i][0]), int(masks.crop_boxes[i][1])
+                    _trace(masks.crops[i].astype(np.int32) * (i + 1), transform, b0, b1, parts)
+                continue
+            _trace(lab[r0:r1, c0:c1], transform, r0, c0, parts)
     for i, p in enumerate(parts):
         out[i] = p[0] if len(p) == 1 else (MultiPolygon(p) if p else None)
     return out
+
+
+# What one call of GDAL's polygonizer costs beyond its pixels, in pixels traced (about 0.45 ms
+# against 13.4 ms for a 1024 x 1024 label image, measured on this project's 2-core machine).
+TRACE_CALL_PX = 32_768
+
+
+def _label_layers(masks: InstanceMasks) -> list[tuple[np.ndarray, np.ndarray, list[int]]]:
+    """Masks drawn into label images (value = index + 1) so that no two in one image overlap:
+    ``(labels, occupied, indices)`` per image, the first holding most masks."""
+    h, w = masks.shape
+    boxes = masks.crop_boxes
+    layers: list[tuple[np.ndarray, np.ndarray, list[int]]] = []
+    for i, crop in enumerate(masks.crops):
+        if not crop.any():
+            continue
+        r0, c0, r1, c1 = (int(v) for v in boxes[i])
+        k = next((k for k, (_, occ, _) in enumerate(layers) if not (occ[r0:r1, c0:c1] & crop).any()), len(layers))
+        if k == len(layers):
+            layers.append((np.zeros((h, w), np.int32), np.zeros((h, w), bool), []))
+        lab, occ, members = layers[k]
+        lab[r0:r1, c0:c1][crop] = i + 1
+        occ[r0:r1, c0:c1] |= crop
+        members.append(i)
+    return layers
+
+
+def _trace(labels: np.ndarray, transform: Affine, row: int, col: int, parts: list[list[Polygon]]) -> None:
+    """Polygons of every label of ``labels`` (a window at ``row, col`` of the tile) into ``parts``."""
+    t = transform * Affine.translation(col, row)
+    for geom, value in rasterio.features.shapes(labels, mask=labels > 0, connectivity=4, transform=t):
+        shell, *holes = geom["coordinates"]
+        poly = shapely.Polygon(shell, holes) if holes else shapely.polygons(np.asarray(shell, np.float64))
+        parts[int(value) - 1].append(poly)
 
 
 def simplify(geoms: np.ndarray, tolerance: float) -> np.ndarray:
