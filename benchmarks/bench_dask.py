@@ -8,7 +8,14 @@ interleave the configurations so that a change of machine load colours all of th
 - ``plain``: one process (engine auto: ONNX Runtime on the model's ONNX twin);
 - ``plain_1core``: the same pinned to one core (``taskset -c 0``; the engine follows the affinity);
 - ``workers_1`` / ``workers_2``: ``--workers 1`` / ``--workers 2`` (LocalCluster, cluster start-up included);
+- ``workers_1_1core``: ``--workers 1`` with the whole cluster pinned to one core, so that
+  ``workers_2`` against it is the gain of a second core and a second worker (each worker
+  process then runs one intra-op thread, as each of the two of ``--workers 2`` does);
 - ``torch``: ``--engine torch``, the plain run on torch.
+
+Each worker runs ``cores of its host // worker processes on it`` intra-op threads: ``--workers 1``
+already has both cores of this machine, so ``--workers 2 / --workers 1`` is bounded by
+``2 x plain / plain_1core`` (one process with two threads against two processes with one each).
 
 The 1-minute load average is recorded before and after every run. Outputs of the Dask runs must
 equal the plain run's (ids included). Then, measured in one process on a 1024 px town at tile
@@ -40,6 +47,7 @@ CONFIGS: dict[str, tuple[list[str], list[str]]] = {  # name -> (command prefix, 
     "plain_1core": (["taskset", "-c", "0"], []),
     "workers_1": ([], ["--workers", "1"]),
     "workers_2": ([], ["--workers", "2"]),
+    "workers_1_1core": (["taskset", "-c", "0"], ["--workers", "1"]),
     "torch": ([], ["--engine", "torch"]),
 }
 
@@ -77,7 +85,7 @@ def _extract(raster: Path, out: Path, name: str, weights: str | None) -> dict[st
 
 def interleaved(raster: Path, folder: Path, rounds: int, weights: str | None) -> dict[str, Any]:
     """Every configuration once per round, in turn; the plain run's output kept for comparison."""
-    names = [n for n in CONFIGS if n != "plain_1core" or shutil.which("taskset")]
+    names = [n for n in CONFIGS if not CONFIGS[n][0] or shutil.which("taskset")]
     runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     for k in range(rounds):
         for name in names:
@@ -206,6 +214,10 @@ def run(data: Path, weights: str | None, quick: bool = False, size: int | None =
         merge_us = rows[-1]["us_per_polygon"] if rows else None
     speedup = round(med["workers_1"] / med["workers_2"], 2)
     w1_vs_1core = round(med["workers_1"] / med["plain_1core"], 3) if "plain_1core" in med else None
+    one_core = "workers_1_1core" in med and "plain_1core" in med
+    core_scaling = round(med["workers_1_1core"] / med["workers_2"], 2) if one_core else None
+    w1_1core_vs_1core = round(med["workers_1_1core"] / med["plain_1core"], 3) if one_core else None
+    bound = round(2 * med["plain"] / med["plain_1core"], 2) if "plain_1core" in med else None
     ort_vs_torch = round(med["torch"] / med["plain"], 2)
     equal = all(res["outputs_equal"].values())
     return {
@@ -217,10 +229,14 @@ def run(data: Path, weights: str | None, quick: bool = False, size: int | None =
         **res,
         "speedup_2_vs_1_workers": speedup,
         "workers_1_vs_plain_1core": w1_vs_1core,
+        "speedup_2_workers_vs_1_worker_on_1_core": core_scaling,
+        "workers_1_1core_vs_plain_1core": w1_1core_vs_1core,
+        "speedup_2_vs_1_workers_bound": bound,
         "torch_vs_onnx_plain": ort_vs_torch,
         "serial": serial,
         "estimate": estimate(serial, merge_us),
         "target": "--workers 2 / --workers 1 >= 1.8x; --workers 1 within 10 % of a plain one-core run; equal outputs",
+        "met_on_one_core_per_worker": bool(equal and core_scaling and core_scaling >= 1.8),
         "met": equal and speedup >= 1.8 and (w1_vs_1core is None or w1_vs_1core <= 1.10),
     }
 

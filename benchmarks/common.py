@@ -22,12 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fastsam_geo import weights as fastsam_geo_weights
+
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("YOLO_VERBOSE", "False")
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "benchmarks"
-DEFAULT_WEIGHTS = REPO / "weights" / "fastsam-geo-town-n.pt"
+DEFAULT_WEIGHTS = REPO / "weights" / fastsam_geo_weights.DEFAULT_WEIGHTS
 TILE = 1024
 OVERLAP = 128
 

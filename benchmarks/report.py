@@ -731,6 +731,7 @@ def _dask_section(d: dict[str, Any] | None) -> list[str]:
         "plain_1core": "plain, pinned to one core (`taskset -c 0`)",
         "workers_1": "`--workers 1`",
         "workers_2": "`--workers 2`",
+        "workers_1_1core": "`--workers 1`, the cluster pinned to one core (`taskset -c 0`)",
         "torch": "plain, `--engine torch`",
     }
     L.append(
@@ -761,6 +762,16 @@ def _dask_section(d: dict[str, Any] | None) -> list[str]:
         )
         + f"torch / ONNX Runtime, plain: **{d['torch_vs_onnx_plain']}x**."
     )
+    if d.get("speedup_2_workers_vs_1_worker_on_1_core") is not None:
+        L.append("")
+        L.append(
+            "Each worker process runs cores // worker processes intra-op threads, so `--workers 1` already "
+            "has both cores: `--workers 2 / --workers 1` cannot exceed 2 x plain / plain on one core = "
+            f"**{d['speedup_2_vs_1_workers_bound']}x** here. A second core with a second worker (`--workers 2` "
+            f"against `--workers 1` pinned to one core): **{d['speedup_2_workers_vs_1_worker_on_1_core']}x**; "
+            f"`--workers 1` / plain, both on one core: **{d['workers_1_1core_vs_plain_1core']}** (the cost of the "
+            "cluster)."
+        )
     s, e = d["serial"], d["estimate"]
     L.append("")
     L.append(
