@@ -166,15 +166,15 @@ def _seam_counts(
     inter: np.ndarray,
     iou: np.ndarray,
     iou_threshold: float,
-) -> tuple[int, int]:
-    """``(crossing, single)``: truth buildings crossing a seam, and those found as one polygon."""
+) -> tuple[int, int, int, int]:
+    """``(crossing, single, away, away_single)``: truth buildings crossing a seam and those found
+    as exactly one polygon; the same two counts for the buildings away from every seam."""
     seam_arr = _as_geometry_array(list(seams))
-    if len(seam_arr) == 0 or len(truth) == 0:
-        return 0, 0
+    if len(truth) == 0:
+        return 0, 0, 0, 0
     # query(truth) returns (truth index, seam index) pairs.
-    crossing = np.unique(shapely.STRtree(seam_arr).query(truth, predicate="intersects")[0])
-    if crossing.size == 0:
-        return 0, 0
+    crossing = np.unique(shapely.STRtree(seam_arr).query(truth, predicate="intersects")[0]) if len(seam_arr) else []
+    crossing = np.asarray(crossing, np.int64)
     t_area = shapely.area(truth)
     with np.errstate(divide="ignore", invalid="ignore"):
         cover = np.where(t_area[ti] > 0, inter / t_area[ti], 0.0)
@@ -183,8 +183,10 @@ def _seam_counts(
     # A prediction "covers" a truth when it overlaps more than SPLIT_COVER of its area; the one
     # matching prediction covers it too (IoU >= 0.5 implies > 10%), so single means exactly one.
     covers = np.bincount(ti[(cover > SPLIT_COVER) | (iou >= iou_threshold)], minlength=n)
-    single = (hits[crossing] == 1) & (covers[crossing] == 1)
-    return int(crossing.size), int(single.sum())
+    single = (hits == 1) & (covers == 1)
+    away = np.ones(n, bool)
+    away[crossing] = False
+    return int(crossing.size), int(single[crossing].sum()), int(away.sum()), int(single[away].sum())
 
 
 def merged_split(
@@ -225,8 +227,10 @@ class Scores:
 
     ``seam_score`` is ``seam_single / seam_total``: the share of truth buildings crossing a
     tile seam that come out as exactly one polygon; None when no seam was given or no truth
-    building crosses one. ``merged`` and ``split`` count truth buildings merged with a
-    neighbour into one prediction, and found as two or more parts (:func:`merged_split`).
+    building crosses one. ``away_score``: the same share for the buildings away from every
+    seam (what the seam score compares with: a seam that costs nothing scores the same).
+    ``merged`` and ``split`` count truth buildings merged with a neighbour into one
+    prediction, and found as two or more parts (:func:`merged_split`).
     """
 
     tp: int
@@ -239,6 +243,9 @@ class Scores:
     seam_total: int = 0
     seam_single: int = 0
     seam_score: float | None = None
+    away_total: int = 0
+    away_single: int = 0
+    away_score: float | None = None
     pixel_precision: float | None = None
     pixel_recall: float | None = None
     pixel_f1: float | None = None
@@ -433,9 +440,10 @@ def evaluate(
     out = scores_from_counts(tp, len(p) - tp, len(t) - tp, mean_iou)
     out.merged, out.split = merged_split(p, t, pi, ti, inter)
     if seams is not None:
-        total, single = _seam_counts(p, t, seams, pi, ti, inter, iou, iou_threshold)
-        out.seam_total, out.seam_single = total, single
+        total, single, away, away_single = _seam_counts(p, t, seams, pi, ti, inter, iou, iou_threshold)
+        out.seam_total, out.seam_single, out.away_total, out.away_single = total, single, away, away_single
         out.seam_score = _ratio(single, total) if total else None
+        out.away_score = _ratio(away_single, away) if away else None
     return out
 
 
@@ -580,6 +588,10 @@ def pooled(scores: Sequence[Scores]) -> Scores:
     out.seam_total = sum(s.seam_total for s in scores)
     out.seam_single = sum(s.seam_single for s in scores)
     out.seam_score = _ratio(out.seam_single, out.seam_total) if out.seam_total else None
+    seamed = [s for s in scores if s.seam_total]  # away from seams, where there are seams
+    out.away_total = sum(s.away_total for s in seamed)
+    out.away_single = sum(s.away_single for s in seamed)
+    out.away_score = _ratio(out.away_single, out.away_total) if out.away_total else None
     out.merged = sum(s.merged for s in scores)
     out.split = sum(s.split for s in scores)
     return out

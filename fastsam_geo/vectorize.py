@@ -3,9 +3,10 @@
 Masks are traced by GDAL's polygonizer (``rasterio.features.shapes``): masks that do not
 overlap share one label image and one call (its set-up costs more than tracing a building),
 each traced only over the area the masks cover; a label image of a few masks spread over the
-tile is traced mask by mask, where that scans fewer pixels (:data:`TRACE_CALL_PX`). Polygons follow pixel edges exactly (holes
-kept, always valid); simplification happens once, after seams are merged (:func:`simplify`),
-so that pieces of one building still meet exactly at a seam.
+tile is traced mask by mask, where that scans fewer pixels (:data:`TRACE_CALL_PX`). Polygons
+follow pixel edges exactly (holes kept, always valid); simplification happens once, after
+seams are merged (:func:`simplify`), so that pieces of one building still meet exactly at a
+seam.
 """
 
 from __future__ import annotations

@@ -150,6 +150,9 @@ def test_scores_as_dict() -> None:
         "seam_total",
         "seam_single",
         "seam_score",
+        "away_total",
+        "away_single",
+        "away_score",
         "pixel_precision",
         "pixel_recall",
         "pixel_f1",
@@ -299,12 +302,20 @@ def test_seam_score_on_a_synthetic_town_matches_a_brute_force_oracle() -> None:
         for fr, cross in zip(piece_of, crossing, strict=True)
         if cross
     ]
+    away_single = [
+        sum(f >= 0.5 for f in fr) == 1 and sum(f > 0.1 for f in fr) == 1
+        for fr, cross in zip(piece_of, crossing, strict=True)
+        if not cross
+    ]
     tp = sum(any(f >= 0.5 for f in fr) for fr in piece_of)
     assert sum(crossing) >= 5 and not all(single)
 
     cut = evaluate(frame(pieces), truth, seams=seams)
     assert (cut.seam_total, cut.seam_single) == (sum(crossing), sum(single))
     assert cut.seam_score == pytest.approx(sum(single) / sum(crossing))
+    # Away from the seams nothing was cut: every building there is one piece.
+    assert (cut.away_total, cut.away_single) == (len(away_single), sum(away_single)) == (len(away_single),) * 2
+    assert cut.away_score == 1.0
     assert (cut.tp, cut.fp, cut.fn) == (tp, len(pieces) - tp, len(truth) - tp)
 
     whole = evaluate(truth, truth, seams=seams)
@@ -434,3 +445,18 @@ def test_merged_and_split_buildings_are_counted() -> None:
     assert (s.merged, s.split, s.tp) == (2, 1, 2)  # the merger still matches one at IoU 0.5
     both = pooled([s, s])
     assert (both.merged, both.split) == (4, 2)
+
+
+def test_away_from_seams_pools_only_sources_with_seams() -> None:
+    """The share found as one polygon away from the seams (what the seam score compares with)
+    pools the sources that have seams: a one-tile raster has none to compare."""
+    truth = Features.of([box(0, 0, 10, 10), box(20, 0, 30, 10), box(40, 0, 50, 10)], "EPSG:32633")
+    pred = Features.of([box(0, 0, 10, 10), box(20, 0, 25, 10), box(25, 0, 30, 10), box(40, 0, 50, 10)], "EPSG:32633")
+    seam = [LineString([(45, -5), (45, 20)])]
+    s = evaluate(pred, truth, seams=seam)
+    assert (s.seam_total, s.seam_single, s.away_total, s.away_single) == (1, 1, 2, 1)
+    assert s.away_score == 0.5
+    no_seam = evaluate(pred, truth, seams=[])
+    assert (no_seam.seam_total, no_seam.away_total, no_seam.seam_score) == (0, 3, None)
+    both = pooled([s, no_seam])
+    assert (both.away_total, both.away_single, both.away_score) == (2, 1, 0.5)

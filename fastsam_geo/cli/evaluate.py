@@ -87,6 +87,8 @@ def evaluate(
         seam = "n/a"
         if scores.seam_score is not None:
             seam = f"{scores.seam_score:.3f} ({scores.seam_single}/{scores.seam_total})"
+            if scores.away_score is not None:
+                seam += f" (away from seams {scores.away_score:.3f}, {scores.away_single}/{scores.away_total})"
         pixel = "" if scores.pixel_f1 is None else f"  pixel F1 {scores.pixel_f1:.3f}"
         outside = f"  ({scores.truth_outside} truth outside the raster)" if scores.truth_outside else ""
         click.echo(
@@ -148,12 +150,14 @@ def _prediction_gsd(pred: Path) -> float | None:
 
 
 def _print_table(rows: list[tuple[str, Any]]) -> None:
-    head = f"{'source':<22} {'truth':>6} {'TP':>5} {'FP':>5} {'FN':>5} {'prec':>6} {'recall':>6} {'F1':>6} "
-    click.echo(head + f"{'pixelF1':>7} {'seam':>6} {'mIoU':>5} {'merged':>6} {'split':>5}")
+    w = max(22, *(len(name) for name, _ in rows))
+    head = f"{'source':<{w}} {'truth':>6} {'TP':>5} {'FP':>5} {'FN':>5} {'prec':>6} {'recall':>6} {'F1':>6} "
+    click.echo(head + f"{'pixelF1':>7} {'seam':>6} {'away':>6} {'mIoU':>5} {'merged':>6} {'split':>5}")
     for name, s in rows:
         pix = "-" if s.pixel_f1 is None else f"{s.pixel_f1:.3f}"
         seam = "-" if s.seam_score is None else f"{s.seam_score:.3f}"
+        away = "-" if s.seam_score is None or s.away_score is None else f"{s.away_score:.3f}"
         click.echo(
-            f"{name[:22]:<22} {s.tp + s.fn:>6} {s.tp:>5} {s.fp:>5} {s.fn:>5} {s.precision:>6.3f} "
-            f"{s.recall:>6.3f} {s.f1:>6.3f} {pix:>7} {seam:>6} {s.mean_iou:>5.3f} {s.merged:>6} {s.split:>5}"
+            f"{name:<{w}} {s.tp + s.fn:>6} {s.tp:>5} {s.fp:>5} {s.fn:>5} {s.precision:>6.3f} {s.recall:>6.3f} "
+            f"{s.f1:>6.3f} {pix:>7} {seam:>6} {away:>6} {s.mean_iou:>5.3f} {s.merged:>6} {s.split:>5}"
         )
