@@ -20,7 +20,7 @@ from fastsam_geo.masks import InstanceMasks
 from fastsam_geo.plan import BuildingFilter, RunPlan, TilingOptions, prompt_label
 from fastsam_geo.raster import RasterSource
 from fastsam_geo.tiling import Tile, TileSpec
-from fastsam_geo.vectorize import masks_to_geometries
+from fastsam_geo.vectorize import fill_small_holes, masks_to_geometries
 
 if TYPE_CHECKING:
     from fastsam_geo.prompts import Prompts, TextScorer
@@ -147,6 +147,10 @@ def process_tiles(
         sel, label = select_tile(tile, masks, ctx.prompts, ctx.building_filter, ctx.pixel_area_m2, text_scorer)
         t1 = time.perf_counter()
         geoms = masks_to_geometries(sel, tile.transform)
+        if ctx.building_filter.enabled:  # a hole smaller than the smallest building is not a courtyard
+            t = tile.transform
+            px_map = abs(t.a * t.e - t.b * t.d)
+            geoms = fill_small_holes(geoms, ctx.building_filter.min_area_m2 / ctx.pixel_area_m2 * px_map)
         ok = np.array([g is not None for g in geoms], bool)
         t2 = time.perf_counter()
         out.append(

@@ -112,6 +112,34 @@ def _trace(labels: np.ndarray, transform: Affine, row: int, col: int, parts: lis
         parts[int(value) - 1].append(poly)
 
 
+def fill_small_holes(geoms: np.ndarray, max_area: float) -> np.ndarray:
+    """(Multi)polygons with every hole smaller than ``max_area`` (map units squared) filled.
+
+    A mask leaves a hole where a water tank, a skylight or a shadow sits on its roof; no
+    building mapper keeps those. A hole at least ``max_area`` large (a courtyard) stays.
+
+    >>> ring = shapely.box(0, 0, 10, 10).exterior.coords
+    >>> roof = shapely.Polygon(ring, [shapely.box(2, 2, 3, 3).exterior.coords, shapely.box(5, 5, 9, 9).exterior.coords])
+    >>> [len(g.interiors) for g in fill_small_holes(np.array([roof, None]), 4.0)[:1]]
+    [1]
+    >>> fill_small_holes(np.array([roof]), 16.5)[0].area
+    100.0
+    """
+    geoms = np.asarray(geoms, dtype=object)
+    out = geoms.copy()
+    present = np.flatnonzero(~shapely.is_missing(geoms))
+    parts, index = shapely.get_parts(geoms[present], return_index=True)
+    for i in np.unique(present[index[shapely.get_num_interior_rings(parts) > 0]]):
+        filled = [_fill_part(p, max_area) for p in shapely.get_parts(geoms[i])]
+        out[i] = filled[0] if len(filled) == 1 else MultiPolygon(filled)
+    return out
+
+
+def _fill_part(poly: Polygon, max_area: float) -> Polygon:
+    keep = [r for r in poly.interiors if shapely.area(shapely.polygons(r)) >= max_area]
+    return poly if len(keep) == len(poly.interiors) else Polygon(poly.exterior, keep)
+
+
 def simplify(geoms: np.ndarray, tolerance: float) -> np.ndarray:
     """Douglas-Peucker simplification that keeps polygons valid and holes in place.
 

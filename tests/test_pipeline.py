@@ -366,3 +366,29 @@ def test_box_and_point_on_a_building_across_a_seam_give_one_whole_object(scene: 
         scores = evaluate(pred, expected, seams=seam_lines(grid))
         assert len(pred) == 2 and scores.f1 == 1.0 and scores.seam_score == 1.0, (name, scores)
         assert scores.mean_iou > 0.85
+
+
+def test_holes_smaller_than_a_building_are_filled_courtyards_kept(tmp_path: Path) -> None:
+    """A mask's hole under the smallest building area (a tank on a roof) is filled; a courtyard
+    stays; with the building filter off the masks come out as they are."""
+    scene = write_scene(tmp_path / "town.tif", 512, seed=3)
+    with rasterio.open(scene.raster) as ds:
+        x0, _, _, y1 = ds.bounds
+        crs = ds.crs
+    roof = shapely.Polygon(
+        shapely.box(x0 + 20, y1 - 40, x0 + 40, y1 - 28).exterior.coords,
+        [shapely.box(x0 + 30, y1 - 35, x0 + 31, y1 - 34).exterior.coords],  # 1 m2: a water tank
+    )
+    block = shapely.Polygon(
+        shapely.box(x0 + 60, y1 - 60, x0 + 90, y1 - 30).exterior.coords,
+        [shapely.box(x0 + 70, y1 - 50, x0 + 80, y1 - 40).exterior.coords],  # 100 m2: a courtyard
+    )
+    truth = gpd.GeoDataFrame(geometry=[roof, block], crs=crs)
+    holes = {}
+    for flt in (True, False):
+        out = tmp_path / f"b_{flt}.gpkg"
+        extract_buildings(scene.raster, out, segmenter=TruthSegmenter(truth), building_filter=flt, overwrite=True)
+        pred = gpd.read_file(out, layer="buildings").sort_values("area_m2").reset_index(drop=True)
+        assert len(pred) == 2
+        holes[flt] = [len(g.interiors) for g in pred.geometry]
+    assert holes == {True: [0, 1], False: [1, 1]}

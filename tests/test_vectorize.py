@@ -8,7 +8,7 @@ import shapely
 from affine import Affine
 
 from fastsam_geo.masks import InstanceMasks
-from fastsam_geo.vectorize import masks_to_geometries, polygon_parts, simplify
+from fastsam_geo.vectorize import fill_small_holes, masks_to_geometries, polygon_parts, simplify
 
 
 def test_polygons_cover_exactly_the_mask_pixels_in_map_units() -> None:
@@ -48,3 +48,16 @@ def test_polygon_parts_keeps_the_source_index() -> None:
     parts, idx = polygon_parts(np.array([shapely.box(0, 0, 1, 1), mp], dtype=object), min_area=2)
     assert idx.tolist() == [1, 1]
     assert sorted(p.area for p in parts) == [4.0, 16.0]
+
+
+def test_fill_small_holes_in_every_part_keeps_large_ones_and_missing_values() -> None:
+    def holed(x: float, hole: float) -> shapely.Polygon:
+        inner = shapely.box(x + 2, 2, x + 2 + hole, 2 + hole)
+        return shapely.Polygon(shapely.box(x, 0, x + 10, 10).exterior.coords, [inner.exterior.coords])
+
+    multi = shapely.MultiPolygon([holed(0, 1), holed(20, 5)])
+    plain = shapely.box(0, 0, 1, 1)
+    out = fill_small_holes(np.array([multi, None, plain, holed(40, 1)], dtype=object), max_area=4.0)
+    assert [len(p.interiors) for p in out[0].geoms] == [0, 1]
+    assert out[1] is None and out[2] is plain
+    assert out[3].area == 100.0 and out[3].is_valid
