@@ -173,7 +173,12 @@ def _polygon_options() -> list[Callable[..., Any]]:
     """The building filter and the outlines."""
     return [
         click.option("--no-filter", is_flag=True, help="Keep every mask (no building filter) in everything mode."),
-        click.option("--min-area", default=12.0, show_default=True, help="Building filter: minimum area in m²."),
+        click.option(
+            "--min-area",
+            default=12.0,
+            show_default=True,
+            help="Building filter: minimum area in m² (holes in a building smaller than this are filled).",
+        ),
         click.option("--max-area", default=20000.0, show_default=True, help="Building filter: maximum area in m²."),
         click.option(
             "--regularize", is_flag=True, help="Square the outlines (right angles; holes kept; bad fits refused)."
