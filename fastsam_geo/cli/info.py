@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import click
@@ -67,6 +68,8 @@ def info(raster: str, tile_size: int, overlap: int | None, weights: str | None, 
     click.echo(f"grid:     {i.width} x {i.height} px, pixel {i.res[0]:.6g} x {i.res[1]:.6g} map units")
     click.echo(f"tiles:    {len(grid)} ({grid.shape[0]} x {grid.shape[1]}) of {tile_size} px, overlap {overlap}")
     click.echo(f"weights:  {w}" if w is not None else f"weights:  not found ({w_error})")
+    if w is not None:
+        click.echo(f"engine:   {_engine_line(w, tile_size)}")
     if model_conf is not None:
         click.echo(f"conf:     {model_conf:g} (the model's confidence threshold; --conf overrides it)")
     try:
@@ -83,3 +86,17 @@ def info(raster: str, tile_size: int, overlap: int | None, weights: str | None, 
         click.echo(f"onnx:     onnxruntime {onnxruntime.__version__} ({providers})")
     except ImportError:
         click.echo("onnx:     onnxruntime not installed (.onnx weights need: pip install onnxruntime)")
+
+
+def _engine_line(weights: object, tile_size: int) -> str:
+    """Which engine ``extract --engine auto`` would run the weights on, and the file it loads."""
+    from fastsam_geo.segmenters import resolve_model
+
+    try:
+        model = resolve_model(str(weights), "auto", tile_size)
+    except FastSAMGeoError as exc:
+        return f"none ({exc})"
+    name = os.path.basename(model.path)
+    twin = model.engine == "onnx" and not str(weights).lower().endswith(".onnx")
+    how = f"{name}, the ONNX export beside the .pt; --engine torch runs the .pt" if twin else name
+    return f"{'ONNX Runtime' if model.engine == 'onnx' else 'torch'} ({how})"
