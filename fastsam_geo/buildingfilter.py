@@ -10,9 +10,13 @@ by prompts in :mod:`fastsam_geo.selection`, whose crop arithmetic they share.
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import shapely
+
+try:  # in the full install (ultralytics needs it); the light install measures with shapely
+    import cv2
+except ImportError:  # pragma: no cover - exercised by test_light and a test that hides cv2
+    cv2 = None
 
 from fastsam_geo.masks import InstanceMasks
 from fastsam_geo.selection import _intersection
@@ -60,19 +64,33 @@ def shape_stats(masks: InstanceMasks) -> dict[str, np.ndarray]:
 
 
 def _outline_points(crop: np.ndarray) -> np.ndarray:
-    """``(x, y)`` centres of the pixels on the outer boundaries of a mask (OpenCV's contours,
-    every part): their convex hull is the hull of all the mask's pixels."""
+    """``(x, y)`` centres of pixels whose convex hull is the hull of all the mask's pixels: the
+    outer contours of every part (OpenCV), else the first and last pixel of each row."""
+    if cv2 is None:
+        return _row_ends(crop)
     contours, _ = cv2.findContours(np.ascontiguousarray(crop, np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     if not contours:
         return np.empty((0, 2), np.float32)
     return np.concatenate(contours).reshape(-1, 2).astype(np.float32)
 
 
+def _row_ends(crop: np.ndarray) -> np.ndarray:
+    """``(x, y)`` centres of the first and last set pixel of each row: their hull is the mask's."""
+    rows = np.flatnonzero(crop.any(axis=1))
+    if len(rows) == 0:
+        return np.empty((0, 2), np.float64)
+    sub = crop[rows]
+    first = sub.argmax(axis=1)
+    last = sub.shape[1] - 1 - sub[:, ::-1].argmax(axis=1)
+    return np.concatenate([np.c_[first, rows], np.c_[last, rows]]).astype(np.float64)
+
+
 def min_area_rect(points: np.ndarray) -> tuple[float, float, float]:
     """Width, height and angle (degrees in [0, 90)) of the minimum-area rectangle around ``points``.
 
-    OpenCV's rotating calipers (``cv2.minAreaRect``): the best rectangle has a side on an edge of
-    the convex hull. Collinear points give a height of 0, one point gives 0 x 0.
+    Rotating calipers (OpenCV's ``minAreaRect`` where installed, else the same on shapely's
+    convex hull): the best rectangle has a side on an edge of the convex hull. Collinear points
+    give a side of 0, one point gives 0 x 0.
 
     >>> w, h, a = min_area_rect(np.array([[0, 0], [4, 4], [3, 5], [-1, 1]], float))
     >>> round(w * h, 4), round(a, 4)
@@ -81,11 +99,24 @@ def min_area_rect(points: np.ndarray) -> tuple[float, float, float]:
     >>> sorted([round(w, 4), round(h, 4)]), a
     ([0.0, 3.0], 0.0)
     """
-    pts = np.asarray(points, np.float32).reshape(-1, 2)
-    if len(pts) == 0:
+    if len(points) == 0:
         return 0.0, 0.0, 0.0
-    _, (w, h), ang = cv2.minAreaRect(pts)
-    return float(w), float(h), float(ang) % 90.0
+    if cv2 is not None:
+        _, (w, h), ang = cv2.minAreaRect(np.asarray(points, np.float32).reshape(-1, 2))
+        return float(w), float(h), float(ang) % 90.0
+    hull = shapely.convex_hull(shapely.multipoints(np.asarray(points, np.float64)))
+    xy = shapely.get_coordinates(hull)
+    if len(xy) < 2:
+        return 0.0, 0.0, 0.0
+    edges = np.diff(xy, axis=0)
+    edges = edges[np.hypot(edges[:, 0], edges[:, 1]) > 0]
+    u = edges / np.hypot(edges[:, 0], edges[:, 1])[:, None]
+    along, across = u @ xy.T, np.c_[-u[:, 1], u[:, 0]] @ xy.T
+    w = along.max(axis=1) - along.min(axis=1)
+    h = across.max(axis=1) - across.min(axis=1)
+    k = int(np.argmin(w * h))
+    ang = float(np.degrees(np.arctan2(u[k, 1], u[k, 0])))
+    return float(w[k]), float(h[k]), ang % 90.0
 
 
 def building_filter(

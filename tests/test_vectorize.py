@@ -8,7 +8,7 @@ import shapely
 from affine import Affine
 
 from fastsam_geo.masks import InstanceMasks
-from fastsam_geo.vectorize import fill_small_holes, masks_to_geometries, polygon_parts, simplify
+from fastsam_geo.vectorize import fill_small_holes, mask_to_geometry, masks_to_geometries, polygon_parts, simplify
 
 
 def test_polygons_cover_exactly_the_mask_pixels_in_map_units() -> None:
@@ -61,3 +61,27 @@ def test_fill_small_holes_in_every_part_keeps_large_ones_and_missing_values() ->
     assert [len(p.interiors) for p in out[0].geoms] == [0, 1]
     assert out[1] is None and out[2] is plain
     assert out[3].area == 100.0 and out[3].is_valid
+
+
+def test_packed_tracing_equals_tracing_each_mask_alone() -> None:
+    """Every mask traced in the packed label image is, coordinate for coordinate, what GDAL
+    gives for that mask alone: overlapping masks, speckle, diagonal touches, holes, masks wider
+    than the packed image."""
+    rng = np.random.default_rng(7)
+    t = Affine(0.3, 0, 612345.6, 0, -0.3, 4321098.7)
+    dense = np.zeros((40, 90, 1100), bool)
+    for k in range(38):
+        r, c = rng.integers(0, 80), rng.integers(0, 1080)
+        h, w = rng.integers(1, 30), rng.integers(1, 60)
+        dense[k, r : r + h, c : c + w] = rng.random((min(h, 90 - r), min(w, 1100 - c))) > 0.3
+    dense[38, 10:80, 2:1098] = True  # wider than the packed image
+    dense[38, 30:40, 500:520] = False
+    dense[39, ::2, ::2] = True  # diagonal neighbours only: one part per pixel
+    masks = InstanceMasks.from_dense(dense)
+    geoms = masks_to_geometries(masks, t)
+    for k in range(len(dense)):
+        alone = mask_to_geometry(dense[k], t)
+        assert (geoms[k] is None) == (alone is None)
+        if alone is not None:
+            assert shapely.equals_exact(shapely.normalize(geoms[k]), shapely.normalize(alone), 1e-6), k
+    assert len(geoms[39].geoms) == 45 * 550
