@@ -1,8 +1,9 @@
 """Overhead: everything but inference, as a share of the model's time (default model, on the engine
 ``extract`` picks: ONNX Runtime on the model's ONNX twin when onnxruntime is installed).
 
-1. ``extract_buildings`` runs the default model over a 16-tile synthetic raster (3712 px
-   square, 4 x 4 tiles of 1024 px), recording each tile's everything masks. Its ``segment``
+1. ``extract_buildings`` runs the default model over a synthetic raster (3712 px square at
+   0.5 m, read at the model's working resolution: 9 x 9 tiles of 1024 px at 0.25 m), recording
+   each tile's everything masks. Its ``segment``
    stage (forward pass, NMS, mask assembly) is the model's time.
 2. The same call with a ``ReplaySegmenter`` that hands back the recorded masks: its wall time
    is everything else (read, stretch, select, vectorize, merge, write) with the model taken out.
@@ -43,7 +44,12 @@ def run(data: Path, weights: Path | None, quick: bool = False) -> dict[str, Any]
     size = 1920 if quick else 3712
     sc = common.scene(data, size, seed=9002)
     # the file and engine extract runs (engine auto); the engine's default batch size for the CPU
-    seg = FastSAMSegmenter(resolve_model(weights).path, device="cpu", conf=conf)
+    model = resolve_model(weights)
+    conf = model.conf if conf == 0.25 and model.conf else conf  # the model's calibrated threshold
+    seg = FastSAMSegmenter(model.path, device="cpu", conf=conf)
+    # Both runs read the raster at the model's working resolution, so that the replay finds the
+    # recorded masks under the same tile ids (the replay segmenter carries no resolution of its own).
+    gsd: float | str = model.gsd or "native"
     res.update(
         model=Path(seg.weights_path).name,
         engine=seg.engine,
@@ -62,7 +68,7 @@ def run(data: Path, weights: Path | None, quick: bool = False) -> dict[str, Any]
         rec = None
         for i in range(n_model):
             rec = common.Recorder(seg)
-            s = extract_buildings(sc.raster, out, segmenter=rec, overwrite=True)
+            s = extract_buildings(sc.raster, out, segmenter=rec, overwrite=True, gsd=gsd)
             model_runs.append(s)
             common.log(f"overhead: model run {i + 1}: {s.seconds:.2f} s, stages {s.stage_seconds}")
         assert rec is not None
@@ -72,10 +78,12 @@ def run(data: Path, weights: Path | None, quick: bool = False) -> dict[str, Any]
         cpu = []
         for i in range(n_replay):
             t_cpu = time.process_time()
-            s = extract_buildings(sc.raster, out, segmenter=ReplaySegmenter(recorded), overwrite=True)
+            s = extract_buildings(sc.raster, out, segmenter=ReplaySegmenter(recorded), overwrite=True, gsd=gsd)
             cpu.append(time.process_time() - t_cpu)
             replay_runs.append(s)
             common.log(f"overhead: replay run {i + 1}: {s.seconds:.2f} s, stages {s.stage_seconds}")
+            if s.buildings != model_runs[-1].buildings:
+                raise RuntimeError(f"replay wrote {s.buildings} buildings, the model run {model_runs[-1].buildings}")
         cache = MaskCache(Path(tmp) / "cache", memory_items=0)
         t = time.perf_counter()
         for k, masks in enumerate(recorded.values()):
@@ -90,10 +98,12 @@ def run(data: Path, weights: Path | None, quick: bool = False) -> dict[str, Any]
     added = [t - m for t, m in zip(model_total, model_s, strict=True)]
     best_replay = min(replay_runs, key=lambda r: r.seconds)
     res.update(
+        tiles=len(recorded),  # at the working resolution
+        gsd_m=model.gsd,
         masks_per_tile={"mean": round(float(counts.mean()), 1), "min": int(counts.min()), "max": int(counts.max())},
         buildings_written=model_runs[-1].buildings,
         model_seconds=common.stats(model_s),
-        model_seconds_per_tile=round(model_med / res["tiles"], 4),
+        model_seconds_per_tile=round(model_med / len(recorded), 4),
         model_run_total_seconds=common.stats(model_total),
         model_run_stages=model_runs[-1].stage_seconds,
         replay_seconds=common.stats(replay_s),
