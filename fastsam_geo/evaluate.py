@@ -173,8 +173,9 @@ def _seam_counts(
     if len(truth) == 0:
         return 0, 0, 0, 0
     # query(truth) returns (truth index, seam index) pairs.
-    crossing = np.unique(shapely.STRtree(seam_arr).query(truth, predicate="intersects")[0]) if len(seam_arr) else []
-    crossing = np.asarray(crossing, np.int64)
+    crossing = np.zeros(0, np.int64)
+    if len(seam_arr):
+        crossing = np.unique(shapely.STRtree(seam_arr).query(truth, predicate="intersects")[0])
     t_area = shapely.area(truth)
     with np.errstate(divide="ignore", invalid="ignore"):
         cover = np.where(t_area[ti] > 0, inter / t_area[ti], 0.0)

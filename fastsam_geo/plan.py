@@ -150,10 +150,14 @@ class RunPlan:
         """Simplification tolerance in map units."""
         return self.options.select.simplify_px * abs(self.transform.a)
 
+    def map_area(self, m2: float) -> float:
+        """``m2`` square metres in squared map units of the working grid."""
+        return m2 / self.pixel_area_m2 * abs(self.transform.a * self.transform.e)
+
     @property
     def min_area_map(self) -> float:
         """``min_area_m2`` in squared map units."""
-        return self.options.select.min_area_m2 / self.pixel_area_m2 * abs(self.transform.a * self.transform.e)
+        return self.map_area(self.options.select.min_area_m2)
 
     @property
     def area_range(self) -> tuple[float, float]:

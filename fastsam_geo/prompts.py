@@ -25,7 +25,6 @@ import numpy as np
 from affine import Affine
 
 from fastsam_geo.buildingfilter import (  # noqa: F401  (moved there in issue 22, re-exported)
-    _outline_points,
     _row_ends,
     building_filter,
     min_area_rect,

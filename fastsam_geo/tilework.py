@@ -37,12 +37,17 @@ class TileContext:
     prompts: Prompts | None
     building_filter: BuildingFilter
     pixel_area_m2: float
+    #: Holes smaller than this (squared map units) are filled: the building filter's minimum
+    #: area, as a hole smaller than the smallest building is not a courtyard; 0 without the filter.
+    max_hole_area: float = 0.0
 
     @classmethod
     def of(cls, plan: RunPlan) -> TileContext:
         """The context of a plan's tiles."""
         sel = plan.options.select
-        return cls(plan.raster, plan.options.tiling, plan.crs_wkt, sel.prompts, sel.building_filter, plan.pixel_area_m2)
+        bf = sel.building_filter
+        holes = plan.map_area(bf.min_area_m2) if bf.enabled else 0.0
+        return cls(plan.raster, plan.options.tiling, plan.crs_wkt, sel.prompts, bf, plan.pixel_area_m2, holes)
 
     @property
     def needs_text_scorer(self) -> bool:
@@ -147,10 +152,8 @@ def process_tiles(
         sel, label = select_tile(tile, masks, ctx.prompts, ctx.building_filter, ctx.pixel_area_m2, text_scorer)
         t1 = time.perf_counter()
         geoms = masks_to_geometries(sel, tile.transform)
-        if ctx.building_filter.enabled:  # a hole smaller than the smallest building is not a courtyard
-            t = tile.transform
-            px_map = abs(t.a * t.e - t.b * t.d)
-            geoms = fill_small_holes(geoms, ctx.building_filter.min_area_m2 / ctx.pixel_area_m2 * px_map)
+        if ctx.max_hole_area > 0:
+            geoms = fill_small_holes(geoms, ctx.max_hole_area)
         ok = np.array([g is not None for g in geoms], bool)
         t2 = time.perf_counter()
         out.append(
