@@ -12,15 +12,16 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import geopandas as gpd
 import numpy as np
+import rasterio.features
 import shapely
-from shapely.geometry import Polygon
+from shapely.geometry import MultiPolygon, Polygon
 from shapely.geometry.polygon import orient
 
 from fastsam_geo.calibrate import Calibration, calibrate_conf, per_raster
@@ -202,6 +203,72 @@ def _label_name(lab: object) -> str:
     return str(lab) if isinstance(lab, (str, os.PathLike)) else "the footprints"
 
 
+def _valid_region(nodata: np.ndarray | None) -> Polygon | MultiPolygon | None:
+    """The crop's pixels with data as a polygon in pixel coordinates, or None when all have data.
+
+    >>> nd = np.zeros((4, 4), bool); nd[:, 2:] = True
+    >>> _valid_region(nd).bounds
+    (0.0, 0.0, 2.0, 4.0)
+    >>> _valid_region(np.zeros((4, 4), bool)) is None
+    True
+    """
+    if nodata is None or not nodata.any():
+        return None
+    valid = (~nodata).astype(np.uint8)
+    parts = [shapely.geometry.shape(g) for g, v in rasterio.features.shapes(valid, mask=valid.astype(bool)) if v]
+    return shapely.union_all(parts) if parts else Polygon()
+
+
+def _raster_crops(
+    raster: str | os.PathLike[str],
+    footprints: gpd.GeoDataFrame,
+    *,
+    crop: int,
+    stride: int | None,
+    gsd: float | None,
+    min_area_px: float,
+    min_valid: float,
+) -> Iterator[tuple[str, np.ndarray, list[str]]]:
+    """(tile id, crop padded to ``crop``, YOLO-seg label lines) for each crop of ``raster`` with at
+    least ``min_valid`` of its pixels holding data. Footprints are clipped to the crop and to the
+    pixels with data, so that nodata is never labelled a roof."""
+    with RasterSource(raster, gsd=gsd) as src:
+        geoms = footprints.to_crs(src.info.crs).geometry.values
+        tree = shapely.STRtree(geoms)
+        step = stride or crop * 3 // 4
+        grid = TileGrid(src.info.width, src.info.height, crop, crop - step, src.info.transform)
+        for spec in grid:
+            img, nodata = src.read(spec.window)
+            if nodata is not None and 1.0 - nodata.mean() < min_valid:
+                continue
+            valid = _valid_region(nodata)
+            img = pad_to(img, crop)
+            win_box = shapely.box(*grid.window_bounds(spec.index))
+            inv = ~spec.transform
+            mat = [inv.a, inv.b, inv.d, inv.e, inv.c, inv.f]
+            lines = []
+            h, w = img.shape[:2]  # normalised by the padded size: padding lies right and below
+            for g in shapely.intersection(geoms[tree.query(win_box, predicate="intersects")], win_box):
+                g = shapely.affinity.affine_transform(g, mat)
+                if valid is not None:
+                    g = shapely.intersection(g, valid)
+                for part in shapely.get_parts(g):
+                    if not isinstance(part, Polygon) or part.area < min_area_px:
+                        continue
+                    ring = np.clip(bridge_holes(part) / np.array([w, h], np.float64), 0, 1)
+                    lines.append("0 " + " ".join(f"{v:.6f}" for v in ring.ravel()))
+            yield spec.id, img, lines
+
+
+def _write_variant(out: Path, name: str, img: np.ndarray, lines: list[str], n: int, rng: np.random.Generator) -> None:
+    """Write the ``n``-th sensor copy of a training crop as ``{name}_{kind}`` (the kinds in turn),
+    turned by 1-3 quarter turns."""
+    kind = SENSOR_VARIANTS[n % len(SENSOR_VARIANTS)]
+    k = int(rng.integers(1, 4))
+    var = np.ascontiguousarray(np.rot90(sensor_variant(img, kind, rng), k))
+    _write_crop(out, "train", f"{name}_{kind}", var, [_rotate_line(ln, k) for ln in lines])
+
+
 def build_dataset(
     rasters: Sequence[str | os.PathLike[str]],
     labels: str | os.PathLike[str] | gpd.GeoDataFrame | Sequence[str | os.PathLike[str]],
@@ -214,6 +281,8 @@ def build_dataset(
     min_area_px: float = 12.0,
     gsd: float | None = None,
     augment: bool = False,
+    min_valid: float = 0.05,
+    min_crops: int = 0,
 ) -> DatasetSummary:
     """Write a YOLO-seg dataset (images/, labels/, data.yaml) from rasters and footprints.
 
@@ -222,9 +291,13 @@ def build_dataset(
     (metres per pixel), as ``extract`` does with the trained model. Crops smaller than
     ``crop`` (small rasters) are padded to ``crop`` so that every crop keeps its scale.
     Crops without a building are kept (empty label files): trees, bare soil and roads are
-    negatives. ``augment`` adds, for each training crop, one copy as another sensor sees it
+    negatives. Crops with less than ``min_valid`` of their pixels holding data are left out
+    (a sparse mosaic keeps its partly covered crops; footprints are clipped to the data).
+    ``augment`` adds, for each training crop, one copy as another sensor sees it
     (:func:`sensor_variant`, in turn grey, coarser, radiometrically off), turned by a random
-    multiple of 90 degrees.
+    multiple of 90 degrees; a raster with fewer than ``min_crops`` training images then gets
+    more copies of its crops until it has ``min_crops``, so that small rasters are not drowned
+    by large ones.
     """
     out = Path(out_dir)
     label_list = per_raster(labels, len(rasters))
@@ -235,48 +308,27 @@ def build_dataset(
     n_img = n_inst = n_val = 0
     cache: dict[int, gpd.GeoDataFrame] = {}
     for r_i, (raster, lab) in enumerate(zip(rasters, label_list, strict=True)):
-        key = id(lab)
-        if key not in cache:
-            cache[key] = _read_labels(lab)
-        with RasterSource(raster, gsd=gsd) as src:
-            gdf = cache[key].to_crs(src.info.crs)
-            geoms = gdf.geometry.values
-            tree = shapely.STRtree(geoms)
-            step = stride or crop * 3 // 4
-            grid = TileGrid(src.info.width, src.info.height, crop, crop - step, src.info.transform)
-            for spec in grid:
-                img, nodata = src.read(spec.window)
-                if nodata is not None and nodata.mean() > 0.5:
-                    continue
-                img = pad_to(img, crop)
-                left, bottom, right, top = grid.window_bounds(spec.index)
-                win_box = shapely.box(left, bottom, right, top)
-                hits = tree.query(win_box, predicate="intersects")
-                inv = ~spec.transform
-                mat = [inv.a, inv.b, inv.d, inv.e, inv.c, inv.f]
-                lines = []
-                h, w = img.shape[:2]  # normalised by the padded size: padding lies right and below
-                for g in shapely.intersection(geoms[hits], win_box):
-                    g = shapely.affinity.affine_transform(g, mat)
-                    for part in shapely.get_parts(g):
-                        if not isinstance(part, Polygon) or part.area < min_area_px:
-                            continue
-                        ring = bridge_holes(part) / np.array([w, h], np.float64)
-                        ring = np.clip(ring, 0, 1)
-                        lines.append("0 " + " ".join(f"{v:.6f}" for v in ring.ravel()))
-                split = "val" if rng.random() < val_fraction else "train"
-                name = f"{Path(raster).stem}_{r_i:03d}_{spec.id}"
-                _write_crop(out, split, name, img, lines)
-                n_img += 1
-                n_val += split == "val"
-                n_inst += len(lines)
-                if augment and split == "train" and h == w:
-                    kind = SENSOR_VARIANTS[n_img % len(SENSOR_VARIANTS)]
-                    k = int(rng.integers(1, 4))
-                    var = np.ascontiguousarray(np.rot90(sensor_variant(img, kind, rng), k))
-                    _write_crop(out, split, f"{name}_{kind}", var, [_rotate_line(ln, k) for ln in lines])
-                    n_img += 1
-                    n_inst += len(lines)
+        if id(lab) not in cache:
+            cache[id(lab)] = _read_labels(lab)
+        kept: list[tuple[str, np.ndarray, list[str]]] = []  # training crops, up to min_crops
+        n_train = 0
+        crops = _raster_crops(
+            raster, cache[id(lab)], crop=crop, stride=stride, gsd=gsd, min_area_px=min_area_px, min_valid=min_valid
+        )
+        for tile_id, img, lines in crops:
+            split = "val" if rng.random() < val_fraction else "train"
+            name = f"{Path(raster).stem}_{r_i:03d}_{tile_id}"
+            _write_crop(out, split, name, img, lines)
+            n_img, n_val, n_inst = n_img + 1, n_val + (split == "val"), n_inst + len(lines)
+            if augment and split == "train":
+                _write_variant(out, name, img, lines, n_img, rng)
+                n_img, n_train, n_inst = n_img + 1, n_train + 2, n_inst + len(lines)
+                if len(kept) < min_crops:
+                    kept.append((name, img, lines))
+        for i in range(max(0, min_crops - n_train) if kept else 0):
+            name, img, lines = kept[i % len(kept)]
+            _write_variant(out, f"{name}_x{i}", img, lines, n_img, rng)
+            n_img, n_inst = n_img + 1, n_inst + len(lines)
     if n_img == 0:
         raise RasterError("No training crops: every crop was nodata; check the rasters.")
     if n_val == 0:  # ultralytics needs a validation set: move one crop.
@@ -483,6 +535,8 @@ def train(
     threads: int | None = None,
     gsd: float | None = None,
     augment: bool = False,
+    min_valid: float = 0.05,
+    min_crops: int = 0,
     overwrite: bool = False,
 ) -> TrainResult:
     """Build the dataset, fine-tune ``base`` with ultralytics, copy the best weights to ``output``.
@@ -491,7 +545,7 @@ def train(
     yaml to train from scratch (``yolov8n-seg.yaml``; no download needed). ``gsd`` is the
     working ground resolution (metres per pixel) every raster is read at; it is stored in
     the output checkpoint (see :mod:`fastsam_geo.modelmeta`), so ``extract`` reads tiles at
-    the same resolution.
+    the same resolution. ``augment``, ``min_valid`` and ``min_crops``: see :func:`build_dataset`.
 
     ``output`` (a ``.pt``) is never one of the inputs (rasters, labels, ``base``) and replaces an
     existing file only with ``overwrite``; the model is written to a staging file beside it and
@@ -509,7 +563,17 @@ def train(
     set_torch_threads(threads)
     with output_lock(out):  # one writer: a second train to the same -o is told at once
         work = Path(work_dir) if work_dir else out.with_suffix("").parent / "train_work"
-        ds = build_dataset(rasters, labels, work / "dataset", crop=imgsz, seed=seed, gsd=gsd, augment=augment)
+        ds = build_dataset(
+            rasters,
+            labels,
+            work / "dataset",
+            crop=imgsz,
+            seed=seed,
+            gsd=gsd,
+            augment=augment,
+            min_valid=min_valid,
+            min_crops=min_crops,
+        )
         if ds.instances == 0:
             raise FastSAMGeoError(
                 f"{_label_name(per_raster(labels, len(rasters))[0])}: {ds.images} training crops but no building "

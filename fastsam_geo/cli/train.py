@@ -54,6 +54,21 @@ import click
     show_default=True,
     help="Add one copy of each training crop as another sensor sees it (grey, coarser, radiometry), turned 90 deg.",
 )
+@click.option(
+    "--min-valid",
+    type=click.FloatRange(min=0.0, max=1.0, min_open=True),
+    default=0.05,
+    show_default=True,
+    help="Leave out crops with less than this share of pixels holding data (footprints are clipped to the data).",
+)
+@click.option(
+    "--min-crops",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="With --augment: a raster with fewer training images gets more sensor copies of its crops "
+    "until it has this many.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace --output if it exists (never an input).")
 def train(
     rasters: tuple[str, ...],
@@ -70,6 +85,8 @@ def train(
     gsd: float | None,
     work_dir: Path | None,
     augment: bool,
+    min_valid: float,
+    min_crops: int,
     overwrite: bool,
 ) -> None:
     """Build a YOLO-seg dataset from RASTERS and --labels footprints, fine-tune BASE with
@@ -97,6 +114,8 @@ def train(
         work_dir=work_dir,
         gsd=gsd,
         augment=augment,
+        min_valid=min_valid,
+        min_crops=min_crops,
         overwrite=overwrite,
     )
     click.echo(
