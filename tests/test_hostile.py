@@ -846,7 +846,7 @@ def test_train_takes_an_empty_layer_beside_others_as_a_raster_without_buildings(
     work: Path, labels: dict[str, Path]
 ) -> None:
     """make_real.sh trains on Rio chips without a building (empty footprint files) beside the rest."""
-    from fastsam_geo.train import check_labels
+    from fastsam_geo.dataset import check_labels
 
     raster = work / "r.tif"
     assert check_labels([raster, raster], [labels["good"], labels["empty"]]) > 0

@@ -15,8 +15,9 @@ from click.testing import CliRunner
 from rasterio.windows import Window
 
 from fastsam_geo.cli import main
+from fastsam_geo.dataset import bridge_holes, build_dataset
+from fastsam_geo.errors import RasterError
 from fastsam_geo.synthetic import write_scene
-from fastsam_geo.train import bridge_holes, build_dataset
 
 
 def test_dataset_labels_are_the_footprints_in_crop_pixels(tmp_path: Path) -> None:
@@ -38,6 +39,59 @@ def test_dataset_labels_are_the_footprints_in_crop_pixels(tmp_path: Path) -> Non
     crop = shapely.box(*rasterio.windows.bounds(Window(192, 192, 256, 256), src.transform))
     want = shapely.intersection(shapely.union_all(scene.truth.geometry.values), crop)
     assert shapely.area(shapely.symmetric_difference(got, want)) / want.area < 0.01
+
+
+def _sparse_copy(src_path: Path, dst: Path, valid_cols: int) -> Path:
+    """``src_path`` with nodata (0) everywhere but its first ``valid_cols`` columns, as a sparse
+    mosaic of web-map tiles is."""
+    with rasterio.open(src_path) as src:
+        data, profile = src.read(), src.profile
+    data[:, :, valid_cols:] = 0
+    data[:, :, :valid_cols] = np.maximum(data[:, :, :valid_cols], 1)
+    profile.update(nodata=0)
+    with rasterio.open(dst, "w", **profile) as out:
+        out.write(data)
+    return dst
+
+
+def test_sparse_crops_are_kept_and_their_footprints_clipped_to_the_data(tmp_path: Path) -> None:
+    """A crop with 30 % of its pixels holding data is kept (not with --min-valid 0.5), and no label
+    reaches into its nodata: a roof is never taught on black."""
+    scene = write_scene(tmp_path / "t.tif", 256, seed=4, density=0.9)
+    sparse = _sparse_copy(scene.raster, tmp_path / "sparse.tif", 77)
+    with pytest.raises(RasterError, match="every crop was nodata"):  # 30 % valid < 50 %: left out
+        build_dataset([sparse], scene.truth, tmp_path / "strict", crop=256, val_fraction=0.0, min_valid=0.5)
+    ds = build_dataset([sparse], scene.truth, tmp_path / "ds", crop=256, val_fraction=0.0, min_valid=0.05)
+    assert ds.images == 1 and ds.instances > 0
+    lines = next((tmp_path / "ds" / "labels").rglob("*.txt")).read_text().splitlines()
+    xs = np.concatenate([np.array(ln.split()[1:], float).reshape(-1, 2)[:, 0] for ln in lines]) * 256
+    assert xs.max() <= 77 + 1e-6
+    truth_left = shapely.intersection(
+        shapely.union_all(scene.truth.geometry.values), shapely.box(500000, 0, 500000 + 77 * 0.5, 1e8)
+    )
+    assert len(lines) >= len(shapely.get_parts(truth_left)) * 0.8
+
+
+def test_min_crops_gives_a_small_raster_more_sensor_copies(tmp_path: Path) -> None:
+    """With --augment and --min-crops 7, a one-crop raster has 7 training images (its crop and six
+    copies, turned and as other sensors see it) beside a large raster that is left as it was."""
+    big = write_scene(tmp_path / "a_big.tif", 512, seed=2)
+    small = write_scene(tmp_path / "small.tif", 200, seed=3)
+    ds = build_dataset(
+        [big.raster, small.raster],
+        [big.truth, small.truth],
+        tmp_path / "ds",
+        crop=256,
+        val_fraction=0.0,
+        augment=True,
+        min_crops=7,
+    )
+    train = sorted(p.name for p in (tmp_path / "ds" / "images" / "train").glob("*.png"))
+    assert sum(n.startswith("small_") for n in train) == 7
+    assert sum(n.startswith("a_big_") for n in train) == 2 * 9 - 1  # one moved to val
+    assert ds.images == 9 * 2 + 7
+    copies = [cv2.imread(str(tmp_path / "ds" / "images" / "train" / n)) for n in train if n.startswith("small_")]
+    assert len({c.tobytes() for c in copies}) == 7
 
 
 def test_bridged_ring_keeps_the_hole() -> None:
@@ -88,7 +142,6 @@ def test_train_command_writes_a_checkpoint_that_loads_as_the_segmenter(tmp_path:
     assert len(seg.weights_sha256) == 64
 
 
-
 @pytest.mark.model
 def test_train_reports_validation_per_source(tmp_path: Path) -> None:
     """Two sources (other resolutions): after training each is validated on its own crops."""
@@ -99,11 +152,29 @@ def test_train_reports_validation_per_source(tmp_path: Path) -> None:
     r = CliRunner().invoke(
         main,
         [
-            "train", str(a.raster), str(b.raster), "--labels", str(tmp_path / "a_buildings.gpkg"),
-            "--labels", str(tmp_path / "b_buildings.gpkg"), "-o", str(tmp_path / "two.pt"),
-            "--base", str(Path(__file__).resolve().parents[1] / "weights" / "fastsam-geo-town-n.pt"),
-            "--epochs", "1", "--imgsz", "64", "--batch", "8", "--workers", "0", "--gsd", "0.5",
-            "--work-dir", str(tmp_path / "work"),
+            "train",
+            str(a.raster),
+            str(b.raster),
+            "--labels",
+            str(tmp_path / "a_buildings.gpkg"),
+            "--labels",
+            str(tmp_path / "b_buildings.gpkg"),
+            "-o",
+            str(tmp_path / "two.pt"),
+            "--base",
+            str(Path(__file__).resolve().parents[1] / "weights" / "fastsam-geo-town-n.pt"),
+            "--epochs",
+            "1",
+            "--imgsz",
+            "64",
+            "--batch",
+            "8",
+            "--workers",
+            "0",
+            "--gsd",
+            "0.5",
+            "--work-dir",
+            str(tmp_path / "work"),
         ],
     )
     assert r.exit_code == 0, r.output
@@ -115,8 +186,15 @@ def test_train_reports_validation_per_source(tmp_path: Path) -> None:
         crops, buildings, p, rec, map50 = int(row[1]), int(row[2]), *map(float, row[3:6])
         assert crops > 0 and buildings > 0 and 0 <= p <= 1 and 0 <= rec <= 1 and 0 <= map50 <= 1
     res = train(
-        [a.raster], [tmp_path / "a_buildings.gpkg"], tmp_path / "one.pt",
-        base=str(tmp_path / "two.pt"), epochs=1, imgsz=64, batch=8, workers=0, work_dir=tmp_path / "work1",
+        [a.raster],
+        [tmp_path / "a_buildings.gpkg"],
+        tmp_path / "one.pt",
+        base=str(tmp_path / "two.pt"),
+        epochs=1,
+        imgsz=64,
+        batch=8,
+        workers=0,
+        work_dir=tmp_path / "work1",
     )
     assert [s.source for s in res.per_source] == ["a"] and res.per_source[0].images == res.dataset.val_images
     # the confidence threshold of the best validation F1 is stored with the weights and used by extract
