@@ -234,6 +234,11 @@ def train(
     anything is written (:func:`check_labels`).
     """
     out = Path(output)
+    if min_crops and not augment:
+        raise FastSAMGeoError(
+            f"--min-crops {min_crops} adds sensor copies of a raster's crops: it needs --augment; add it, "
+            "or leave out --min-crops."
+        )
     _check_train_output(out, rasters, labels, base, overwrite)  # in seconds, before torch is imported
     check_labels(rasters, labels)
     from fastsam_geo.engine_torch import set_torch_threads

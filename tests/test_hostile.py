@@ -875,6 +875,14 @@ def test_train_output_guard(work: Path, labels: dict[str, Path], target: str, ex
     assert not (work / "train_work").exists()
 
 
+def test_train_refuses_min_crops_without_augment(work: Path, labels: dict[str, Path]) -> None:
+    """--min-crops adds sensor copies: without --augment it would do nothing, silently."""
+    out = work / "m.pt"
+    args = ["train", work / "r.tif", "--labels", labels["good"], "-o", out, "--min-crops", "8"]
+    assert_refused(args, work, "--augment", output=out)
+    assert not (work / "train_work").exists()
+
+
 def test_train_refuses_a_base_that_is_not_a_model(work: Path, labels: dict[str, Path]) -> None:
     out = work / "m.pt"
     args = ["train", work / "r.tif", "--labels", labels["good"], "-o", out, "--base", labels["good"]]
