@@ -196,6 +196,7 @@ def calibrate_conf(
     gsd: float | str | None = None,
     device: str = "cpu",
     segmenter: Segmenter | None = None,
+    labels_layer: str | None = None,
     **extract_kw: Any,
 ) -> Calibration:
     """Extract every raster at each threshold of ``grid`` and score it against its ``labels``.
@@ -203,7 +204,8 @@ def calibrate_conf(
     ``labels`` is one footprint layer for all rasters or one per raster. ``gsd`` and
     ``extract_kw`` go to :func:`~fastsam_geo.pipeline.extract_buildings` (default: CLI
     defaults, the model's working resolution). ``segmenter`` replaces the FastSAM model of
-    ``weights`` (it must keep masks down to ``min(grid)``). ``conf`` is None when no
+    ``weights`` (it must keep masks down to ``min(grid)``). ``labels_layer`` is the layer read
+    from each footprint file (default: its only layer, else ``buildings``). ``conf`` is None when no
     threshold finds any truth building (no truth on the rasters, or a model that finds none).
     """
     from fastsam_geo.pipeline import extract_buildings
@@ -211,7 +213,9 @@ def calibrate_conf(
     grid = tuple(sorted(float(c) for c in grid))
     # read once (not once per threshold), and a bad file fails before the model loads
     layers = per_raster(labels, len(rasters))
-    loaded = {id(t): load_footprints(t, "truth", allow_empty=True) for t in layers}  # no building: a negative
+    loaded = {  # no building: a negative
+        id(t): load_footprints(t, "truth", labels_layer, allow_empty=True, option="--labels-layer") for t in layers
+    }
     truths = [loaded[id(t)] for t in layers]
     if segmenter is None:
         from fastsam_geo.segment import FastSAMSegmenter

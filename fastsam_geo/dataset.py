@@ -137,7 +137,9 @@ class DatasetSummary:
     val_images: int
 
 
-def _read_labels(labels: str | os.PathLike[str] | gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+def _read_labels(labels: str | os.PathLike[str] | gpd.GeoDataFrame, layer: str | None = None) -> gpd.GeoDataFrame:
+    """A footprint file's ``layer``, else its only layer, else its ``buildings`` layer; a file of
+    several other layers is refused with their names (never its first layer, silently)."""
     if isinstance(labels, gpd.GeoDataFrame):
         return labels
     path = Path(labels)
@@ -145,7 +147,10 @@ def _read_labels(labels: str | os.PathLike[str] | gpd.GeoDataFrame) -> gpd.GeoDa
         raise FastSAMGeoError(
             f"{path}: footprint file not found; give a GeoPackage, GeoJSON or Shapefile of building polygons."
         )
-    gdf = gpd.read_file(path)
+    from fastsam_geo.evaluate import pick_layer
+
+    chosen = pick_layer(path, layer, "--labels-layer")
+    gdf = gpd.read_file(path, layer=chosen) if chosen is not None else gpd.read_file(path)
     if gdf.crs is None:
         raise FastSAMGeoError(f"{path}: footprints have no CRS; set one (e.g. ogr2ogr -a_srs EPSG:XXXX).")
     return gdf
@@ -154,6 +159,7 @@ def _read_labels(labels: str | os.PathLike[str] | gpd.GeoDataFrame) -> gpd.GeoDa
 def check_labels(
     rasters: Sequence[str | os.PathLike[str]],
     labels: str | os.PathLike[str] | gpd.GeoDataFrame | Sequence[str | os.PathLike[str]],
+    labels_layer: str | None = None,
 ) -> int:
     """The number of footprint polygons that overlap their raster; refuses (one line, before
     anything is written) footprints without a polygon (points, lines), footprints that are all
@@ -166,7 +172,7 @@ def check_labels(
     total, seen = 0, []
     for raster, lab in zip(rasters, label_list, strict=True):
         if id(lab) not in cache:
-            gdf = _read_labels(lab)
+            gdf = _read_labels(lab, labels_layer)
             geoms = gdf.geometry.values
             poly = ~(gdf.geometry.isna().to_numpy() | shapely.is_empty(geoms))
             poly &= np.isin(shapely.get_type_id(geoms), (3, 6))  # Polygon, MultiPolygon
@@ -280,11 +286,13 @@ def build_dataset(
     augment: bool = False,
     min_valid: float = 0.05,
     min_crops: int = 0,
+    labels_layer: str | None = None,
 ) -> DatasetSummary:
     """Write a YOLO-seg dataset (images/, labels/, data.yaml) from rasters and footprints.
 
     ``labels`` is one footprint file for all rasters, or one per raster (any CRS: each is
-    brought to its raster's). ``gsd`` reads every raster at that ground resolution
+    brought to its raster's; ``labels_layer`` picks the layer of a file with several).
+    ``gsd`` reads every raster at that ground resolution
     (metres per pixel), as ``extract`` does with the trained model. Crops smaller than
     ``crop`` (small rasters) are padded to ``crop`` so that every crop keeps its scale.
     Crops without a building are kept (empty label files): trees, bare soil and roads are
@@ -306,7 +314,7 @@ def build_dataset(
     cache: dict[int, gpd.GeoDataFrame] = {}
     for r_i, (raster, lab) in enumerate(zip(rasters, label_list, strict=True)):
         if id(lab) not in cache:
-            cache[id(lab)] = _read_labels(lab)
+            cache[id(lab)] = _read_labels(lab, labels_layer)
         kept: list[tuple[str, np.ndarray, list[str]]] = []  # training crops, up to min_crops
         n_train = 0
         crops = _raster_crops(

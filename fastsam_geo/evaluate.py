@@ -282,13 +282,16 @@ def scores_from_counts(tp: int, fp: int, fn: int, mean_iou: float = 0.0) -> Scor
     return Scores(tp, fp, fn, precision, recall, f1, float(mean_iou))
 
 
-def load_footprints(data: Footprints, role: str, layer: str | None = None, *, allow_empty: bool = False) -> Features:
+def load_footprints(
+    data: Footprints, role: str, layer: str | None = None, *, allow_empty: bool = False, option: str | None = None
+) -> Features:
     """Footprints as :class:`Features`: a file's ``layer``, else its only layer, else its
     ``buildings`` layer (a file of several other layers is refused with their names); null and
     empty geometries left out, invalid polygons repaired (:func:`polygons_only`). A missing file,
     an unreadable one, a layer without CRS, or a truth file without one polygon: one line.
     ``allow_empty``: an empty truth file is a place without buildings (``calibrate`` and
-    ``train`` take such rasters as negatives), not a mistake."""
+    ``train`` take such rasters as negatives), not a mistake. ``option`` names the flag that
+    picks the layer in messages (default ``--truth-layer`` / ``--pred-layer``)."""
     if isinstance(data, Features):
         frame, name = data, f"{role} footprints"
     elif hasattr(data, "geometry") and hasattr(data, "crs"):  # a GeoDataFrame / GeoSeries
@@ -296,7 +299,7 @@ def load_footprints(data: Footprints, role: str, layer: str | None = None, *, al
         name = f"{role} footprints"
     elif isinstance(data, (str, os.PathLike)):
         name = str(data)
-        frame = _read_layer(Path(data), role, layer)
+        frame = _read_layer(Path(data), role, layer, option)
     else:
         raise EvaluationError(
             f"{role}: expected a GeoDataFrame, GeoSeries, Features or a vector file path, got {type(data).__name__}."
@@ -316,21 +319,28 @@ def load_footprints(data: Footprints, role: str, layer: str | None = None, *, al
     return polygons_only(frame, name, role)
 
 
-def _read_layer(path: Path, role: str, layer: str | None) -> Features:
-    """The footprint layer of a vector file (see :func:`load_footprints`)."""
+def pick_layer(path: Path, layer: str | None, option: str) -> str | None:
+    """The footprint layer to read from ``path``: ``layer``, else its only feature layer, else its
+    ``buildings`` layer; a file of several other layers (or without ``layer``) is refused in one
+    line naming them and ``option``. None when ``path`` cannot be listed (the reader says why)."""
     from fastsam_geo.vectorio import VectorFormatError, choose_layer
 
-    if not path.exists():
-        raise EvaluationError(f"{path}: no such {role} file; check the path.")
     try:
         # fastsam-geo's GeoPackages also hold tables (tile ledger, metadata): "buildings" is theirs.
-        chosen = choose_layer(path, layer, f"--{'truth' if role == 'truth' else 'pred'}-layer", prefer="buildings")
+        return choose_layer(path, layer, option, prefer="buildings")
     except VectorFormatError as exc:
         if "layer" in str(exc):
             raise EvaluationError(str(exc)) from None
-        chosen = None
+        return None
     except Exception:
-        chosen = None  # not a vector file: read_features says why
+        return None  # not a vector file: the reader says why
+
+
+def _read_layer(path: Path, role: str, layer: str | None, option: str | None = None) -> Features:
+    """The footprint layer of a vector file (see :func:`load_footprints`)."""
+    if not path.exists():
+        raise EvaluationError(f"{path}: no such {role} file; check the path.")
+    chosen = pick_layer(path, layer, option or f"--{'truth' if role == 'truth' else 'pred'}-layer")
     try:
         return read_features(path, layer=chosen)
     except Exception as exc:

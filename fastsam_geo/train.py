@@ -60,6 +60,7 @@ def _write_model(
     *,
     batch: int,
     device: str,
+    labels_layer: str | None = None,
 ) -> tuple[list[SourceScore], float | None, Calibration]:
     """Copy the trained weights to ``out`` with their metadata, the per-source validation and
     the calibrated threshold, through a staging file beside ``out``: a failure or Ctrl-C never
@@ -74,7 +75,7 @@ def _write_model(
         write_pt_meta(tmp, meta)  # the working resolution first: the calibration reads at it
         # the threshold: the extract pipeline's best object F1 on the training rasters, else (no threshold
         # finds a truth building there) the median of the sources' best-F1 thresholds on their crops
-        cal = calibrate_conf(tmp, rasters, labels, gsd=gsd, device=device)  # type: ignore[arg-type]
+        cal = calibrate_conf(tmp, rasters, labels, gsd=gsd, device=device, labels_layer=labels_layer)  # type: ignore[arg-type]
         conf = cal.conf if cal.conf is not None else calibrated_conf(per_source)
         if conf is not None:
             write_pt_meta(tmp, {"conf": conf})
@@ -218,6 +219,7 @@ def train(
     augment: bool = False,
     min_valid: float = 0.05,
     min_crops: int = 0,
+    labels_layer: str | None = None,
     overwrite: bool = False,
 ) -> TrainResult:
     """Build the dataset, fine-tune ``base`` with ultralytics, copy the best weights to ``output``.
@@ -226,7 +228,8 @@ def train(
     yaml to train from scratch (``yolov8n-seg.yaml``; no download needed). ``gsd`` is the
     working ground resolution (metres per pixel) every raster is read at; it is stored in
     the output checkpoint (see :mod:`fastsam_geo.modelmeta`), so ``extract`` reads tiles at
-    the same resolution. ``augment``, ``min_valid`` and ``min_crops``: see :func:`build_dataset`.
+    the same resolution. ``augment``, ``min_valid``, ``min_crops`` and ``labels_layer``: see
+    :func:`~fastsam_geo.dataset.build_dataset`.
 
     ``output`` (a ``.pt``) is never one of the inputs (rasters, labels, ``base``) and replaces an
     existing file only with ``overwrite``; the model is written to a staging file beside it and
@@ -240,7 +243,7 @@ def train(
             "or leave out --min-crops."
         )
     _check_train_output(out, rasters, labels, base, overwrite)  # in seconds, before torch is imported
-    check_labels(rasters, labels)
+    check_labels(rasters, labels, labels_layer)
     from fastsam_geo.engine_torch import set_torch_threads
 
     os.environ.setdefault("YOLO_OFFLINE", "1")
@@ -259,6 +262,7 @@ def train(
             augment=augment,
             min_valid=min_valid,
             min_crops=min_crops,
+            labels_layer=labels_layer,
         )
         if ds.instances == 0:
             raise FastSAMGeoError(
@@ -294,7 +298,9 @@ def train(
         if not best.exists():
             best = Path(model.trainer.last)
         meta = {"gsd_m": gsd, "imgsz": imgsz, "base": str(base), "epochs": int(model.trainer.epochs)}
-        per_source, conf, cal = _write_model(best, out, meta, ds, rasters, labels, work, batch=batch, device=device)
+        per_source, conf, cal = _write_model(
+            best, out, meta, ds, rasters, labels, work, batch=batch, device=device, labels_layer=labels_layer
+        )
         return TrainResult(
             weights=out,
             seconds=seconds,

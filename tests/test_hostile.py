@@ -28,6 +28,7 @@ from range_http_server import RangeHandler
 from rasterio.control import GroundControlPoint
 from rasterio.windows import Window
 
+from fastsam_geo.errors import FastSAMGeoError
 from fastsam_geo.synthetic import Scene, write_scene
 
 REPO = Path(__file__).resolve().parents[1]
@@ -881,6 +882,41 @@ def test_train_refuses_min_crops_without_augment(work: Path, labels: dict[str, P
     args = ["train", work / "r.tif", "--labels", labels["good"], "-o", out, "--min-crops", "8"]
     assert_refused(args, work, "--augment", output=out)
     assert not (work / "train_work").exists()
+
+
+@pytest.mark.parametrize(
+    "command,extra,must",
+    [
+        ("train", [], ["2 layers (houses, sheds)", "--labels-layer NAME"]),
+        ("train", ["--labels-layer", "nope"], ["no layer 'nope'", "--labels-layer"]),
+        ("calibrate", [], ["2 layers (houses, sheds)", "--labels-layer NAME"]),
+        ("calibrate", ["--labels-layer", "nope"], ["no layer 'nope'", "--labels-layer"]),
+    ],
+    ids=["train", "train-no-such-layer", "calibrate", "calibrate-no-such-layer"],
+)
+def test_labels_of_several_layers_are_never_read_by_their_first(
+    work: Path, labels: dict[str, Path], command: str, extra: list[str], must: list[str]
+) -> None:
+    """A GeoPackage of houses and sheds: `train` read its first layer, silently, and `calibrate`
+    pointed to a --truth-layer it does not have; both now name the layers and --labels-layer."""
+    out = work / "m.pt"
+    if command == "train":
+        args = ["train", work / "r.tif", "--labels", labels["layers"], "-o", out, *extra]
+    else:
+        shutil.copy(WEIGHTS, out)
+        args = ["calibrate", out, work / "r.tif", "--labels", labels["layers"], "--write", *extra]
+    assert_refused(args, work, *must, output=out)
+    assert not (work / "train_work").exists()
+
+
+def test_labels_layer_picks_the_layer(work: Path, labels: dict[str, Path]) -> None:
+    from fastsam_geo.dataset import check_labels
+
+    raster = work / "r.tif"
+    houses = check_labels([raster], labels["layers"], labels_layer="houses")
+    assert houses == check_labels([raster], labels["good"]) > 0
+    with pytest.raises(FastSAMGeoError, match="none of the footprints"):  # the sheds lie 50 km away
+        check_labels([raster], labels["layers"], labels_layer="sheds")
 
 
 def test_train_refuses_a_base_that_is_not_a_model(work: Path, labels: dict[str, Path]) -> None:

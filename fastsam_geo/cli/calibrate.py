@@ -6,18 +6,25 @@ from typing import Any
 
 import click
 
-from .options import _GSD_HELP, _Gsd
+from .options import _GSD_HELP, _LABELS_LAYER_HELP, _Gsd
 
 
 @click.command(short_help="Choose a model's confidence threshold on labelled rasters.")
 @click.argument("weights", type=click.Path(exists=True, dir_okay=False))
 @click.argument("rasters", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--labels", required=True, multiple=True, help="Footprint vectors (one file, or one per raster).")
+@click.option("--labels-layer", default=None, help=_LABELS_LAYER_HELP)
 @click.option("--gsd", type=_Gsd(), default=None, help=_GSD_HELP)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:0, mps.")
 @click.option("--write", is_flag=True, help="Store the chosen threshold in WEIGHTS (.pt or .onnx), for `extract`.")
 def calibrate(
-    weights: str, rasters: tuple[str, ...], labels: tuple[str, ...], gsd: Any, device: str, write: bool
+    weights: str,
+    rasters: tuple[str, ...],
+    labels: tuple[str, ...],
+    labels_layer: str | None,
+    gsd: Any,
+    device: str,
+    write: bool,
 ) -> None:
     """Run `extract` (CLI defaults) on RASTERS at each confidence threshold from 0.08 to 0.4 and
     score each result against --labels (object F1 at IoU 0.5, pixel F1). The threshold with the
@@ -36,7 +43,8 @@ def calibrate(
         raise click.BadParameter(f"give one --labels file or one per raster ({len(rasters)})", param_hint="--labels")
     if write:
         check_store(weights, [*rasters, *labels])
-    cal = calibrate_conf(weights, list(rasters), list(labels) if len(labels) > 1 else labels[0], gsd=gsd, device=device)
+    lab = list(labels) if len(labels) > 1 else labels[0]
+    cal = calibrate_conf(weights, list(rasters), lab, gsd=gsd, device=device, labels_layer=labels_layer)
     click.echo(cal.table())
     if cal.conf is None:
         raise click.ClickException(

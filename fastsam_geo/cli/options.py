@@ -52,6 +52,10 @@ _GSD_HELP = (
     "Working ground resolution in metres per pixel: tiles are read resampled to it "
     "(default: the model's, stored in its weights; 'native': the raster's own)."
 )
+_LABELS_LAYER_HELP = (
+    "The layer to read from each --labels file (default: its only layer, else `buildings`; "
+    "a file of several other layers is refused with their names)."
+)
 
 
 def _default_cache_dir() -> Path:

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from .options import _LABELS_LAYER_HELP
+
 
 @click.command(short_help="Fine-tune FastSAM on rasters and building footprints.")
 @click.argument("rasters", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
@@ -54,6 +56,7 @@ import click
     show_default=True,
     help="Add one copy of each training crop as another sensor sees it (grey, coarser, radiometry), turned 90 deg.",
 )
+@click.option("--labels-layer", default=None, help=_LABELS_LAYER_HELP)
 @click.option(
     "--min-valid",
     type=click.FloatRange(min=0.0, max=1.0, min_open=True),
@@ -87,6 +90,7 @@ def train(
     augment: bool,
     min_valid: float,
     min_crops: int,
+    labels_layer: str | None,
     overwrite: bool,
 ) -> None:
     """Build a YOLO-seg dataset from RASTERS and --labels footprints, fine-tune BASE with
@@ -116,6 +120,7 @@ def train(
         augment=augment,
         min_valid=min_valid,
         min_crops=min_crops,
+        labels_layer=labels_layer,
         overwrite=overwrite,
     )
     click.echo(
