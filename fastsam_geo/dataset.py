@@ -147,9 +147,12 @@ def _read_labels(labels: str | os.PathLike[str] | gpd.GeoDataFrame, layer: str |
         raise FastSAMGeoError(
             f"{path}: footprint file not found; give a GeoPackage, GeoJSON or Shapefile of building polygons."
         )
-    from fastsam_geo.evaluate import pick_layer
+    from fastsam_geo.vectorio import VectorFormatError, footprint_layer
 
-    chosen = pick_layer(path, layer, "--labels-layer")
+    try:
+        chosen = footprint_layer(path, layer, "--labels-layer")
+    except VectorFormatError as exc:
+        raise FastSAMGeoError(str(exc)) from None
     gdf = gpd.read_file(path, layer=chosen) if chosen is not None else gpd.read_file(path)
     if gdf.crs is None:
         raise FastSAMGeoError(f"{path}: footprints have no CRS; set one (e.g. ogr2ogr -a_srs EPSG:XXXX).")

@@ -319,28 +319,16 @@ def load_footprints(
     return polygons_only(frame, name, role)
 
 
-def pick_layer(path: Path, layer: str | None, option: str) -> str | None:
-    """The footprint layer to read from ``path``: ``layer``, else its only feature layer, else its
-    ``buildings`` layer; a file of several other layers (or without ``layer``) is refused in one
-    line naming them and ``option``. None when ``path`` cannot be listed (the reader says why)."""
-    from fastsam_geo.vectorio import VectorFormatError, choose_layer
-
-    try:
-        # fastsam-geo's GeoPackages also hold tables (tile ledger, metadata): "buildings" is theirs.
-        return choose_layer(path, layer, option, prefer="buildings")
-    except VectorFormatError as exc:
-        if "layer" in str(exc):
-            raise EvaluationError(str(exc)) from None
-        return None
-    except Exception:
-        return None  # not a vector file: the reader says why
-
-
 def _read_layer(path: Path, role: str, layer: str | None, option: str | None = None) -> Features:
     """The footprint layer of a vector file (see :func:`load_footprints`)."""
+    from fastsam_geo.vectorio import VectorFormatError, footprint_layer
+
     if not path.exists():
         raise EvaluationError(f"{path}: no such {role} file; check the path.")
-    chosen = pick_layer(path, layer, option or f"--{'truth' if role == 'truth' else 'pred'}-layer")
+    try:
+        chosen = footprint_layer(path, layer, option or f"--{'truth' if role == 'truth' else 'pred'}-layer")
+    except VectorFormatError as exc:
+        raise EvaluationError(str(exc)) from None
     try:
         return read_features(path, layer=chosen)
     except Exception as exc:

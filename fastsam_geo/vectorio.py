@@ -72,6 +72,7 @@ from fastsam_geo.vectorread import (  # noqa: F401
     _read_gpkg,
     _read_pyogrio,
     choose_layer,
+    footprint_layer,
     list_layers,
     read_features,
 )

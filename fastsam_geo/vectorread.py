@@ -120,6 +120,22 @@ def choose_layer(path: str | os.PathLike[str], layer: str | None, option: str, p
     )
 
 
+def footprint_layer(path: str | os.PathLike[str], layer: str | None, option: str) -> str | None:
+    """:func:`choose_layer` for footprints (``prefer="buildings"``: fastsam-geo's GeoPackages also
+    hold tables), or None when ``path`` cannot be listed (not a vector file: its reader says why).
+
+    Raises :class:`VectorFormatError` for a missing ``layer`` or several layers and no choice.
+    """
+    try:
+        return choose_layer(path, layer, option, prefer="buildings")
+    except VectorFormatError as exc:
+        if "layer" in str(exc):
+            raise
+        return None
+    except Exception:
+        return None
+
+
 def _ogr_type(kind: str | None, z: int | None, m: int | None) -> str | None:
     """GDAL's name of a GeoPackage geometry type (``z``/``m``: 0 no, 1 yes, 2 optional).
 
