@@ -220,6 +220,7 @@ def train(
     min_valid: float = 0.05,
     min_crops: int = 0,
     labels_layer: str | None = None,
+    keep: str = "best",
     overwrite: bool = False,
 ) -> TrainResult:
     """Build the dataset, fine-tune ``base`` with ultralytics, copy the best weights to ``output``.
@@ -229,7 +230,9 @@ def train(
     working ground resolution (metres per pixel) every raster is read at; it is stored in
     the output checkpoint (see :mod:`fastsam_geo.modelmeta`), so ``extract`` reads tiles at
     the same resolution. ``augment``, ``min_valid``, ``min_crops`` and ``labels_layer``: see
-    :func:`~fastsam_geo.dataset.build_dataset`.
+    :func:`~fastsam_geo.dataset.build_dataset`. ``keep``: the epoch whose weights are written, ``best``
+    on the validation crops or ``last`` (when continuing a model trained on the same rasters with
+    another seed, some validation crops were its training crops, and ``best`` favours the first epoch).
 
     ``output`` (a ``.pt``) is never one of the inputs (rasters, labels, ``base``) and replaces an
     existing file only with ``overwrite``; the model is written to a staging file beside it and
@@ -294,7 +297,7 @@ def train(
             kwargs["time"] = time_hours
         model.train(**kwargs)
         seconds = time.perf_counter() - t0
-        best = Path(model.trainer.best)
+        best = Path(model.trainer.best if keep == "best" else model.trainer.last)
         if not best.exists():
             best = Path(model.trainer.last)
         meta = {"gsd_m": gsd, "imgsz": imgsz, "base": str(base), "epochs": int(model.trainer.epochs)}

@@ -190,13 +190,25 @@ def test_train_reports_validation_per_source(tmp_path: Path) -> None:
         [tmp_path / "a_buildings.gpkg"],
         tmp_path / "one.pt",
         base=str(tmp_path / "two.pt"),
-        epochs=1,
+        epochs=2,
         imgsz=64,
         batch=8,
         workers=0,
         work_dir=tmp_path / "work1",
+        keep="last",
     )
     assert [s.source for s in res.per_source] == ["a"] and res.per_source[0].images == res.dataset.val_images
+    # keep="last": the weights of the last epoch, whatever the validation crops said of the first
+    import torch
+
+    def weights_of(path: Path) -> dict[str, torch.Tensor]:
+        return torch.load(path, map_location="cpu", weights_only=False)["model"].float().state_dict()
+
+    written, last = (
+        weights_of(tmp_path / "one.pt"),
+        weights_of(tmp_path / "work1" / "runs" / "train" / "weights" / "last.pt"),
+    )
+    assert written.keys() == last.keys() and all(torch.equal(written[k], last[k]) for k in written)
     # the confidence threshold of the best validation F1 is stored with the weights and used by extract
     from fastsam_geo.modelmeta import read_model_meta
     from fastsam_geo.segment import FastSAMSegmenter

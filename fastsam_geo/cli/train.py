@@ -72,6 +72,14 @@ from .options import _LABELS_LAYER_HELP
     help="With --augment: a raster with fewer training images gets more sensor copies of its crops "
     "until it has this many.",
 )
+@click.option(
+    "--keep",
+    type=click.Choice(["best", "last"]),
+    default="best",
+    show_default=True,
+    help="Write the epoch best on the validation crops, or the last one (continuing a model trained on the "
+    "same rasters with another --seed: its training crops are among the validation crops).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace --output if it exists (never an input).")
 def train(
     rasters: tuple[str, ...],
@@ -91,6 +99,7 @@ def train(
     min_valid: float,
     min_crops: int,
     labels_layer: str | None,
+    keep: str,
     overwrite: bool,
 ) -> None:
     """Build a YOLO-seg dataset from RASTERS and --labels footprints, fine-tune BASE with
@@ -121,6 +130,7 @@ def train(
         min_valid=min_valid,
         min_crops=min_crops,
         labels_layer=labels_layer,
+        keep=keep,
         overwrite=overwrite,
     )
     click.echo(
