@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 class BuildingFilter:
     """Which "everything" masks count as buildings (used when no prompt is given)."""
 
-    min_area_m2: float = 12.0
+    min_area_m2: float = 8.0
     max_area_m2: float = 20000.0
     min_rectangularity: float = 0.55
     nms_iou: float = 0.7

@@ -118,7 +118,7 @@ def extract_params(params: Mapping[str, Any]) -> dict[str, Any]:
     folder), ``weights``, ``device`` ("auto"), ``batch_size`` (1), ``tile_size`` (1024),
     ``overlap`` (128), ``bands``, ``stretch`` ("auto"), ``conf`` (null: the model's stored threshold), ``iou`` (0.7),
     ``prompts`` (see :func:`prompts_from_json`), ``building_filter`` (``{"enabled": true,
-    "min_area_m2": 12, "max_area_m2": 20000}``), ``simplify_px`` (1.0), ``min_area_m2`` (2.0),
+    "min_area_m2": 8, "max_area_m2": 20000}``), ``simplify_px`` (1.0), ``min_area_m2`` (2.0),
     ``regularize`` (false), ``overwrite`` (false), ``layer`` ("buildings"), ``clip_model``,
     ``clip_weights`` (text prompts), ``cache`` (true: use the mask cache), ``gsd`` (metres
     per pixel, ``"native"``, or null: the model's working resolution), ``assign_crs`` (the

@@ -190,7 +190,7 @@ class FastSAMDock(QgsDockWidget):
         self.min_area_spin = QDoubleSpinBox(prompts)
         self.min_area_spin.setRange(0.0, 9999.0)
         self.min_area_spin.setDecimals(1)
-        self.min_area_spin.setValue(12.0)
+        self.min_area_spin.setValue(8.0)
         self.min_area_spin.setSuffix(" m²")
         self.max_area_spin = QDoubleSpinBox(prompts)
         self.max_area_spin.setRange(1.0, 999999.0)

@@ -179,7 +179,7 @@ def _polygon_options() -> list[Callable[..., Any]]:
         click.option("--no-filter", is_flag=True, help="Keep every mask (no building filter) in everything mode."),
         click.option(
             "--min-area",
-            default=12.0,
+            default=8.0,
             show_default=True,
             help="Building filter: minimum area in m² (holes in a building smaller than this are filled).",
         ),
