@@ -57,11 +57,11 @@ def test_info_describes_raster_and_tiles(small: Scene) -> None:
     # the default model's working resolution (0.25 m) and confidence threshold, read from its file
     r = CliRunner().invoke(main, ["info", str(small.raster), "--tile-size", "256", "--overlap", "32"])
     assert r.exit_code == 0, r.output
-    from fastsam_geo.modelmeta import weights_conf
+    from fastsam_geo.modelmeta import read_model_meta, weights_conf
     from fastsam_geo.weights import resolve_weights
 
     stored = weights_conf(resolve_weights(None))
-    assert stored != 0.25  # calibrated, not the fallback
+    assert read_model_meta(resolve_weights(None)).get("conf") == stored  # calibrated and stored, not the fallback
     assert "0.25 m per pixel (resampled)" in r.output and f"conf:     {stored:g} " in r.output, r.output
     # the engine extract would pick: the .pt's ONNX export on ONNX Runtime; at 2048 px tiles the .pt
     assert "engine:   ONNX Runtime (fastsam-geo-n.onnx, the ONNX export beside the .pt" in r.output, r.output

@@ -295,13 +295,13 @@ def test_worker_process_with_a_fastsam_checkpoint_keeps_masks_warm(
 @pytest.mark.parametrize("name", ["fastsam-geo-n.pt", "fastsam-geo-n.onnx"])
 def test_a_request_without_conf_gets_the_models_stored_threshold(name: str, tmp_path: Path) -> None:
     """QGIS sends no ``conf`` unless the user sets one: the bundled model's calibrated threshold applies."""
-    from fastsam_geo.modelmeta import weights_conf
+    from fastsam_geo.modelmeta import read_model_meta, weights_conf
 
     weights = Path(__file__).resolve().parents[1] / "weights" / name
     engine = Engine(cache_dir=tmp_path / "cache")
     p = extract_params({"raster": "a.tif", "weights": str(weights), "device": "cpu"})
     stored = weights_conf(weights)
-    assert p["conf"] is None and stored != 0.25
+    assert p["conf"] is None and read_model_meta(weights).get("conf") == stored  # stored, not the 0.25 fallback
     assert engine.segmenter(p["weights"], p["device"], p["conf"], p["iou"]).conf == pytest.approx(stored)
     assert engine.segmenter(p["weights"], p["device"], 0.4, p["iou"]).conf == pytest.approx(0.4)
     assert [m["conf"] for m in engine.status()["models"]] == [None, 0.4]
