@@ -86,6 +86,24 @@ def test_cli_calibrate_writes_the_threshold_into_the_model(two_scenes, tmp_path:
     assert read_model_meta(TOWN_N) == before
 
 
+def test_cli_calibrate_runs_extract_with_the_given_tiling_and_filter(two_scenes) -> None:
+    """--tile-size, --overlap and --min-area reach each extract run: the CLI's table equals the API's
+    with the same settings, and differs from the defaults' (a 30 m² minimum drops small houses)."""
+    from fastsam_geo.calibrate import calibrate_conf
+    from fastsam_geo.cli import main
+    from fastsam_geo.plan import BuildingFilter
+
+    (raster, truth), _ = two_scenes
+    args = ["calibrate", str(TOWN_N), str(raster), "--labels", str(truth), "--tile-size", "256", "--overlap", "64"]
+    r = CliRunner().invoke(main, [*args, "--min-area", "30"])
+    assert r.exit_code == 0, r.output
+    cal = calibrate_conf(TOWN_N, [raster], truth, tile_size=256, overlap=64, building_filter=BuildingFilter(30.0))
+    rows = [line.split() for line in r.output.splitlines() if line[:2] == "0."]
+    assert [tuple(map(int, row[3:6])) for row in rows] == [(s.tp, s.fp, s.fn) for s in cal.pooled], r.output
+    default = calibrate_conf(TOWN_N, [raster], truth, tile_size=256, overlap=64)
+    assert [(s.tp, s.fp) for s in default.pooled] != [(s.tp, s.fp) for s in cal.pooled]
+
+
 def test_onnx_threshold_is_stored_beside_its_other_metadata(tmp_path: Path) -> None:
     from fastsam_geo.calibrate import store_conf
     from fastsam_geo.modelmeta import read_model_meta

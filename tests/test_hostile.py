@@ -1016,6 +1016,28 @@ def test_calibrate_write_checks_the_model_first(work: Path, labels: dict[str, Pa
     assert sha(WEIGHTS) == before
 
 
+@pytest.mark.parametrize(
+    ("extra", "must"),
+    [
+        (["--tile-size", "7"], ["--tile-size 7", "at least 64 px"]),
+        (["--tile-size", "256", "--overlap", "200"], ["--overlap 200", "--tile-size 256"]),
+        (["--min-area", "-1"], ["--min-area -1", "0 m² or more"]),
+        (["--min-area", "30000"], ["--min-area 30000", "--max-area"]),
+    ],
+    ids=["tile-size", "overlap", "negative-min-area", "min-area-above-max"],
+)
+def test_calibrate_refuses_bad_tiling_and_areas_before_working(
+    work: Path, labels: dict[str, Path], extra: list[str], must: list[str]
+) -> None:
+    """calibrate takes extract's tiling and building filter (the best threshold depends on them),
+    checked as extract checks them: one line, nothing written, the model untouched."""
+    shutil.copy(WEIGHTS, work / "m.pt")
+    before = sha(work / "m.pt")
+    args = ["calibrate", work / "m.pt", work / "r.tif", "--labels", labels["good"], "--write", *extra]
+    assert_refused(args, work, *must)
+    assert sha(work / "m.pt") == before
+
+
 @pytest.mark.skipif(IS_ROOT, reason="root writes read-only files")
 def test_calibrate_write_refuses_a_read_only_model_before_working(work: Path, labels: dict[str, Path]) -> None:
     shutil.copy(WEIGHTS, work / "ro.pt")

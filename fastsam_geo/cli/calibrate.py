@@ -6,6 +6,7 @@ from typing import Any
 
 import click
 
+from .common import _default_overlap
 from .options import _GSD_HELP, _LABELS_LAYER_HELP, _Gsd
 
 
@@ -15,6 +16,9 @@ from .options import _GSD_HELP, _LABELS_LAYER_HELP, _Gsd
 @click.option("--labels", required=True, multiple=True, help="Footprint vectors (one file, or one per raster).")
 @click.option("--labels-layer", default=None, help=_LABELS_LAYER_HELP)
 @click.option("--gsd", type=_Gsd(), default=None, help=_GSD_HELP)
+@click.option("--tile-size", default=1024, show_default=True, help="Tile size in pixels, as you will extract.")
+@click.option("--overlap", default=None, type=int, help="Tile overlap in pixels (default: tile size / 8).")
+@click.option("--min-area", default=8.0, show_default=True, help="Building filter minimum in m², as you will extract.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:0, mps.")
 @click.option("--write", is_flag=True, help="Store the chosen threshold in WEIGHTS (.pt or .onnx), for `extract`.")
 def calibrate(
@@ -23,6 +27,9 @@ def calibrate(
     labels: tuple[str, ...],
     labels_layer: str | None,
     gsd: Any,
+    tile_size: int,
+    overlap: int | None,
+    min_area: float,
     device: str,
     write: bool,
 ) -> None:
@@ -31,20 +38,37 @@ def calibrate(
     best object F1 averaged over the rasters that have truth buildings (each counts once, and
     each threshold is averaged with its neighbours) is the model's; --write stores it in
     WEIGHTS, so that `extract` without --conf uses it. `train` ends with the same step on its
-    rasters.
+    rasters. Pass the --gsd, --tile-size, --overlap and --min-area you will extract with: the
+    best threshold depends on them.
 
     \b
     Example:
       fastsam-geo calibrate weights/mine.pt block_a.tif block_b.tif --labels osm.gpkg --write
     """
     from fastsam_geo.calibrate import calibrate_conf, check_store, store_conf
+    from fastsam_geo.plan import BuildingFilter
+    from fastsam_geo.validate import check_areas, check_tiling
 
+    overlap = _default_overlap(tile_size) if overlap is None else overlap
+    check_tiling(tile_size, overlap)
+    bfilter = BuildingFilter(min_area_m2=min_area)
+    check_areas(bfilter.min_area_m2, bfilter.max_area_m2)
     if len(labels) not in (1, len(rasters)):
         raise click.BadParameter(f"give one --labels file or one per raster ({len(rasters)})", param_hint="--labels")
     if write:
         check_store(weights, [*rasters, *labels])
     lab = list(labels) if len(labels) > 1 else labels[0]
-    cal = calibrate_conf(weights, list(rasters), lab, gsd=gsd, device=device, labels_layer=labels_layer)
+    cal = calibrate_conf(
+        weights,
+        list(rasters),
+        lab,
+        gsd=gsd,
+        device=device,
+        labels_layer=labels_layer,
+        tile_size=tile_size,
+        overlap=overlap,
+        building_filter=bfilter,
+    )
     click.echo(cal.table())
     if cal.conf is None:
         raise click.ClickException(
