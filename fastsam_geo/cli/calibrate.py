@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from .common import _default_overlap
+from .common import _checked_overlap
 from .options import _GSD_HELP, _LABELS_LAYER_HELP, _Gsd
 
 
@@ -47,10 +47,9 @@ def calibrate(
     """
     from fastsam_geo.calibrate import calibrate_conf, check_store, store_conf
     from fastsam_geo.plan import BuildingFilter
-    from fastsam_geo.validate import check_areas, check_tiling
+    from fastsam_geo.validate import check_areas
 
-    overlap = _default_overlap(tile_size) if overlap is None else overlap
-    check_tiling(tile_size, overlap)
+    overlap = _checked_overlap(tile_size, overlap)
     bfilter = BuildingFilter(min_area_m2=min_area)
     check_areas(bfilter.min_area_m2, bfilter.max_area_m2)
     if len(labels) not in (1, len(rasters)):

@@ -131,3 +131,17 @@ def _default_overlap(tile_size: object) -> object:
     (128, 32)
     """
     return tile_size // 8 if isinstance(tile_size, int) else 0
+
+
+def _checked_overlap(tile_size: object, overlap: object | None) -> object:
+    """``--overlap`` as given, or an eighth of ``--tile-size``; both checked (one-line
+    :class:`~fastsam_geo.errors.OptionError` when out of range).
+
+    >>> _checked_overlap(1024, None), _checked_overlap(256, 64)
+    (128, 64)
+    """
+    from fastsam_geo.validate import check_tiling
+
+    overlap = _default_overlap(tile_size) if overlap is None else overlap
+    check_tiling(tile_size, overlap)
+    return overlap

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from .common import _default_overlap
+from .common import _checked_overlap
 
 
 @click.command(short_help="Score predicted footprints against the truth (F1, pixel F1, seam score).")
@@ -128,10 +128,8 @@ def _score_on_raster(
     from fastsam_geo.evaluate import evaluate_on_raster, seam_lines
     from fastsam_geo.raster import RasterSource
     from fastsam_geo.tiling import TileGrid
-    from fastsam_geo.validate import check_tiling
 
-    overlap = _default_overlap(tile_size) if overlap is None else overlap
-    check_tiling(tile_size, overlap)
+    overlap = _checked_overlap(tile_size, overlap)
     with RasterSource(raster, gsd=_prediction_gsd(pred)) as src:
         grid = TileGrid(src.info.width, src.info.height, tile_size, overlap, src.info.transform)
     p_in, t_in = _layer_of(pred, "prediction", pred_layer), _layer_of(truth, "truth", truth_layer)

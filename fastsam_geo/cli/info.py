@@ -9,7 +9,7 @@ import click
 
 from fastsam_geo.errors import FastSAMGeoError
 
-from .common import _default_overlap
+from .common import _checked_overlap
 from .options import _GSD_HELP, _Gsd
 
 
@@ -42,10 +42,7 @@ def info(raster: str, tile_size: int, overlap: int | None, weights: str | None, 
         if weights is not None:  # the file asked for is not a model: say so, never "none stored"
             raise
         w, w_error = None, str(exc)
-    from fastsam_geo.validate import check_tiling
-
-    overlap = _default_overlap(tile_size) if overlap is None else overlap
-    check_tiling(tile_size, overlap)
+    overlap = _checked_overlap(tile_size, overlap)
     with RasterSource(raster) as src:
         n = src.info
         src.set_gsd(working_gsd(gsd, model_gsd))
