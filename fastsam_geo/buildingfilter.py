@@ -209,7 +209,7 @@ def nms_keep(
     if n < 2:
         return keep
     areas = masks.areas
-    a_idx, b_idx, pair_iou, pair_ios = _overlapping_pairs(masks, areas)
+    a_idx, b_idx, pair_iou, pair_ios = overlapping_pairs(masks, areas)
     neighbours: list[list[tuple[int, float, float]]] = [[] for _ in range(n)]
     for a, b, u, s in zip(a_idx.tolist(), b_idx.tolist(), pair_iou.tolist(), pair_ios.tolist(), strict=True):
         neighbours[a].append((b, u, s))
@@ -247,7 +247,7 @@ def nms_keep(
     return keep
 
 
-def _overlapping_pairs(
+def overlapping_pairs(
     masks: InstanceMasks, areas: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``(a, b, iou, ios)`` of :func:`nms_keep`'s pairs: masks ``a < b`` whose crop boxes overlap

@@ -180,7 +180,7 @@ class OnnxFastSAMSegmenter(FastSAMSegmenter):
         protos = next(o for o in outs if o.ndim == 4)
         return [
             (
-                non_max_suppression(pred[j], self.conf, self.iou, max_det=self.max_det, nc=len(self.names)),
+                non_max_suppression(pred[j], self.nms_conf, self.iou, max_det=self.max_det, nc=len(self.names)),
                 protos[j].astype(np.float32, copy=False),
             )
             for j in range(n)

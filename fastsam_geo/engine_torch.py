@@ -166,7 +166,7 @@ class TorchFastSAMSegmenter(FastSAMSegmenter):
                 # one image per call: NMS's time limit then never drops the later images of a batch
                 det = non_max_suppression(
                     pred[j : j + 1],
-                    self.conf,
+                    self.nms_conf,
                     self.iou,
                     max_det=self.max_det,
                     nc=len(self.names),

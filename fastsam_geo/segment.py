@@ -315,12 +315,16 @@ def mask_settings(
     imgsz: int | None = None,
     min_area_px: int = 0,
     half: bool = False,
+    tta: int = 1,
 ) -> dict[str, Any]:
     """The settings that decide a tile's everything masks, with :class:`FastSAMSegmenter`'s
-    defaults: what cache keys are built from (``cache.key_fn_for``).
+    defaults: what cache keys are built from (``cache.key_fn_for``). ``tta`` is only named when
+    views are fused (above 1), so masks cached without it keep their keys.
 
     >>> mask_settings("ab", conf=0.25, iou=0.7)["max_det"]
     1000
+    >>> mask_settings("ab", conf=0.25, iou=0.7, tta=8)["tta"]
+    8
     """
     return {
         "weights_sha256": weights_sha256,
@@ -330,6 +334,7 @@ def mask_settings(
         "max_det": int(max_det),
         "imgsz": imgsz,
         "min_area_px": int(min_area_px),
+        **({"tta": int(tta)} if tta != 1 else {}),
     }
 
 
@@ -376,6 +381,9 @@ class FastSAMSegmenter:
             ``imgsz x imgsz``. An ONNX file exported with a fixed size runs at that size.
         threads: CPU threads (None: every core this process may use, :func:`cpu_threads`).
         min_area_px: masks smaller than this many pixels are dropped.
+        tta: views of each tile (1, 2, 4 or 8: flips and quarter turns) whose objects are fused,
+            see :mod:`fastsam_geo.tta`; 1 (the default) runs the tile as it is. Costs ``tta``
+            forward passes per tile.
 
     Attributes:
         weights_path: the file that was loaded.
@@ -414,7 +422,11 @@ class FastSAMSegmenter:
         imgsz: int | None = None,
         threads: int | None = None,
         min_area_px: int = 0,
+        tta: int = 1,
     ) -> None:
+        from fastsam_geo.tta import views
+
+        self.views = views(tta)  # ValueError for a count other than 1, 2, 4, 8
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size={batch_size} must be at least 1")
         if (conf is not None and not 0.0 <= conf <= 1.0) or not 0.0 <= iou <= 1.0:
@@ -461,8 +473,21 @@ class FastSAMSegmenter:
                 imgsz=self.imgsz,
                 min_area_px=self.min_area_px,
                 half=self.half,
+                tta=self.tta,
             ),
         }
+
+    @property
+    def tta(self) -> int:
+        """Views fused per tile (1: none)."""
+        return len(self.views)
+
+    @property
+    def nms_conf(self) -> float:
+        """The threshold of the NMS: ``conf``, lowered for the views' candidates when fusing."""
+        from fastsam_geo.tta import CANDIDATE_FACTOR
+
+        return self.conf * CANDIDATE_FACTOR if self.tta > 1 else self.conf
 
     # ------------------------------------------------------------------ inference
     def _input_shape(self, shapes: Sequence[tuple[int, int]]) -> tuple[tuple[int, int], bool]:
@@ -492,7 +517,19 @@ class FastSAMSegmenter:
         return out
 
     def segment(self, tiles: Sequence[Tile]) -> list[InstanceMasks]:
-        """One :class:`InstanceMasks` per tile (numpy only), in the order of ``tiles``."""
+        """One :class:`InstanceMasks` per tile (numpy only), in the order of ``tiles``; with
+        ``tta`` above 1, each tile's views fused (:func:`fastsam_geo.tta.fuse_views`)."""
+        if self.tta == 1:
+            return self._segment_views(tiles)
+        from fastsam_geo.tta import KEEP_FACTOR, fuse_views, unview_masks, view_tile
+
+        per_view = []
+        for view in self.views:
+            seen = [view_tile(t, view) for t in tiles]
+            per_view.append([unview_masks(m, view) for m in self._segment_views(seen)])
+        return [fuse_views([pv[j] for pv in per_view], self.conf * KEEP_FACTOR) for j in range(len(tiles))]
+
+    def _segment_views(self, tiles: Sequence[Tile]) -> list[InstanceMasks]:
         raws = self.predict_raw(tiles)
         return [
             assemble_masks(r.det, r.protos, r.letterbox, nodata=t.nodata, min_area_px=self.min_area_px)
