@@ -309,7 +309,9 @@ class ModelPlugin(WorkerPlugin):
             base = self.segmenter
             if self.cache_only:
                 assert self.resolved is not None
-                base = CacheOnly(ctx.raster, self.resolved, self.model.conf or self.resolved.conf, self.model.iou)
+                base = CacheOnly(
+                    ctx.raster, self.resolved, self.model.conf or self.resolved.conf, self.model.iou, self.model.tta
+                )
             bands = f"{list(self.source(ctx).info.bands)}|{ctx.tiling.stretch}"
             self._cached[ctx.raster] = with_cache(base, ctx.raster, self.cache_dir, bands)
         return self._cached[ctx.raster]

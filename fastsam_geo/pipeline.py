@@ -60,6 +60,7 @@ def build_options(
     assign_crs: str | None = None,
     resumable: bool = True,
     engine: str = "auto",
+    tta: int = 1,
 ) -> ExtractOptions:
     """The typed options of :func:`extract_buildings`'s keywords.
 
@@ -73,7 +74,7 @@ def build_options(
         bfilter = BuildingFilter(enabled=building_filter is not False)
     return ExtractOptions(
         tiling=TilingOptions(tile_size, overlap, tuple(bands) if bands is not None else None, stretch, gsd, assign_crs),
-        model=ModelOptions(None if weights is None else os.fspath(weights), device, batch_size, conf, iou, engine),
+        model=ModelOptions(None if weights is None else os.fspath(weights), device, batch_size, conf, iou, engine, tta),
         select=SelectOptions(prompts, bfilter, simplify_px, min_area_m2, regularize, match_iou),
         output=OutputOptions(
             overwrite, resume, layer, None if cache_dir is None else os.fspath(cache_dir), cache_only, resumable
@@ -117,6 +118,7 @@ def extract_buildings(
     assign_crs: str | None = None,
     resumable: bool = True,
     engine: str = "auto",
+    tta: int = 1,
 ) -> ExtractSummary:
     """Extract building polygons from ``raster`` into ``output`` (.gpkg, .geojson, .fgb).
 
@@ -157,6 +159,8 @@ def extract_buildings(
         engine: ``"auto"`` (default): a ``.pt`` whose ONNX twin (its ``fastsam-geo export``) lies
             beside it runs on ONNX Runtime when onnxruntime is installed, anything else on its own
             engine; ``"onnx"`` / ``"torch"`` choose explicitly. The summary's ``engine`` says which ran.
+        tta: views of each tile whose objects are fused (1, 2, 4 or 8 flips and quarter turns,
+            :mod:`fastsam_geo.tta`); 1 (default): the tile as it is. ``tta`` forward passes a tile.
 
     Returns:
         An :class:`ExtractSummary`.
@@ -189,6 +193,7 @@ def extract_buildings(
         assign_crs=assign_crs,
         resumable=resumable,
         engine=engine,
+        tta=tta,
     )
     job = RasterJob(raster, output, progress, tuple(sheets))
     (summary,) = extract_rasters(

@@ -68,6 +68,7 @@ class ModelOptions:
     conf: float | None = None  # None: the model's (stored with its weights), else 0.25
     iou: float = 0.7
     engine: str = "auto"  # auto: the ONNX twin of a .pt when onnxruntime is installed; onnx; torch
+    tta: int = 1  # views of each tile fused (fastsam_geo.tta); 1: the tile as it is
 
 
 @dataclass(frozen=True)
@@ -182,6 +183,7 @@ class RunPlan:
             "weights_sha256": weights_sha256,
             "conf": o.model.conf,
             "iou": o.model.iou,
+            **({"tta": o.model.tta} if o.model.tta != 1 else {}),
             "building_filter": asdict(o.select.building_filter),
             "match_iou": o.select.match_iou,
             **({"assign_crs": o.tiling.assign_crs} if o.tiling.assign_crs else {}),

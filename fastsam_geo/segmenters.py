@@ -160,21 +160,23 @@ class CacheOnly:
     its cache keys are the ones ``extract`` wrote.
     """
 
-    def __init__(self, raster: str | os.PathLike[str], model: ResolvedModel, conf: float, iou: float) -> None:
+    def __init__(
+        self, raster: str | os.PathLike[str], model: ResolvedModel, conf: float, iou: float, tta: int = 1
+    ) -> None:
         from fastsam_geo.segment import mask_settings
 
         self.raster = raster
         self.weights_path = Path(model.path)
         self.weights_sha256 = model.sha256
         self.engine = model.engine
-        self.metadata = mask_settings(model.sha256 or model.path, conf=conf, iou=iou)
+        self.metadata = mask_settings(model.sha256 or model.path, conf=conf, iou=iou, tta=tta)
 
     def segment(self, tiles: Sequence[Tile]) -> list[InstanceMasks]:
         """Refuses: a tile reached here is not in the cache."""
         ids = ", ".join(t.id for t in tiles[:3])
         raise PromptError(
             f"{self.raster}: tile(s) {ids} not in the mask cache; run `fastsam-geo extract` over this raster "
-            "first (with the same weights, --engine, --conf, --iou, --bands and --gsd), or use `extract` with "
+            "first (with the same weights, --engine, --conf, --iou, --tta, --bands and --gsd), or use `extract` with "
             "these prompts."
         )
 
@@ -214,11 +216,17 @@ def make_segmenter(
     """The FastSAM segmenter of ``resolved`` with ``model``'s settings (or the cache-only one)."""
     conf = model.conf if model.conf is not None else resolved.conf
     if cache_only:
-        return CacheOnly(raster, resolved, conf, model.iou)  # type: ignore[return-value]
+        return CacheOnly(raster, resolved, conf, model.iou, model.tta)  # type: ignore[return-value]
     from fastsam_geo.segment import FastSAMSegmenter
 
     return FastSAMSegmenter(
-        resolved.path, device=model.device, batch_size=model.batch_size, conf=conf, iou=model.iou, threads=threads
+        resolved.path,
+        device=model.device,
+        batch_size=model.batch_size,
+        conf=conf,
+        iou=model.iou,
+        threads=threads,
+        tta=model.tta,
     )
 
 

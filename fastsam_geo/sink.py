@@ -240,6 +240,7 @@ class RunSink:
             "engine": self.summary.engine or "",
             "conf": str(o.model.conf),
             "iou": str(o.model.iou),
+            "tta": str(o.model.tta),
             **plan.grid_metadata,
             "building_filter": json.dumps(asdict(o.select.building_filter)),
             "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -131,6 +131,7 @@ def check_extract_options(
     simplify_px: float,
     min_area_m2: float | None = None,
     max_area_m2: float | None = None,
+    tta: object = 1,
 ) -> None:
     """All the option checks of an extract run; raises :class:`OptionError` on the first bad one.
 
@@ -141,6 +142,7 @@ def check_extract_options(
     if conf is not None:  # None: the model's own threshold
         check_unit(conf, "--conf", 0.25)
     check_unit(iou, "--iou", 0.7)
+    check_tta(tta)
     if batch_size is not None and (not _is_int(batch_size) or batch_size < 1):
         raise OptionError(f"--batch-size {batch_size}: use 1 or more tiles per forward pass.")
     if isinstance(device, str):  # torch devices and CUDA indexes passed through the API are left to torch
@@ -149,6 +151,20 @@ def check_extract_options(
         raise OptionError(f"--simplify {simplify_px:g}: use a tolerance of 0 px (off) or more, e.g. --simplify 1.")
     if min_area_m2 is not None and max_area_m2 is not None:
         check_areas(min_area_m2, max_area_m2)
+
+
+def check_tta(tta: object) -> None:
+    """A count of views fused per tile (:mod:`fastsam_geo.tta`).
+
+    >>> check_tta(3)
+    Traceback (most recent call last):
+    ...
+    fastsam_geo.errors.OptionError: --tta 3: use 1 (off), 2, 4 or 8 views of each tile, e.g. --tta 8.
+    """
+    from fastsam_geo.tta import TTA_CHOICES
+
+    if not _is_int(tta) or tta not in TTA_CHOICES:
+        raise OptionError(f"--tta {tta}: use 1 (off), 2, 4 or 8 views of each tile, e.g. --tta 8.")
 
 
 def check_size(size: int, option: str = "--size", minimum: int = 64) -> None:
@@ -183,6 +199,7 @@ def check_run(jobs: Iterable[object], options: object) -> None:
             simplify_px=sel.simplify_px,
             min_area_m2=bf.min_area_m2 if bf.enabled else None,
             max_area_m2=bf.max_area_m2 if bf.enabled else None,
+            tta=m.tta,
         )
         raster = job.raster
         refuse_input_as_output(job.output, [raster, m.weights, *vrt_sources(raster)])

@@ -110,21 +110,21 @@ class _Recorded:
         return getattr(self.model, "conf", None)
 
 
-SegmenterFactory = Callable[[str | None, str, float | None, float], Any]
+SegmenterFactory = Callable[..., Any]
 
 
-def _fastsam_factory(weights: str | None, device: str, conf: float | None, iou: float) -> Any:
+def _fastsam_factory(weights: str | None, device: str, conf: float | None, iou: float, tta: int = 1) -> Any:
     from fastsam_geo.segment import FastSAMSegmenter
     from fastsam_geo.segmenters import resolve_model
 
     # engine auto, as extract: a .pt's ONNX twin runs on ONNX Runtime when installed
-    return FastSAMSegmenter(resolve_model(weights).path, device=device, conf=conf, iou=iou)
+    return FastSAMSegmenter(resolve_model(weights).path, device=device, conf=conf, iou=iou, tta=tta)
 
 
 class Engine:
     """The worker's state: models kept warm, and the everything-mask cache.
 
-    Segmenters are kept in a dict keyed by ``(weights, device, conf, iou)`` and wrapped, per
+    Segmenters are kept in a dict keyed by ``(weights, device, conf, iou, tta)`` and wrapped, per
     run, in a :class:`~fastsam_geo.cache.CachedSegmenter` over one shared
     :class:`~fastsam_geo.cache.MaskCache`, so that re-prompting an area answers from the cache.
 
@@ -132,6 +132,7 @@ class Engine:
         cache_dir: folder of the on-disk mask cache (default :func:`default_cache_dir`).
         segmenter_factory: ``factory(weights, device, conf, iou) -> Segmenter`` (default:
             :class:`~fastsam_geo.segment.FastSAMSegmenter`); tests plug in a model-free one.
+            A request with ``tta`` above 1 calls it with the keyword ``tta=N`` too.
         memory_items: tiles' masks kept in memory besides the disk.
     """
 
@@ -144,7 +145,7 @@ class Engine:
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.segmenter_factory = segmenter_factory or _fastsam_factory
         self.memory_items = memory_items
-        self.segmenters: dict[tuple[str | None, str, float | None, float], Any] = {}
+        self.segmenters: dict[tuple[str | None, str, float | None, float, int], Any] = {}
         self.text_scorers: dict[tuple[str, str | None, str], Any] = {}
         self._cache: Any = None
         self._tmp: Path | None = None
@@ -172,17 +173,17 @@ class Engine:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
 
-    def segmenter(self, weights: str | None, device: str, conf: float | None, iou: float) -> Any:
+    def segmenter(self, weights: str | None, device: str, conf: float | None, iou: float, tta: int = 1) -> Any:
         """The warm segmenter for these settings (loaded on first use; ``conf`` None: the model's)."""
         if weights:
             from fastsam_geo.weights import resolve_weights
 
             weights = str(resolve_weights(weights))
-        key = (weights, device, None if conf is None else round(float(conf), 6), round(float(iou), 6))
+        key = (weights, device, None if conf is None else round(float(conf), 6), round(float(iou), 6), int(tta))
         seg = self.segmenters.get(key)
         if seg is None:
             t0 = time.perf_counter()
-            seg = self.segmenter_factory(weights, device, conf, iou)
+            seg = self.segmenter_factory(weights, device, conf, iou, **({"tta": tta} if tta != 1 else {}))
             log.info(
                 "loaded model %s on %s in %.1f s",
                 getattr(seg, "weights_path", weights),
@@ -224,7 +225,7 @@ class Engine:
                 # the threshold the model applies (a request's null means the model's own)
                 confs = (getattr(inner, "conf", None), p["conf"], DEFAULT_CONF)
                 fingerprint["conf"] = next(c for c in confs if c is not None)
-                fingerprint["extra"] = {k: meta.get(k) for k in ("max_det", "min_area_px", "half") if k in meta}
+                fingerprint["extra"] = {k: meta.get(k) for k in ("max_det", "min_area_px", "half", "tta") if k in meta}
             return cache_key(
                 stamp,
                 tile.window,
@@ -241,7 +242,7 @@ class Engine:
     def warmup(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """Load the model of ``params`` (``weights``, ``device``, ``conf``, ``iou``)."""
         p = extract_params({"raster": "-", **{k: v for k, v in params.items() if k != "raster"}})
-        seg = self.segmenter(p["weights"], p["device"], p["conf"], p["iou"])
+        seg = self.segmenter(p["weights"], p["device"], p["conf"], p["iou"], p["tta"])
         return {
             "weights": str(getattr(seg, "weights_path", p["weights"]) or ""),
             "device": str(getattr(seg, "device", p["device"])),
@@ -269,7 +270,7 @@ class Engine:
             raise Cancelled("cancelled before it started; nothing was written.")
 
         def load() -> Any:
-            seg = self.segmenter(p["weights"], p["device"], p["conf"], p["iou"])
+            seg = self.segmenter(p["weights"], p["device"], p["conf"], p["iou"], p["tta"])
             if hasattr(seg, "batch_size"):
                 seg.batch_size = max(p["batch_size"], 1)
             return seg
@@ -291,6 +292,7 @@ class Engine:
             batch_size=p["batch_size"],
             conf=p["conf"],
             iou=p["iou"],
+            tta=p["tta"],
             building_filter=bfilter,
             text_scorer=text_scorer,
             simplify_px=p["simplify_px"],
@@ -315,7 +317,9 @@ class Engine:
     def status(self) -> dict[str, Any]:
         """Loaded models and cache counters."""
         return {
-            "models": [{"weights": k[0], "device": k[1], "conf": k[2], "iou": k[3]} for k in self.segmenters],
+            "models": [
+                {"weights": k[0], "device": k[1], "conf": k[2], "iou": k[3], "tta": k[4]} for k in self.segmenters
+            ],
             "cache_dir": str(self.cache_dir),
             "cache_hits": self._cache.hits if self._cache is not None else 0,
             "cache_misses": self._cache.misses if self._cache is not None else 0,

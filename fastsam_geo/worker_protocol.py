@@ -95,6 +95,7 @@ _EXTRACT_KEYS = frozenset(
         "stretch",
         "conf",
         "iou",
+        "tta",
         "prompts",
         "building_filter",
         "simplify_px",
@@ -117,6 +118,7 @@ def extract_params(params: Mapping[str, Any]) -> dict[str, Any]:
     Keys: ``raster`` (required), ``output`` (default: a new file in the worker's temporary
     folder), ``weights``, ``device`` ("auto"), ``batch_size`` (1), ``tile_size`` (1024),
     ``overlap`` (128), ``bands``, ``stretch`` ("auto"), ``conf`` (null: the model's stored threshold), ``iou`` (0.7),
+    ``tta`` (1: views of each tile fused, 1, 2, 4 or 8, see :mod:`fastsam_geo.tta`),
     ``prompts`` (see :func:`prompts_from_json`), ``building_filter`` (``{"enabled": true,
     "min_area_m2": 8, "max_area_m2": 20000}``), ``simplify_px`` (1.0), ``min_area_m2`` (2.0),
     ``regularize`` (false), ``overwrite`` (false), ``layer`` ("buildings"), ``clip_model``,
@@ -150,6 +152,7 @@ def extract_params(params: Mapping[str, Any]) -> dict[str, Any]:
         "stretch": "auto",
         "conf": None,
         "iou": 0.7,
+        "tta": 1,
         "prompts": None,
         "building_filter": None,
         "simplify_px": 1.0,
@@ -164,8 +167,10 @@ def extract_params(params: Mapping[str, Any]) -> dict[str, Any]:
         "assign_crs": None,
     }
     out.update({k: v for k, v in params.items() if v is not None or k in ("output", "weights", "prompts")})
-    for key in ("batch_size", "tile_size", "overlap"):
+    for key in ("batch_size", "tile_size", "overlap", "tta"):
         out[key] = int(out[key])
+    if out["tta"] not in (1, 2, 4, 8):
+        raise ProtocolError(f"tta={out['tta']}: use 1 (off), 2, 4 or 8 views of each tile")
     for key in ("conf", "iou", "simplify_px", "min_area_m2"):
         out[key] = None if key == "conf" and out[key] is None else float(out[key])
     out["device"] = str(out["device"] or "auto")

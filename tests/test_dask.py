@@ -96,6 +96,15 @@ def test_two_workers_give_the_single_process_polygons(client, town, reference, t
     assert sorted(threads.values()) == [max(1, cpu_threads() // 2)] * 2, threads
 
 
+def test_views_fused_on_the_cluster_equal_the_single_process_ones(client, town, tmp_path: Path) -> None:
+    """--tta travels with the model options: the workers fuse the same views as one process."""
+    one, many = tmp_path / "one.gpkg", tmp_path / "dask.gpkg"
+    extract_buildings(town.raster, one, tta=2, **RUN)
+    extract_buildings(town.raster, many, client=client, tta=2, **RUN)
+    assert_same(_read(one), _read(many))
+    assert read_run_tables(many)[0]["tta"] == "2"
+
+
 def _model_threads(dask_worker: Any) -> int:  # client.run passes the worker by this name
     from fastsam_geo.cluster import PLUGIN
 

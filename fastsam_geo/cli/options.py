@@ -128,6 +128,14 @@ def _threshold_options() -> list[Callable[..., Any]]:
             help="Minimum mask confidence (default: the model's, calibrated when it was trained; else 0.25).",
         ),
         click.option("--iou", default=0.7, show_default=True, help="NMS IoU threshold of the segmenter."),
+        click.option(
+            "--tta",
+            type=int,
+            default=1,
+            show_default=True,
+            help="Views of each tile whose objects are fused: 2, 4 or 8 flips and quarter turns "
+            "(more buildings found, outlines steadier; N times the inference). 1: off.",
+        ),
     ]
 
 
@@ -233,6 +241,7 @@ def _check_options(kw: dict[str, Any]) -> None:
         batch_size=kw["batch_size"],
         device=kw["device"],
         simplify_px=kw["simplify"],
+        tta=kw["tta"],
     )
     if not kw["no_filter"]:
         check_areas(kw["min_area"], kw["max_area"])

@@ -237,6 +237,7 @@ def _extract_options(kw: dict[str, Any], *, cache_only: bool, use_cache: bool) -
         cache_only=cache_only,
         assign_crs=kw["assign_crs"],
         engine=kw["engine"],
+        tta=kw["tta"],
     )
     return options, scorer
 

@@ -1,0 +1,162 @@
+"""Test-time augmentation (``--tta``): views of a tile, masks mapped back, objects fused.
+
+Pure tests check the view maps and the fusion rule on small arrays; ``model`` tests run the
+bundled default model's ONNX twin on a synthetic town, and the CLI in a subprocess.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyogrio
+import pytest
+from affine import Affine
+from rasterio.windows import Window
+
+from fastsam_geo.masks import InstanceMasks
+from fastsam_geo.segment import FastSAMSegmenter
+from fastsam_geo.tiling import Tile
+from fastsam_geo.tta import VIEWS, fuse_views, unview_masks, view_image, views
+
+REPO = Path(__file__).resolve().parents[1]
+TWIN = REPO / "weights" / "fastsam-geo-n.onnx"
+ENV = {**os.environ, "YOLO_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "YOLO_VERBOSE": "False"}
+
+
+def _tile(image: np.ndarray) -> Tile:
+    h, w = image.shape[:2]
+    return Tile(image, Window(0, 0, w, h), Affine(0.25, 0, 500000, 0, -0.25, 4650000), None, Window(0, 0, w, h))
+
+
+@pytest.mark.parametrize("view", VIEWS)
+def test_masks_found_in_a_view_map_back_to_the_tile(view: str) -> None:
+    """On a tile that is not square, every view's masks and boxes come back where they were."""
+    rng = np.random.default_rng(5)
+    dense = np.zeros((4, 7, 11), bool)
+    for k in range(4):
+        r, c = rng.integers(0, 5), rng.integers(0, 9)
+        dense[k, r : r + rng.integers(1, 3), c : c + rng.integers(1, 3)] = True
+    dense[3, 6, 10] = True  # an object in the last corner
+    original = InstanceMasks.from_dense(dense)
+    seen = InstanceMasks.from_dense(np.stack([view_image(m, view) for m in dense]))
+    back = unview_masks(seen, view)
+    assert back.shape == (7, 11)
+    assert (back.masks == dense).all()
+    assert np.array_equal(back.boxes, original.boxes)
+    assert np.array_equal(back.crop_boxes, original.crop_boxes)
+
+
+def test_view_counts() -> None:
+    assert views(1) == ("id",) and len(views(8)) == len(set(views(8))) == 8
+    with pytest.raises(ValueError, match="tta=3"):
+        views(3)
+
+
+def _roof(cols: slice) -> np.ndarray:
+    m = np.zeros((12, 12), bool)
+    m[2:8, cols] = True
+    return m
+
+
+def test_fusion_keeps_what_most_views_see_and_votes_the_pixels() -> None:
+    """A roof seen in all 8 views stays, with the columns at least 4 of them hold; a speck that
+    one view saw at 0.9 goes (0.9 / 8 is under the threshold)."""
+    parts = []
+    for v in range(8):
+        wide = _roof(slice(2, 9 if v < 4 else 8))  # column 8 in 4 of 8 views: kept
+        if v < 3:
+            wide[2:8, 1] = True  # column 1 in 3 of 8 views: dropped
+        masks = [wide]
+        scores = [0.3]
+        if v == 0:
+            speck = np.zeros((12, 12), bool)
+            speck[10:12, 10:12] = True
+            masks.append(speck)
+            scores.append(0.9)
+        parts.append(InstanceMasks.from_dense(np.stack(masks), scores=scores))
+    out = fuse_views(parts, threshold=0.2)
+    assert len(out) == 1
+    assert out.scores[0] == pytest.approx(0.3)
+    assert (out.masks[0] == _roof(slice(2, 9))).all()
+
+
+def test_a_view_gives_at_most_one_mask_to_an_object() -> None:
+    """Two overlapping masks of one view stay two objects: the other view backs only the best."""
+    a, b = _roof(slice(2, 9)), _roof(slice(3, 10))  # IoU 0.75
+    view0 = InstanceMasks.from_dense(np.stack([a, b]), scores=[0.9, 0.8])
+    view1 = InstanceMasks.from_dense(a[None], scores=[0.7])
+    out = fuse_views([view0, view1], threshold=0.3)
+    assert out.scores.tolist() == pytest.approx([0.8, 0.4])
+    assert (out.masks[0] == a).all() and (out.masks[1] == b).all()
+
+
+def test_fusion_of_nothing() -> None:
+    out = fuse_views([InstanceMasks.empty((5, 6))] * 4, threshold=0.2)
+    assert len(out) == 0 and out.shape == (5, 6)
+    with pytest.raises(ValueError):
+        fuse_views([], threshold=0.2)
+
+
+# ---------------------------------------------------------------- the default model
+@pytest.fixture(scope="module")
+def town() -> np.ndarray:
+    from fastsam_geo.synthetic import plan_scene, render_block
+
+    plan = plan_scene(1024, 1024, seed=12)
+    return np.ascontiguousarray(render_block(plan, Window(0, 0, 1024, 1024)).transpose(1, 2, 0))
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("view", ["h", "t"])
+def test_eight_views_give_the_same_buildings_on_a_mirrored_or_turned_tile(town: np.ndarray, view: str) -> None:
+    """The 8 views of a mirrored tile are the 8 views of the tile: the fused objects must be the
+    same ones, mirrored. A single pass has no such guarantee (the network is not symmetric)."""
+    seg = FastSAMSegmenter(TWIN, tta=8)
+    assert seg.tta == 8 and seg.metadata["tta"] == 8
+    plain = seg.segment([_tile(town)])[0]
+    turned = unview_masks(seg.segment([_tile(view_image(town, view))])[0], view)
+    assert len(plain) > 10
+    assert len(turned) == len(plain)
+    assert np.allclose(turned.scores, plain.scores, atol=1e-5)
+    assert all((turned.mask(i) == plain.mask(i)).all() for i in range(len(plain)))
+    single = FastSAMSegmenter(TWIN)
+    assert single.tta == 1 and "tta" not in single.metadata
+    assert seg.model_calls == 16 and single.nms_conf == single.conf == seg.conf > seg.nms_conf
+
+
+@pytest.mark.model
+def test_cli_tta_is_recorded_and_keys_its_own_cache(tmp_path: Path, town: np.ndarray) -> None:
+    """`extract --tta 4` writes its setting into the layer metadata; its masks are cached under
+    their own key, so `prompt` finds them with --tta 4 and not without."""
+    from fastsam_geo.synthetic import write_scene
+
+    scene = write_scene(tmp_path / "town.tif", 512, seed=12)
+    cache = tmp_path / "cache"
+    out = tmp_path / "b.gpkg"
+    fsg = [sys.executable, "-m", "fastsam_geo"]
+    common = ["-w", str(REPO / "weights" / "fastsam-geo-n.pt"), "--cache-dir", str(cache), "--tile-size", "512"]
+    r = subprocess.run(
+        [*fsg, "extract", str(scene.raster), str(out), "--tta", "4", *common],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr
+    info = pyogrio.read_info(out)
+    assert info["layer_metadata"]["tta"] == "4" and info["features"] > 5
+    x, y = scene.truth.geometry.iloc[0].representative_point().coords[0]
+    prompt = [*fsg, "prompt", str(scene.raster), "--point", f"{x},{y}", *common]
+    ok = subprocess.run(
+        [*prompt, str(tmp_path / "p4.gpkg"), "--tta", "4"], capture_output=True, text=True, env=ENV, timeout=600
+    )
+    assert ok.returncode == 0, ok.stderr
+    missing = subprocess.run([*prompt, str(tmp_path / "p1.gpkg")], capture_output=True, text=True, env=ENV, timeout=600)
+    assert missing.returncode == 1 and "not in the mask cache" in missing.stderr and "--tta" in missing.stderr
+    assert not (tmp_path / "p1.gpkg").exists()
+    shutil.rmtree(cache)
