@@ -20,6 +20,7 @@ from qgis.core import (
     QgsProcessingFeedback,
     QgsProcessingOutputNumber,
     QgsProcessingParameterBoolean,
+    QgsProcessingParameterEnum,
     QgsProcessingParameterFeatureSource,
     QgsProcessingParameterFile,
     QgsProcessingParameterNumber,
@@ -97,6 +98,8 @@ class ExtractBuildingsAlgorithm(QgsProcessingAlgorithm):
     DEVICE = "DEVICE"
     CONF = "CONF"
     IOU = "IOU"
+    TTA = "TTA"
+    TTA_VIEWS = (1, 2, 4, 8)
     BUILDING_FILTER = "BUILDING_FILTER"
     REGULARIZE = "REGULARIZE"
     BUILDINGS = "BUILDINGS"
@@ -173,6 +176,13 @@ class ExtractBuildingsAlgorithm(QgsProcessingAlgorithm):
                 self.CONF, "Minimum mask confidence (empty: the model's own)", NUMBER_DOUBLE, None, True, 0.0, 1.0
             ),
             QgsProcessingParameterNumber(self.IOU, "NMS IoU threshold", NUMBER_DOUBLE, 0.7, False, 0.0, 1.0),
+            QgsProcessingParameterEnum(
+                self.TTA,
+                "Views of each tile fused (TTA: flips and quarter turns; N times the inference)",
+                ["1 (off)", "2", "4", "8"],
+                False,
+                0,
+            ),
             QgsProcessingParameterBoolean(self.BUILDING_FILTER, "Building filter (everything/text mode)", True),
             QgsProcessingParameterBoolean(self.REGULARIZE, "Regularize outlines (right angles)", False),
         ]
@@ -268,6 +278,9 @@ class ExtractBuildingsAlgorithm(QgsProcessingAlgorithm):
             "regularize": self.parameterAsBoolean(parameters, self.REGULARIZE, context),
             **({"assign_crs": assign_crs} if assign_crs else {}),
         }
+        tta = self.TTA_VIEWS[self.parameterAsEnum(parameters, self.TTA, context)]
+        if tta != 1:  # only when set: an engine of an older version refuses unknown keys
+            params["tta"] = tta
         mode = "everything" if prompts is None else ("text" if "text" in prompts else "points/boxes")
         feedback.pushInfo(f"Extracting buildings from {raster} ({mode}); the engine runs in a worker process.")
         try:

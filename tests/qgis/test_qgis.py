@@ -153,6 +153,7 @@ def test_processing_and_panel_with_the_model(qgis_python: str, engine_ready: Non
     for key in ("processing_point_iou", "panel_click_utm_iou", "panel_click_3857_iou", "panel_box_iou"):
         assert result[key] > 0.5, key
     assert result["cancel_s"] < 15
+    assert result["processing_tta"]["tta"] == "2" and result["processing_tta"]["f1"] >= 0.8  # TTA: 2 views
     # neither Processing (no CONF) nor the panel ("model's") sets a threshold: the model's stored one applies
     from fastsam_geo.modelmeta import weights_conf
 

@@ -92,8 +92,8 @@ def pid_alive(pid: int | None) -> bool:
         return False
 
 
-def recorded_conf(gpkg: Path | str) -> float | None:
-    """The confidence threshold the engine recorded in a GeoPackage's metadata (None: not found)."""
+def recorded(gpkg: Path | str, key: str) -> str | None:
+    """A setting the engine recorded in a GeoPackage's metadata (None: not found)."""
     import re
     import sqlite3
 
@@ -102,8 +102,14 @@ def recorded_conf(gpkg: Path | str) -> float | None:
         xml = " ".join(r[0] for r in con.execute("SELECT metadata FROM gpkg_metadata"))
     finally:
         con.close()
-    m = re.search(r'<MDI key="conf">([0-9.]+)</MDI>', xml)
-    return float(m.group(1)) if m else None
+    m = re.search(rf'<MDI key="{key}">([^<]*)</MDI>', xml)
+    return m.group(1) if m else None
+
+
+def recorded_conf(gpkg: Path | str) -> float | None:
+    """The confidence threshold the engine recorded in a GeoPackage's metadata (None: not found)."""
+    value = recorded(gpkg, "conf")
+    return float(value) if value else None
 
 
 def best_match(layer: QgsVectorLayer, target: QgsGeometry, crs: QgsCoordinateReferenceSystem) -> tuple[int, float]:
@@ -160,6 +166,17 @@ def main() -> None:
         plain.featureCount() == pred.featureCount(),
         f"{plain.featureCount()} vs {pred.featureCount()}",
     )
+
+    # ---------------------------------------------------------------- Processing, 2 views fused (TTA)
+    out_tta = tmp / "processing_tta.gpkg"
+    params = {"INPUT": layer, "OUTPUT": str(out_tta), "DEVICE": "cpu", "TTA": 1}
+    if WEIGHTS:
+        params["WEIGHTS"] = WEIGHTS
+    processing.run("fastsam_geo:extract_buildings", params)
+    tta_scores = f1_score(geometries(QgsVectorLayer(f"{out_tta}|layername=buildings", "tta", "ogr"), utm), truth)
+    RESULT["processing_tta"] = {"tta": recorded(out_tta, "tta"), "f1": round(tta_scores["f1"], 3)}
+    check("processing.run TTA=2 views: recorded", recorded(out_tta, "tta") == "2", RESULT["processing_tta"])
+    check(f"processing.run TTA=2 views: building F1 >= {MIN_F1}", tta_scores["f1"] >= MIN_F1, tta_scores)
 
     # ---------------------------------------------------------------- Processing, a format the engine does not write
     shp = tmp / "buildings.shp"
@@ -329,6 +346,7 @@ def main() -> None:
     check("panel confidence defaults to the model's", dock.conf_value() is None, dock.conf_spin.text())
     info = panel_run("panel_everything_gpkg")
     RESULT["panel_conf"] = recorded_conf(gpkg) if gpkg.exists() else None
+    check("panel views default to 1 (off)", dock.tta_value() == 1 and recorded(gpkg, "tta") == "1", dock.tta_value())
     lyr = info.get("layer")
     check(
         "panel everything -> GeoPackage layer",
