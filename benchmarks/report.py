@@ -675,6 +675,7 @@ def render(r: dict[str, Any]) -> str:
     elif gpu:
         L.append(f"Not measured: {gpu.get('note') or _failed(gpu)}.")
     L += _onnx_section(b.get("onnx"))
+    L += _tta_section(b.get("tta"))
     L += _install_section(b.get("install"))
     L += _dask_section(b.get("dask"))
     L.append("")
@@ -960,6 +961,33 @@ def _onnx_section(x: dict[str, Any] | None) -> list[str]:
         )
     else:
         L.append(f"GPU rows: not measured ({gpu.get('note', 'no GPU')}).")
+    return L
+
+
+def _tta_section(x: dict[str, Any] | None) -> list[str]:
+    """Views of each tile fused, 1 to 8 (benchmarks/bench_tta.py)."""
+    if not x:
+        return []
+    L = ["", "## Test-time augmentation (`--tta`)", ""]
+    if _failed(x):
+        return [*L, f"Failed: {_failed(x)}."]
+    L.append(
+        f"The default model on a synthetic {x['scene']['size']} px town ({x['scene']['buildings']} buildings, "
+        f"read at its working resolution), median of {x['rounds']} rounds, view counts interleaved; no mask cache."
+    )
+    L.append("")
+    rows = [
+        [
+            r["tta"],
+            f"{r['seconds']['median']:.2f}",
+            r["seconds_per_tile"],
+            f"{r['ratio_to_1']:.2f} x",
+            r["f1"],
+            r["mean_iou"],
+        ]
+        for r in x["rows"]
+    ]
+    L.append(_table(["views", "run s", "s per tile", "time vs 1 view", "F1", "mean IoU"], rows))
     return L
 
 
