@@ -95,6 +95,19 @@ def test_a_view_gives_at_most_one_mask_to_an_object() -> None:
     assert (out.masks[0] == a).all() and (out.masks[1] == b).all()
 
 
+def test_two_roofs_most_views_see_apart_come_out_apart() -> None:
+    """5 of 8 views see two touching roofs, 3 see one block: the block is out-voted, though its
+    fused score passes the threshold and it is the larger mask."""
+    left, right = _roof(slice(1, 6)), _roof(slice(6, 11))
+    apart = InstanceMasks.from_dense(np.stack([left, right]), scores=[0.8, 0.7])
+    joined = InstanceMasks.from_dense((left | right)[None], scores=[0.9])
+    out = fuse_views([apart] * 5 + [joined] * 3, threshold=0.2)
+    assert out.scores.tolist() == pytest.approx([0.5, 0.4375])
+    assert (out.masks[0] == left).all() and (out.masks[1] == right).all()
+    single = fuse_views([joined] * 8, threshold=0.2)  # every view sees one block: it stays
+    assert len(single) == 1 and (single.masks[0] == (left | right)).all()
+
+
 def test_fusion_of_nothing() -> None:
     out = fuse_views([InstanceMasks.empty((5, 6))] * 4, threshold=0.2)
     assert len(out) == 0 and out.shape == (5, 6)
