@@ -62,7 +62,8 @@ def _extract(raster: Path, out: Path, name: str, weights: str | None) -> dict[st
     import json
 
     prefix, extra = CONFIGS[name]
-    args = ["-q", "extract", str(raster), str(out), "--no-cache", "--overwrite", "--json", *extra]
+    # one view (--tta 1): the figures compare the executors, as recorded before views were fused by default
+    args = ["-q", "extract", str(raster), str(out), "--no-cache", "--overwrite", "--json", "--tta", "1", *extra]
     if weights:
         args += ["-w", weights]
     load_before = round(os.getloadavg()[0], 2)
@@ -121,7 +122,7 @@ def _serial_part(raster: Path, kw: dict[str, Any], folder: Path) -> dict[str, An
     from fastsam_geo.sink import ExtractSummary, RunSink
     from fastsam_geo.tilework import TileContext, process_tile
 
-    options = build_options(**{k: v for k, v in kw.items() if k not in ("device",)}, device="cpu")
+    options = build_options(**{k: v for k, v in kw.items() if k not in ("device",)}, device="cpu", tta=1)
     plan = plan_run(raster, folder / "serial.gpkg", options)
     seg = FastSAMSegmenter(resolve_model(kw["weights"]).path, device="cpu")  # the engine extract picks
     ctx = TileContext.of(plan)

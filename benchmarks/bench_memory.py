@@ -37,7 +37,7 @@ def extract_run(
     raster: Path, out: Path, weights: Path | None, cache: Path, extra: list[str] | None = None, **env: str
 ) -> dict:
     """One measured ``fastsam-geo extract`` process; its summary, memory and times (``env``: extra variables)."""
-    cmd = [*fastsam_geo_cmd(), "-q", "extract", str(raster), str(out), "--json", "--overwrite"]
+    cmd = [*fastsam_geo_cmd(), "-q", "extract", str(raster), str(out), "--json", "--overwrite", "--tta", "1"]
     cmd += ["--cache-dir", str(cache)]
     if weights is not None:
         cmd += ["-w", str(weights)]
@@ -74,6 +74,8 @@ def run(data: Path, weights: Path | None, quick: bool = False) -> dict[str, Any]
             "OUT.gpkg",
             "--json",
             "--overwrite",
+            "--tta",
+            "1",
             "--cache-dir",
             "TMP",
             "-w",

@@ -79,7 +79,7 @@ def run(data: Path, weights: Path | None, quick: bool = False, clip_model: str =
         cache = Path(tmp) / "cache"
         out = Path(tmp) / "b.gpkg"
         t = time.perf_counter()
-        fill = extract_buildings(sc.raster, out, weights=weights, device="cpu", conf=conf, cache_dir=cache)
+        fill = extract_buildings(sc.raster, out, weights=weights, device="cpu", conf=conf, cache_dir=cache, tta=1)
         res.update(
             model=Path(weights).name,
             raster=f"{size} x {size} px synthetic (seed 9002)",
@@ -103,6 +103,7 @@ def run(data: Path, weights: Path | None, quick: bool = False, clip_model: str =
                 out,
                 weights=weights,
                 conf=conf,
+                tta=1,
                 prompts=prompts,
                 cache_only=True,
                 cache_dir=cache,

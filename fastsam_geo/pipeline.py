@@ -24,6 +24,7 @@ from fastsam_geo.plan import (
 )
 from fastsam_geo.sink import ExtractSummary
 from fastsam_geo.tiling import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE
+from fastsam_geo.tta import DEFAULT_TTA
 
 if TYPE_CHECKING:
     from fastsam_geo.prompts import Prompts, TextScorer
@@ -60,7 +61,7 @@ def build_options(
     assign_crs: str | None = None,
     resumable: bool = True,
     engine: str = "auto",
-    tta: int = 1,
+    tta: int = DEFAULT_TTA,
 ) -> ExtractOptions:
     """The typed options of :func:`extract_buildings`'s keywords.
 
@@ -118,7 +119,7 @@ def extract_buildings(
     assign_crs: str | None = None,
     resumable: bool = True,
     engine: str = "auto",
-    tta: int = 1,
+    tta: int = DEFAULT_TTA,
 ) -> ExtractSummary:
     """Extract building polygons from ``raster`` into ``output`` (.gpkg, .geojson, .fgb).
 
@@ -160,7 +161,8 @@ def extract_buildings(
             beside it runs on ONNX Runtime when onnxruntime is installed, anything else on its own
             engine; ``"onnx"`` / ``"torch"`` choose explicitly. The summary's ``engine`` says which ran.
         tta: views of each tile whose objects are fused (1, 2, 4 or 8 flips and quarter turns,
-            :mod:`fastsam_geo.tta`); 1 (default): the tile as it is. ``tta`` forward passes a tile.
+            :mod:`fastsam_geo.tta`; default 8); 1: the tile as it is. ``tta`` forward passes a tile.
+            A ``segmenter`` given fuses its own views (``FastSAMSegmenter(tta=...)``).
 
     Returns:
         An :class:`ExtractSummary`.

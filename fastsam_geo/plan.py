@@ -24,6 +24,7 @@ from fastsam_geo.ledger import raster_stamp
 from fastsam_geo.output import area_m2
 from fastsam_geo.raster import RasterInfo, RasterSource, display_path, gdal_path, vrt_sources
 from fastsam_geo.tiling import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, TileGrid, TileSpec
+from fastsam_geo.tta import DEFAULT_TTA
 
 if TYPE_CHECKING:
     from fastsam_geo.prompts import Prompts
@@ -68,7 +69,7 @@ class ModelOptions:
     conf: float | None = None  # None: the model's (stored with its weights), else 0.25
     iou: float = 0.7
     engine: str = "auto"  # auto: the ONNX twin of a .pt when onnxruntime is installed; onnx; torch
-    tta: int = 1  # views of each tile fused (fastsam_geo.tta); 1: the tile as it is
+    tta: int = DEFAULT_TTA  # views of each tile fused (fastsam_geo.tta); 1: the tile as it is
 
 
 @dataclass(frozen=True)
@@ -234,11 +235,15 @@ def resolve_gsd(options: ExtractOptions, segmenter: Any = None, model: ResolvedM
     """Options whose ``tiling.gsd`` is the working resolution itself (metres, or None: native):
     ``gsd`` when given, else the segmenter's, else the model's (``model``, resolved once by
     :func:`~fastsam_geo.segmenters.resolve_model`). A ``model.conf`` of None becomes the
-    segmenter's threshold, else the model's (else 0.25)."""
+    segmenter's threshold, else the model's (else 0.25). A segmenter that says how many views it
+    fuses (``tta``) sets ``model.tta``."""
     from fastsam_geo.errors import RasterError
     from fastsam_geo.modelmeta import DEFAULT_CONF, parse_gsd, working_gsd
 
     inner = getattr(segmenter, "segmenter", segmenter)
+    tta = getattr(inner, "tta", None) if segmenter is not None else None
+    if isinstance(tta, int) and tta != options.model.tta:  # a segmenter given: the views it fuses
+        options = replace(options, model=replace(options.model, tta=tta))
     if options.model.conf is None:
         conf = getattr(inner, "conf", None) if segmenter is not None else (model.conf if model else None)
         options = replace(options, model=replace(options.model, conf=DEFAULT_CONF if conf is None else float(conf)))

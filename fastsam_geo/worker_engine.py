@@ -130,9 +130,8 @@ class Engine:
 
     Args:
         cache_dir: folder of the on-disk mask cache (default :func:`default_cache_dir`).
-        segmenter_factory: ``factory(weights, device, conf, iou) -> Segmenter`` (default:
+        segmenter_factory: ``factory(weights, device, conf, iou, tta=N) -> Segmenter`` (default:
             :class:`~fastsam_geo.segment.FastSAMSegmenter`); tests plug in a model-free one.
-            A request with ``tta`` above 1 calls it with the keyword ``tta=N`` too.
         memory_items: tiles' masks kept in memory besides the disk.
     """
 
@@ -183,7 +182,7 @@ class Engine:
         seg = self.segmenters.get(key)
         if seg is None:
             t0 = time.perf_counter()
-            seg = self.segmenter_factory(weights, device, conf, iou, **({"tta": tta} if tta != 1 else {}))
+            seg = self.segmenter_factory(weights, device, conf, iou, tta=tta)
             log.info(
                 "loaded model %s on %s in %.1f s",
                 getattr(seg, "weights_path", weights),

@@ -118,7 +118,7 @@ def extract_params(params: Mapping[str, Any]) -> dict[str, Any]:
     Keys: ``raster`` (required), ``output`` (default: a new file in the worker's temporary
     folder), ``weights``, ``device`` ("auto"), ``batch_size`` (1), ``tile_size`` (1024),
     ``overlap`` (128), ``bands``, ``stretch`` ("auto"), ``conf`` (null: the model's stored threshold), ``iou`` (0.7),
-    ``tta`` (1: views of each tile fused, 1, 2, 4 or 8, see :mod:`fastsam_geo.tta`),
+    ``tta`` (8: views of each tile fused, 1, 2, 4 or 8, see :mod:`fastsam_geo.tta`),
     ``prompts`` (see :func:`prompts_from_json`), ``building_filter`` (``{"enabled": true,
     "min_area_m2": 8, "max_area_m2": 20000}``), ``simplify_px`` (1.0), ``min_area_m2`` (2.0),
     ``regularize`` (false), ``overwrite`` (false), ``layer`` ("buildings"), ``clip_model``,
@@ -152,7 +152,7 @@ def extract_params(params: Mapping[str, Any]) -> dict[str, Any]:
         "stretch": "auto",
         "conf": None,
         "iou": 0.7,
-        "tta": 1,
+        "tta": 8,
         "prompts": None,
         "building_filter": None,
         "simplify_px": 1.0,

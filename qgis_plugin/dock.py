@@ -220,10 +220,11 @@ class FastSAMDock(QgsDockWidget):
         self.iou_spin.setValue(0.7)
         tform.addRow("NMS IoU", self.iou_spin)
         self.tta_combo = QComboBox(thresholds)
-        self.tta_combo.addItems(["1 (off)", "2", "4", "8"])
+        self.tta_combo.addItems(["1 (off, fastest)", "2", "4", "8"])
+        self.tta_combo.setCurrentIndex(3)
         self.tta_combo.setToolTip(
             "Views of each tile whose buildings are fused (flips and quarter turns): more buildings found "
-            "and steadier outlines, at N times the inference time"
+            "and fewer neighbours merged, at N times the inference time"
         )
         tform.addRow("Views (TTA)", self.tta_combo)
         self.simplify_spin = QDoubleSpinBox(thresholds)
@@ -507,8 +508,7 @@ class FastSAMDock(QgsDockWidget):
             "simplify_px": self.simplify_spin.value(),
             "regularize": self.regularize_check.isChecked(),
         }
-        if self.tta_value() != 1:  # only when set: an engine of an older version refuses unknown keys
-            params["tta"] = self.tta_value()
+        params["tta"] = self.tta_value()
         if assign_crs:  # the file has no CRS: the layer's (Layer > Set CRS)
             params["assign_crs"] = assign_crs
             log(f"{layer.name()}: the file has no CRS; the run uses the layer's, {crs_name(layer.crs())}", "info")
@@ -676,7 +676,7 @@ class FastSAMDock(QgsDockWidget):
         self.overlap_spin.setValue(setting("dock/overlap", 128, int))
         self.conf_spin.setValue(setting("dock/confidence", 0.0, float))
         self.iou_spin.setValue(setting("dock/iou", 0.7, float))
-        self.tta_combo.setCurrentIndex(min(max(setting("dock/tta", 0, int), 0), 3))
+        self.tta_combo.setCurrentIndex(min(max(setting("dock/tta", 3, int), 0), 3))
         self.regularize_check.setChecked(setting("dock/regularize", False, bool))
 
     # ------------------------------------------------------------------ teardown

@@ -179,9 +179,9 @@ class ExtractBuildingsAlgorithm(QgsProcessingAlgorithm):
             QgsProcessingParameterEnum(
                 self.TTA,
                 "Views of each tile fused (TTA: flips and quarter turns; N times the inference)",
-                ["1 (off)", "2", "4", "8"],
+                ["1 (off, fastest)", "2", "4", "8"],
                 False,
-                0,
+                3,
             ),
             QgsProcessingParameterBoolean(self.BUILDING_FILTER, "Building filter (everything/text mode)", True),
             QgsProcessingParameterBoolean(self.REGULARIZE, "Regularize outlines (right angles)", False),
@@ -278,9 +278,7 @@ class ExtractBuildingsAlgorithm(QgsProcessingAlgorithm):
             "regularize": self.parameterAsBoolean(parameters, self.REGULARIZE, context),
             **({"assign_crs": assign_crs} if assign_crs else {}),
         }
-        tta = self.TTA_VIEWS[self.parameterAsEnum(parameters, self.TTA, context)]
-        if tta != 1:  # only when set: an engine of an older version refuses unknown keys
-            params["tta"] = tta
+        params["tta"] = self.TTA_VIEWS[self.parameterAsEnum(parameters, self.TTA, context)]
         mode = "everything" if prompts is None else ("text" if "text" in prompts else "points/boxes")
         feedback.pushInfo(f"Extracting buildings from {raster} ({mode}); the engine runs in a worker process.")
         try:

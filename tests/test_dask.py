@@ -34,7 +34,7 @@ distributed = pytest.importorskip("distributed")
 
 REPO = Path(__file__).resolve().parents[1]
 WEIGHTS = REPO / "weights" / "fastsam-geo-town-n.pt"
-RUN = dict(weights=WEIGHTS, tile_size=256, overlap=32, device="cpu", cache_dir=None)
+RUN = dict(weights=WEIGHTS, tile_size=256, overlap=32, device="cpu", cache_dir=None, tta=1)  # views: at the end
 
 
 @pytest.fixture(scope="module")
@@ -99,8 +99,8 @@ def test_two_workers_give_the_single_process_polygons(client, town, reference, t
 def test_views_fused_on_the_cluster_equal_the_single_process_ones(client, town, tmp_path: Path) -> None:
     """--tta travels with the model options: the workers fuse the same views as one process."""
     one, many = tmp_path / "one.gpkg", tmp_path / "dask.gpkg"
-    extract_buildings(town.raster, one, tta=2, **RUN)
-    extract_buildings(town.raster, many, client=client, tta=2, **RUN)
+    extract_buildings(town.raster, one, **{**RUN, "tta": 2})
+    extract_buildings(town.raster, many, client=client, **{**RUN, "tta": 2})
     assert_same(_read(one), _read(many))
     assert read_run_tables(many)[0]["tta"] == "2"
 
@@ -192,7 +192,7 @@ def test_workers_without_the_weights_or_the_raster_are_one_clear_error(client, t
 
 # ---------------------------------------------------------------------------------- the CLI, as users run it
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "YOLO_OFFLINE": "1"}
-CLI_RUN = ["-w", str(WEIGHTS), "--tile-size", "256", "--overlap", "32", "--device", "cpu", "--no-cache"]
+CLI_RUN = ["-w", str(WEIGHTS), "--tile-size", "256", "--overlap", "32", "--device", "cpu", "--no-cache", "--tta", "1"]
 
 
 def _cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:

@@ -168,7 +168,7 @@ def test_worker_takes_gsd(scene: Scene, tmp_path: Path) -> None:
         extract_params({"raster": "a.tif", "gsd": "big"})
     made: list[_Seen] = []
 
-    def factory(weights, device, conf, iou):  # type: ignore[no-untyped-def]
+    def factory(weights, device, conf, iou, tta=1):  # type: ignore[no-untyped-def]
         made.append(_Seen(scene.truth, gsd=1.0))
         return made[-1]
 

@@ -41,7 +41,8 @@ ENV = {
     "HF_HUB_OFFLINE": "1",
     "YOLO_VERBOSE": "False",
 }
-FAST = ["--tile-size", "256", "--overlap", "32", "-w", str(WEIGHTS), "--no-cache"]
+# one view of each tile: these tests are about inputs, outputs and failures (tests/test_tta.py: the views)
+FAST = ["--tile-size", "256", "--overlap", "32", "-w", str(WEIGHTS), "--no-cache", "--tta", "1"]
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
 
@@ -458,6 +459,7 @@ def test_resume_after_pixels_changed_in_place_is_refused(work: Path) -> None:
             weights=WEIGHTS,
             tile_size=256,
             overlap=32,
+            tta=1,  # as FAST
             progress=lambda d, t: calls.append(d),
             cancel=lambda: len(calls) >= 3,
         )

@@ -58,7 +58,7 @@ def sheets(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
 
 def test_mosaic_of_sheets_finds_the_uncut_rasters_buildings(sheets, tmp_path: Path) -> None:
     whole, parts = sheets
-    run = ["-q", "extract", "-w", str(WEIGHTS), "--tile-size", "256", "--overlap", "32", "--no-cache"]
+    run = ["-q", "extract", "-w", str(WEIGHTS), "--tile-size", "256", "--overlap", "32", "--no-cache", "--tta", "1"]
     res = CliRunner().invoke(main, [*run, str(whole), str(tmp_path / "uncut.gpkg")])
     assert res.exit_code == 0, res.output
     res = CliRunner().invoke(main, [*run, *map(str, parts), str(tmp_path / "mosaic.gpkg"), "--mosaic"])

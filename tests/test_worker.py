@@ -75,7 +75,7 @@ def truth_engine(scene, tmp_path: Path):
     """An engine whose 'model' is the truth of the scene; counts the segmenters it builds."""
     built: list[TruthSegmenter] = []
 
-    def factory(weights: str | None, device: str, conf: float, iou: float) -> TruthSegmenter:
+    def factory(weights: str | None, device: str, conf: float, iou: float, tta: int = 1) -> TruthSegmenter:
         seg = SlowTruth(scene.truth, 0.0) if weights is None else SlowTruth(scene.truth, 0.15)
         built.append(seg)
         return seg

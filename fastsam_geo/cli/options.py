@@ -131,10 +131,10 @@ def _threshold_options() -> list[Callable[..., Any]]:
         click.option(
             "--tta",
             type=int,
-            default=1,
+            default=8,
             show_default=True,
-            help="Views of each tile whose objects are fused: 2, 4 or 8 flips and quarter turns "
-            "(more buildings found, outlines steadier; N times the inference). 1: off.",
+            help="Views of each tile whose objects are fused: 8, 4 or 2 flips and quarter turns "
+            "(more buildings found, fewer neighbours merged; N times the inference). 1: off, the fastest.",
         ),
     ]
 
