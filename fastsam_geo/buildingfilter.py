@@ -209,11 +209,7 @@ def nms_keep(
     if n < 2:
         return keep
     areas = masks.areas
-    a_idx, b_idx, pair_iou, pair_ios = overlapping_pairs(masks, areas)
-    neighbours: list[list[tuple[int, float, float]]] = [[] for _ in range(n)]
-    for a, b, u, s in zip(a_idx.tolist(), b_idx.tolist(), pair_iou.tolist(), pair_ios.tolist(), strict=True):
-        neighbours[a].append((b, u, s))
-        neighbours[b].append((a, u, s))
+    neighbours = overlap_neighbours(masks, areas)
 
     # pass 1: duplicates, by score
     order = np.lexsort((-areas, -masks.scores))
@@ -225,7 +221,7 @@ def nms_keep(
     # pass 2: parts, by area; a mask made of several disjoint kept masks and much ground is a group
     order = np.lexsort((-masks.scores, -areas))
     rank[order] = np.arange(n)
-    overlap = {(a, b): s for a, b, s in zip(a_idx.tolist(), b_idx.tolist(), pair_ios.tolist(), strict=True)}
+    overlap = {(i, j): s for i in range(n) for j, _, s in neighbours[i]}
     for i in order:
         if not keep[i]:
             continue
@@ -240,14 +236,34 @@ def nms_keep(
         )
         disjoint: list[int] = []
         for j in inside:
-            if all(overlap.get((min(j, k), max(j, k)), 0.0) < 0.2 for k in disjoint):
+            if all(overlap.get((j, k), 0.0) < 0.2 for k in disjoint):
                 disjoint.append(j)
         if len(disjoint) >= 2 and areas[disjoint].sum() < group_cover * areas[i]:
             keep[i] = False
     return keep
 
 
-def overlapping_pairs(
+def overlap_neighbours(masks: InstanceMasks, areas: np.ndarray) -> list[list[tuple[int, float, float]]]:
+    """For each mask, ``(other, iou, ios)`` of every mask it shares pixels with (``ios``:
+    intersection over the smaller), from :func:`_overlapping_pairs`.
+
+    >>> dense = np.zeros((3, 4, 8), bool)
+    >>> dense[0, :, 0:4] = True; dense[1, :, 2:4] = True; dense[2, :, 6:8] = True
+    >>> im = InstanceMasks.from_dense(dense)
+    >>> overlap_neighbours(im, im.areas)
+    [[(1, 0.5, 1.0)], [(0, 0.5, 1.0)], []]
+    """
+    neighbours: list[list[tuple[int, float, float]]] = [[] for _ in range(len(masks))]
+    if len(masks) < 2:
+        return neighbours
+    a_idx, b_idx, pair_iou, pair_ios = _overlapping_pairs(masks, areas)
+    for a, b, u, s in zip(a_idx.tolist(), b_idx.tolist(), pair_iou.tolist(), pair_ios.tolist(), strict=True):
+        neighbours[a].append((b, u, s))
+        neighbours[b].append((a, u, s))
+    return neighbours
+
+
+def _overlapping_pairs(
     masks: InstanceMasks, areas: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``(a, b, iou, ios)`` of :func:`nms_keep`'s pairs: masks ``a < b`` whose crop boxes overlap

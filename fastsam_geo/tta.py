@@ -111,21 +111,15 @@ def unview_masks(m: InstanceMasks, view: str) -> InstanceMasks:
 
 def _groups(masks: InstanceMasks, view_of: np.ndarray, match_iou: float) -> list[list[int]]:
     """Indexes of ``masks`` grouped as :mod:`fastsam_geo.tta` step 2 says, best group first."""
-    from fastsam_geo.buildingfilter import overlapping_pairs
+    from fastsam_geo.buildingfilter import overlap_neighbours
 
-    n = len(masks)
-    neighbours: list[list[tuple[int, float]]] = [[] for _ in range(n)]
-    if n > 1:
-        a_idx, b_idx, pair_iou, _ = overlapping_pairs(masks, masks.areas)
-        for a, b, u in zip(a_idx.tolist(), b_idx.tolist(), pair_iou.tolist(), strict=True):
-            neighbours[a].append((b, u))
-            neighbours[b].append((a, u))
-    group_of = np.full(n, -1, np.int64)
+    neighbours = overlap_neighbours(masks, masks.areas)
+    group_of = np.full(len(masks), -1, np.int64)
     groups: list[list[int]] = []
     seen_views: list[set[int]] = []
     for i in np.argsort(-masks.scores, kind="stable").tolist():
         best, choice = match_iou, -1
-        for j, u in neighbours[i]:
+        for j, u, _ in neighbours[i]:
             g = int(group_of[j])
             if g >= 0 and groups[g][0] == j and u > best and int(view_of[i]) not in seen_views[g]:
                 best, choice = u, g
@@ -139,9 +133,10 @@ def _groups(masks: InstanceMasks, view_of: np.ndarray, match_iou: float) -> list
     return groups
 
 
-def _vote(masks: InstanceMasks, members: Sequence[int]) -> tuple[np.ndarray, tuple[int, int]]:
-    """The pixels in at least half of ``members``' masks: a crop and its ``(row, col)`` offset."""
-    cb = masks.crop_boxes[list(members)]
+def _vote(masks: InstanceMasks, crop_boxes: np.ndarray, members: Sequence[int]) -> tuple[np.ndarray, tuple[int, int]]:
+    """The pixels in at least half of ``members``' masks (``crop_boxes``: ``masks.crop_boxes``):
+    a crop and its ``(row, col)`` offset."""
+    cb = crop_boxes[list(members)]
     r0, c0 = int(cb[:, 0].min()), int(cb[:, 1].min())
     acc = np.zeros((int(cb[:, 2].max()) - r0, int(cb[:, 3].max()) - c0), np.int32)
     for i in members:
@@ -176,12 +171,13 @@ def fuse_views(parts: Sequence[InstanceMasks], threshold: float, match_iou: floa
     shape = parts[0].shape
     masks = InstanceMasks.concatenate(list(parts))
     view_of = np.repeat(np.arange(len(parts)), [len(p) for p in parts])
+    crop_boxes = masks.crop_boxes
     crops, offsets, scores, boxes = [], [], [], []
     for members in _groups(masks, view_of, match_iou):
         score = float(masks.scores[members].sum()) / len(parts)
         if score <= threshold:
             continue
-        crop, offset = _vote(masks, members)
+        crop, offset = _vote(masks, crop_boxes, members)
         if not crop.any():
             continue
         crops.append(crop)
@@ -214,21 +210,16 @@ def _outvoted_groups(fused: InstanceMasks, inside: float = 0.8, cover: float = 0
     >>> _outvoted_groups(InstanceMasks.from_dense(dense, scores=[0.7, 0.6, 0.3])).tolist()
     [False, False, True]
     """
-    from fastsam_geo.buildingfilter import overlapping_pairs
+    from fastsam_geo.buildingfilter import overlap_neighbours
 
     n = len(fused)
     drop = np.zeros(n, bool)
     if n < 3:
         return drop
     areas = fused.areas
-    a_idx, b_idx, _, pair_ios = overlapping_pairs(fused, areas)
-    held: list[list[int]] = [[] for _ in range(n)]
-    for a, b, ios in zip(a_idx.tolist(), b_idx.tolist(), pair_ios.tolist(), strict=True):
-        if ios >= inside and areas[a] != areas[b]:
-            small, large = (a, b) if areas[a] < areas[b] else (b, a)
-            held[large].append(small)
+    neighbours = overlap_neighbours(fused, areas)
     for k in range(n):
-        better = [j for j in held[k] if j < k]
+        better = [j for j, _, ios in neighbours[k] if j < k and ios >= inside and areas[j] < areas[k]]
         if len(better) >= 2 and sum(int(areas[j]) for j in better) >= cover * areas[k]:
             drop[k] = True
     return drop

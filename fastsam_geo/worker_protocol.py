@@ -169,7 +169,9 @@ def extract_params(params: Mapping[str, Any]) -> dict[str, Any]:
     out.update({k: v for k, v in params.items() if v is not None or k in ("output", "weights", "prompts")})
     for key in ("batch_size", "tile_size", "overlap", "tta"):
         out[key] = int(out[key])
-    if out["tta"] not in (1, 2, 4, 8):
+    from fastsam_geo.tta import TTA_CHOICES
+
+    if out["tta"] not in TTA_CHOICES:
         raise ProtocolError(f"tta={out['tta']}: use 1 (off), 2, 4 or 8 views of each tile")
     for key in ("conf", "iou", "simplify_px", "min_area_m2"):
         out[key] = None if key == "conf" and out[key] is None else float(out[key])
