@@ -1,4 +1,4 @@
-"""Test-time augmentation (``--tta``): what 1, 2, 4 and 8 views of each tile cost, side by side.
+"""Test-time augmentation (``--tta``): what 1, 2, 4, 8 and 12 views of each tile cost, side by side.
 
 The default model (auto engine: its ONNX twin) runs ``extract_buildings`` over a synthetic town
 at every view count, the counts interleaved in each round so that a change of load on the shared
@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common
 
-COUNTS = (1, 2, 4, 8)
+COUNTS = (1, 2, 4, 8, 12)
 
 
 def measure(weights: Path | None, data: Path, quick: bool) -> dict[str, Any]:

@@ -114,6 +114,22 @@ def letterbox_params(tile_shape: tuple[int, int], input_shape: tuple[int, int], 
     return Letterbox((nh / h, nw / w), (int(top), int(left)), (ih, iw), (h, w))
 
 
+def scaled_letterbox(lb: Letterbox, scale: float) -> Letterbox:
+    """``lb`` with the tile scaled by ``scale`` more, centred in the same input (a coarser view).
+
+    >>> lb = letterbox_params((1024, 1024), (1024, 1024), resize=False)
+    >>> scaled_letterbox(lb, 0.625)
+    Letterbox(gain=(0.625, 0.625), pad=(192, 192), input_shape=(1024, 1024), tile_shape=(1024, 1024))
+    """
+    h, w = lb.tile_shape
+    nh, nw = max(round(h * lb.gain[0] * scale), 1), max(round(w * lb.gain[1] * scale), 1)
+    ih, iw = lb.input_shape
+    if nh > ih or nw > iw:
+        raise ValueError(f"a tile of {h} x {w} px scaled by {scale} does not fit in a {ih} x {iw} input")
+    top, left = round((ih - nh) / 2 - 0.1), round((iw - nw) / 2 - 0.1)
+    return Letterbox((nh / h, nw / w), (int(top), int(left)), lb.input_shape, lb.tile_shape)
+
+
 def letterbox_image(image: np.ndarray, lb: Letterbox) -> np.ndarray:
     """The ``H x W x 3`` uint8 network input of one tile (resized if needed, padded with grey)."""
     h, w = lb.tile_shape
@@ -381,8 +397,9 @@ class FastSAMSegmenter:
             ``imgsz x imgsz``. An ONNX file exported with a fixed size runs at that size.
         threads: CPU threads (None: every core this process may use, :func:`cpu_threads`).
         min_area_px: masks smaller than this many pixels are dropped.
-        tta: views of each tile (1, 2, 4 or 8: flips and quarter turns) whose objects are fused,
-            see :mod:`fastsam_geo.tta`; 1 (the default) runs the tile as it is. Costs ``tta``
+        tta: views of each tile (1, 2, 4 or 8: flips and quarter turns; 12: the 8 and four
+            flips 1.6 times coarser, which only add large roofs) whose objects are fused, see
+            :mod:`fastsam_geo.tta`; 1 (the default) runs the tile as it is. Costs ``tta``
             forward passes per tile.
 
     Attributes:
@@ -424,9 +441,10 @@ class FastSAMSegmenter:
         min_area_px: int = 0,
         tta: int = 1,
     ) -> None:
-        from fastsam_geo.tta import views
+        from fastsam_geo.tta import coarse_views, views
 
-        self.views = views(tta)  # ValueError for a count other than 1, 2, 4, 8
+        self.views = views(tta)  # ValueError for a count --tta does not take
+        self.coarse_views = coarse_views(tta)
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size={batch_size} must be at least 1")
         if (conf is not None and not 0.0 <= conf <= 1.0) or not 0.0 <= iou <= 1.0:
@@ -480,7 +498,7 @@ class FastSAMSegmenter:
     @property
     def tta(self) -> int:
         """Views fused per tile (1: none)."""
-        return len(self.views)
+        return len(self.views) + len(self.coarse_views)
 
     @property
     def nms_conf(self) -> float:
@@ -502,14 +520,17 @@ class FastSAMSegmenter:
         size = round_up(self.imgsz, self.stride)
         return (size, size), True
 
-    def predict_raw(self, tiles: Sequence[Tile]) -> list[RawPrediction]:
-        """Forward pass and NMS, batched; numpy detections and prototypes per tile."""
+    def predict_raw(self, tiles: Sequence[Tile], scale: float = 1.0) -> list[RawPrediction]:
+        """Forward pass and NMS, batched; numpy detections and prototypes per tile (``scale``:
+        each tile scaled by it in the network input, :func:`scaled_letterbox`)."""
         out: list[RawPrediction] = []
         for start in range(0, len(tiles), self.batch_size):
             batch = tiles[start : start + self.batch_size]
             images = [_check_image(t) for t in batch]
             input_shape, resize = self._input_shape([im.shape[:2] for im in images])
             lbs = [letterbox_params(im.shape[:2], input_shape, resize) for im in images]
+            if scale != 1.0:
+                lbs = [scaled_letterbox(lb, scale) for lb in lbs]
             x = np.stack([letterbox_image(im, lb) for im, lb in zip(images, lbs, strict=True)])
             results = self._forward(x)
             self.model_calls += 1
@@ -518,19 +539,30 @@ class FastSAMSegmenter:
 
     def segment(self, tiles: Sequence[Tile]) -> list[InstanceMasks]:
         """One :class:`InstanceMasks` per tile (numpy only), in the order of ``tiles``; with
-        ``tta`` above 1, each tile's views fused (:func:`fastsam_geo.tta.fuse_views`)."""
+        ``tta`` above 1, each tile's views fused (:func:`fastsam_geo.tta.fuse_views`) and, at 12,
+        the large objects only the coarse views found added (:func:`fastsam_geo.tta.add_large`)."""
         if self.tta == 1:
             return self._segment_views(tiles)
+        from fastsam_geo.tta import COARSE_SCALE, add_large
+
+        fused = self._fused_views(tiles, self.views, 1.0)
+        if not self.coarse_views:
+            return fused
+        coarse = self._fused_views(tiles, self.coarse_views, COARSE_SCALE)
+        return [add_large(f, c) for f, c in zip(fused, coarse, strict=True)]
+
+    def _fused_views(self, tiles: Sequence[Tile], views: Sequence[str], scale: float) -> list[InstanceMasks]:
+        """Each tile's objects fused over ``views`` of it, each seen scaled by ``scale``."""
         from fastsam_geo.tta import KEEP_FACTOR, fuse_views, unview_masks, view_tile
 
         per_view = []
-        for view in self.views:
+        for view in views:
             seen = [view_tile(t, view) for t in tiles]
-            per_view.append([unview_masks(m, view) for m in self._segment_views(seen)])
+            per_view.append([unview_masks(m, view) for m in self._segment_views(seen, scale)])
         return [fuse_views([pv[j] for pv in per_view], self.conf * KEEP_FACTOR) for j in range(len(tiles))]
 
-    def _segment_views(self, tiles: Sequence[Tile]) -> list[InstanceMasks]:
-        raws = self.predict_raw(tiles)
+    def _segment_views(self, tiles: Sequence[Tile], scale: float = 1.0) -> list[InstanceMasks]:
+        raws = self.predict_raw(tiles, scale)
         return [
             assemble_masks(r.det, r.protos, r.letterbox, nodata=t.nodata, min_area_px=self.min_area_px)
             for r, t in zip(raws, tiles, strict=True)

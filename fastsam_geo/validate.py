@@ -159,12 +159,12 @@ def check_tta(tta: object) -> None:
     >>> check_tta(3)
     Traceback (most recent call last):
     ...
-    fastsam_geo.errors.OptionError: --tta 3: use 1 (off), 2, 4 or 8 views of each tile, e.g. --tta 8.
+    fastsam_geo.errors.OptionError: --tta 3: use 1 (off), 2, 4, 8 or 12 views of each tile, e.g. --tta 12.
     """
     from fastsam_geo.tta import TTA_CHOICES
 
     if not _is_int(tta) or tta not in TTA_CHOICES:
-        raise OptionError(f"--tta {tta}: use 1 (off), 2, 4 or 8 views of each tile, e.g. --tta 8.")
+        raise OptionError(f"--tta {tta}: use 1 (off), 2, 4, 8 or 12 views of each tile, e.g. --tta 12.")
 
 
 def check_size(size: int, option: str = "--size", minimum: int = 64) -> None:

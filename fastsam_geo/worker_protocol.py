@@ -118,7 +118,7 @@ def extract_params(params: Mapping[str, Any]) -> dict[str, Any]:
     Keys: ``raster`` (required), ``output`` (default: a new file in the worker's temporary
     folder), ``weights``, ``device`` ("auto"), ``batch_size`` (1), ``tile_size`` (1024),
     ``overlap`` (128), ``bands``, ``stretch`` ("auto"), ``conf`` (null: the model's stored threshold), ``iou`` (0.7),
-    ``tta`` (8: views of each tile fused, 1, 2, 4 or 8, see :mod:`fastsam_geo.tta`),
+    ``tta`` (12: views of each tile fused, 1, 2, 4, 8 or 12, see :mod:`fastsam_geo.tta`),
     ``prompts`` (see :func:`prompts_from_json`), ``building_filter`` (``{"enabled": true,
     "min_area_m2": 8, "max_area_m2": 20000}``), ``simplify_px`` (1.0), ``min_area_m2`` (2.0),
     ``regularize`` (false), ``overwrite`` (false), ``layer`` ("buildings"), ``clip_model``,
@@ -141,6 +141,8 @@ def extract_params(params: Mapping[str, Any]) -> dict[str, Any]:
         )
     if not params.get("raster"):
         raise ProtocolError("extract needs params.raster (the path of a GeoTIFF/COG/VRT)")
+    from fastsam_geo.tta import DEFAULT_TTA, TTA_CHOICES
+
     out: dict[str, Any] = {
         "output": None,
         "weights": None,
@@ -152,7 +154,7 @@ def extract_params(params: Mapping[str, Any]) -> dict[str, Any]:
         "stretch": "auto",
         "conf": None,
         "iou": 0.7,
-        "tta": 8,
+        "tta": DEFAULT_TTA,
         "prompts": None,
         "building_filter": None,
         "simplify_px": 1.0,
@@ -169,10 +171,8 @@ def extract_params(params: Mapping[str, Any]) -> dict[str, Any]:
     out.update({k: v for k, v in params.items() if v is not None or k in ("output", "weights", "prompts")})
     for key in ("batch_size", "tile_size", "overlap", "tta"):
         out[key] = int(out[key])
-    from fastsam_geo.tta import TTA_CHOICES
-
     if out["tta"] not in TTA_CHOICES:
-        raise ProtocolError(f"tta={out['tta']}: use 1 (off), 2, 4 or 8 views of each tile")
+        raise ProtocolError(f"tta={out['tta']}: use 1 (off), 2, 4, 8 or 12 views of each tile")
     for key in ("conf", "iou", "simplify_px", "min_area_m2"):
         out[key] = None if key == "conf" and out[key] is None else float(out[key])
     out["device"] = str(out["device"] or "auto")

@@ -44,7 +44,7 @@ from .compat import (
     SOURCE_POLYGON,
 )
 from .engine import WorkerCancelled, WorkerError
-from .utils import KEY_BATCH_SIZE, crs_name, crs_to_assign, icon, setting
+from .utils import DEFAULT_TTA, KEY_BATCH_SIZE, TTA_VIEWS, crs_name, crs_to_assign, icon, setting
 
 ENGINE_FORMATS = (".gpkg", ".geojson", ".fgb")
 
@@ -99,7 +99,7 @@ class ExtractBuildingsAlgorithm(QgsProcessingAlgorithm):
     CONF = "CONF"
     IOU = "IOU"
     TTA = "TTA"
-    TTA_VIEWS = (1, 2, 4, 8)
+    TTA_VIEWS = TTA_VIEWS
     BUILDING_FILTER = "BUILDING_FILTER"
     REGULARIZE = "REGULARIZE"
     BUILDINGS = "BUILDINGS"
@@ -178,10 +178,11 @@ class ExtractBuildingsAlgorithm(QgsProcessingAlgorithm):
             QgsProcessingParameterNumber(self.IOU, "NMS IoU threshold", NUMBER_DOUBLE, 0.7, False, 0.0, 1.0),
             QgsProcessingParameterEnum(
                 self.TTA,
-                "Views of each tile fused (TTA: flips and quarter turns; N times the inference)",
-                ["1 (off, fastest)", "2", "4", "8"],
+                "Views of each tile fused (TTA: flips and quarter turns; 12 adds four coarser views for "
+                "large roofs; N times the inference)",
+                [str(n) if n > 1 else "1 (off, fastest)" for n in TTA_VIEWS],
                 False,
-                3,
+                TTA_VIEWS.index(DEFAULT_TTA),
             ),
             QgsProcessingParameterBoolean(self.BUILDING_FILTER, "Building filter (everything/text mode)", True),
             QgsProcessingParameterBoolean(self.REGULARIZE, "Regularize outlines (right angles)", False),

@@ -20,6 +20,12 @@ KEY_PYTHON = "python"
 KEY_CACHE_DIR = "cache_dir"
 KEY_BATCH_SIZE = "batch_size"
 
+TTA_VIEWS = (1, 2, 4, 8, 12)
+"""The view counts of the engine's ``--tta`` (fastsam_geo.tta.TTA_CHOICES), in the panel's and
+Processing's order."""
+DEFAULT_TTA = 12
+"""The engine's default (fastsam_geo.tta.DEFAULT_TTA): the 8 flips and four of them coarser."""
+
 LEVELS = {"info": INFO, "warning": WARNING, "critical": CRITICAL, "success": SUCCESS}
 
 

@@ -321,8 +321,8 @@ def test_batches_and_padded_edge_tile_at_1024(segmenter, town) -> None:
     )
     raws: list = []
 
-    def spy(batch):  # keep what segment() assembled from (one forward pass per tile, not two)
-        got = FastSAMSegmenter.predict_raw(seg, batch)
+    def spy(batch, scale=1.0):  # keep what segment() assembled from (one forward pass per tile, not two)
+        got = FastSAMSegmenter.predict_raw(seg, batch, scale)
         raws.extend(got)
         return got
 

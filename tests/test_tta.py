@@ -21,7 +21,16 @@ from rasterio.windows import Window
 from fastsam_geo.masks import InstanceMasks
 from fastsam_geo.segment import FastSAMSegmenter
 from fastsam_geo.tiling import Tile
-from fastsam_geo.tta import VIEWS, fuse_views, unview_masks, view_image, views
+from fastsam_geo.tta import (
+    COARSE_SCALE,
+    VIEWS,
+    add_large,
+    coarse_views,
+    fuse_views,
+    unview_masks,
+    view_image,
+    views,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 TWIN = REPO / "weights" / "fastsam-geo-n.onnx"
@@ -53,8 +62,36 @@ def test_masks_found_in_a_view_map_back_to_the_tile(view: str) -> None:
 
 def test_view_counts() -> None:
     assert views(1) == ("id",) and len(views(8)) == len(set(views(8))) == 8
-    with pytest.raises(ValueError, match="tta=3"):
-        views(3)
+    assert views(12) == VIEWS and coarse_views(12) == ("id", "h", "v", "hv")
+    assert all(coarse_views(n) == () for n in (1, 2, 4, 8))
+    for n in (3, 16):
+        with pytest.raises(ValueError, match=f"tta={n}"):
+            views(n)
+        with pytest.raises(ValueError, match=f"tta={n}"):
+            coarse_views(n)
+
+
+def test_coarse_views_only_add_large_objects_the_fine_views_missed() -> None:
+    """The fine objects come out unchanged and first; a coarse object is added only when it is
+    large and lies mostly outside them (over half inside: left to the fine views)."""
+    fine = np.zeros((2, 40, 40), bool)
+    fine[0, 0:6, 0:6] = True
+    fine[1, 0:6, 20:26] = True
+    coarse = np.zeros((4, 40, 40), bool)
+    coarse[0, 10:40, 10:40] = True  # 900 px, nothing fine there: added
+    coarse[1, 0:5, 0:30] = True  # 150 px, 60 of them in the fine objects (40 %): added
+    coarse[2, 0:6, 0:12] = True  # 72 px, half in the first house: 36 of 72 is not over half: added
+    coarse[3, 0:6, 16:26] = True  # 60 px, 36 in the second house (60 %): left out
+    f = InstanceMasks.from_dense(fine, scores=[0.9, 0.8])
+    c = InstanceMasks.from_dense(coarse, scores=[0.5, 0.4, 0.3, 0.6])
+    out = add_large(f, c, min_area_px=60)
+    assert out.scores.tolist() == pytest.approx([0.9, 0.8, 0.5, 0.4, 0.3])
+    assert (out.masks == np.concatenate([fine, coarse[:3]])).all()
+    assert len(add_large(f, c, min_area_px=1000)) == 2  # nothing that large
+    assert add_large(InstanceMasks.empty((40, 40)), c, min_area_px=60).areas.tolist() == [900, 150, 72, 60]
+    assert len(add_large(f, InstanceMasks.empty((40, 40)))) == 2
+    with pytest.raises(ValueError, match="coarse masks"):
+        add_large(f, InstanceMasks.empty((40, 41)))
 
 
 def _roof(cols: slice) -> np.ndarray:
@@ -140,6 +177,42 @@ def test_eight_views_give_the_same_buildings_on_a_mirrored_or_turned_tile(town: 
     single = FastSAMSegmenter(TWIN)
     assert single.tta == 1 and "tta" not in single.metadata
     assert seg.model_calls == 16 and single.nms_conf == single.conf == seg.conf > seg.nms_conf
+
+
+@pytest.mark.model
+def test_a_coarse_view_maps_its_masks_back_to_the_tile(town: np.ndarray) -> None:
+    """A tile seen 1.6 times coarser (centred in the same input) gives masks in the tile's own
+    pixels: most of its buildings land on the ones the full-resolution pass found."""
+    seg = FastSAMSegmenter(TWIN)
+    tile = _tile(town)
+    full = seg._segment_views([tile])[0]
+    raw = seg.predict_raw([tile], scale=COARSE_SCALE)[0]
+    assert raw.letterbox.gain == (COARSE_SCALE, COARSE_SCALE) and raw.letterbox.pad == (192, 192)
+    coarse = seg._segment_views([tile], scale=COARSE_SCALE)[0]
+    assert coarse.shape == (1024, 1024) and len(coarse) > 10
+    both = InstanceMasks.concatenate([full, coarse])
+    from fastsam_geo.buildingfilter import overlap_neighbours
+
+    neighbours = overlap_neighbours(both, both.areas)
+    n = len(full)
+    landed = [any(j < n and iou > 0.5 for j, iou, _ in neighbours[n + k]) for k in range(len(coarse))]
+    assert np.mean(landed) > 0.7, np.mean(landed)
+
+
+@pytest.mark.model
+def test_twelve_views_keep_the_eight_and_only_add(town: np.ndarray) -> None:
+    """--tta 12: 12 passes per tile; the 8 views' objects come first, unchanged; the same
+    buildings, mirrored, on a mirrored tile (the coarse views are the four flips)."""
+    eight = FastSAMSegmenter(TWIN, tta=8).segment([_tile(town)])[0]
+    seg = FastSAMSegmenter(TWIN, tta=12)
+    twelve = seg.segment([_tile(town)])[0]
+    assert seg.tta == 12 and seg.metadata["tta"] == 12 and seg.model_calls == 12
+    assert len(twelve) >= len(eight) > 10
+    assert all((twelve.mask(i) == eight.mask(i)).all() for i in range(len(eight)))
+    assert (twelve.areas[len(eight) :] >= 1600).all()
+    mirrored = unview_masks(seg.segment([_tile(view_image(town, "h"))])[0], "h")
+    assert len(mirrored) == len(twelve)
+    assert all((mirrored.mask(i) == twelve.mask(i)).all() for i in range(len(twelve)))
 
 
 @pytest.mark.model

@@ -160,7 +160,7 @@ def main() -> None:
     check("processing.run reports BUILDINGS", res.get("BUILDINGS") == pred.featureCount(), res)
     RESULT["processing_conf"] = recorded_conf(res["OUTPUT"])  # no CONF given: the model's own
     default_tta = recorded(res["OUTPUT"], "tta")
-    check("processing.run fuses 8 views by default", default_tta == "8", default_tta)
+    check("processing.run fuses 12 views by default", default_tta == "12", default_tta)
     check("processing progress via feedback", fb.values and max(fb.values) == 100.0, fb.values)
     plain = QgsVectorLayer(str(out), "plain", "ogr")
     check(
@@ -348,7 +348,7 @@ def main() -> None:
     check("panel confidence defaults to the model's", dock.conf_value() is None, dock.conf_spin.text())
     info = panel_run("panel_everything_gpkg")
     RESULT["panel_conf"] = recorded_conf(gpkg) if gpkg.exists() else None
-    check("panel views default to 8", dock.tta_value() == 8 and recorded(gpkg, "tta") == "8", dock.tta_value())
+    check("panel views default to 12", dock.tta_value() == 12 and recorded(gpkg, "tta") == "12", dock.tta_value())
     lyr = info.get("layer")
     check(
         "panel everything -> GeoPackage layer",
