@@ -11,7 +11,10 @@ The model runs once per tile: :class:`ReplaySegmenter` keeps each tile's masks f
 lowest threshold of the grid and hands out, for a higher threshold, the masks that score at
 least that much, which is what the model itself returns at that threshold (ultralytics drops
 low-confidence detections before its score-ordered NMS, which a lower-scored box cannot
-change), up to ``max_det`` detections per tile.
+change), up to ``max_det`` detections per tile. With views fused (``tta`` above 1, the
+default, as ``extract`` runs) it keeps each view's masks and fuses them at each threshold
+(:func:`fastsam_geo.tta.fuse_at`): the threshold chosen is the one for the views you extract
+with, not for one view.
 
 The chosen threshold is the one with the best object F1 *averaged over the rasters*: each
 raster counts once, however many buildings it holds, so a large easy scene (a synthetic town
@@ -36,6 +39,7 @@ from fastsam_geo.evaluate import Footprints, Scores, evaluate_on_raster, load_fo
 from fastsam_geo.masks import InstanceMasks
 from fastsam_geo.segment import Segmenter
 from fastsam_geo.tiling import Tile
+from fastsam_geo.tta import DEFAULT_TTA, ViewMasks, fuse_at
 
 __all__ = [
     "CONF_GRID",
@@ -53,7 +57,8 @@ CONF_GRID: tuple[float, ...] = (0.08, 0.1, 0.12, 0.15, 0.18, 0.21, 0.25, 0.3, 0.
 
 class ReplaySegmenter:
     """A :class:`~fastsam_geo.segment.Segmenter` that asks ``segmenter`` once per tile and then
-    returns that tile's masks scoring at least :attr:`conf`.
+    returns that tile's masks at :attr:`conf`: those scoring at least it or, from a segmenter
+    that fuses views (``tta`` above 1), its views' masks fused at it.
 
     ``segmenter`` must run at a threshold no higher than any :attr:`conf` asked for. Tiles
     are known by their window and shape, so one replayer serves one raster and one grid.
@@ -62,7 +67,8 @@ class ReplaySegmenter:
     def __init__(self, segmenter: Segmenter, conf: float = 0.0) -> None:
         self.segmenter = segmenter  # the attribute name run.py and plan.py look through
         self.conf = conf
-        self._seen: dict[tuple[Any, ...], InstanceMasks] = {}
+        self._fused = getattr(segmenter, "tta", 1) > 1 and hasattr(segmenter, "view_masks")
+        self._seen: dict[tuple[Any, ...], InstanceMasks | ViewMasks] = {}
 
     @staticmethod
     def _key(tile: Tile) -> tuple[Any, ...]:
@@ -73,12 +79,16 @@ class ReplaySegmenter:
         """One :class:`InstanceMasks` per tile, in the order of ``tiles``."""
         todo = [t for t in tiles if self._key(t) not in self._seen]
         if todo:
-            for tile, masks in zip(todo, self.segmenter.segment(todo), strict=True):
+            found = self.segmenter.view_masks(todo) if self._fused else self.segmenter.segment(todo)  # type: ignore[attr-defined]
+            for tile, masks in zip(todo, found, strict=True):
                 self._seen[self._key(tile)] = masks
         out = []
         for tile in tiles:
-            masks = self._seen[self._key(tile)]
-            out.append(masks.subset(masks.scores >= self.conf))
+            seen = self._seen[self._key(tile)]
+            if isinstance(seen, ViewMasks):
+                out.append(fuse_at(seen, self.conf))
+            else:
+                out.append(seen.subset(seen.scores >= self.conf))
         return out
 
 
@@ -131,6 +141,7 @@ class Calibration:
     grid: tuple[float, ...]
     pooled: list[Scores]
     per_source: dict[str, list[Scores]] = field(default_factory=dict)
+    tta: int = 1  # the views of each tile fused, as extract --tta
 
     @property
     def mean_f1(self) -> list[float]:
@@ -197,6 +208,7 @@ def calibrate_conf(
     device: str = "cpu",
     segmenter: Segmenter | None = None,
     labels_layer: str | None = None,
+    tta: int = DEFAULT_TTA,
     **extract_kw: Any,
 ) -> Calibration:
     """Extract every raster at each threshold of ``grid`` and score it against its ``labels``.
@@ -207,9 +219,13 @@ def calibrate_conf(
     ``weights`` (it must keep masks down to ``min(grid)``). ``labels_layer`` is the layer read
     from each footprint file (default: its only layer, else ``buildings``). ``conf`` is None when no
     threshold finds any truth building (no truth on the rasters, or a model that finds none).
+    ``tta``: the views of each tile fused, as ``extract --tta`` (a ``segmenter`` given fuses its
+    own); the model runs ``tta`` times a tile, once for the whole grid.
     """
     from fastsam_geo.pipeline import extract_buildings
+    from fastsam_geo.validate import check_tta
 
+    check_tta(tta)  # before any file is read
     grid = tuple(sorted(float(c) for c in grid))
     # read once (not once per threshold), and a bad file fails before the model loads
     layers = per_raster(labels, len(rasters))
@@ -222,7 +238,7 @@ def calibrate_conf(
         from fastsam_geo.segmenters import resolve_model
 
         # the engine extract runs (engine auto: the .pt's ONNX twin when there is one)
-        segmenter = FastSAMSegmenter(resolve_model(weights).path, device=device, conf=grid[0])
+        segmenter = FastSAMSegmenter(resolve_model(weights).path, device=device, conf=grid[0], tta=tta)
     per_source: dict[str, list[Scores]] = {}
     with tempfile.TemporaryDirectory(prefix="fastsam-geo-calibrate-") as tmp:
         for i, (raster, truth) in enumerate(zip(rasters, truths, strict=True)):
@@ -237,7 +253,7 @@ def calibrate_conf(
                 out.unlink()
             per_source[name] = scores
     pooled_scores = [pooled([s[k] for s in per_source.values()]) for k in range(len(grid))]
-    cal = Calibration(None, grid, pooled_scores, per_source)
+    cal = Calibration(None, grid, pooled_scores, per_source, getattr(segmenter, "tta", 1))
     if any(s.tp for s in pooled_scores):
         cal.conf = best_threshold(grid, cal.mean_f1)
     return cal

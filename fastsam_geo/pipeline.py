@@ -160,8 +160,9 @@ def extract_buildings(
         engine: ``"auto"`` (default): a ``.pt`` whose ONNX twin (its ``fastsam-geo export``) lies
             beside it runs on ONNX Runtime when onnxruntime is installed, anything else on its own
             engine; ``"onnx"`` / ``"torch"`` choose explicitly. The summary's ``engine`` says which ran.
-        tta: views of each tile whose objects are fused (1, 2, 4 or 8 flips and quarter turns,
-            :mod:`fastsam_geo.tta`; default 8); 1: the tile as it is. ``tta`` forward passes a tile.
+        tta: views of each tile whose objects are fused (2, 4 or 8 flips and quarter turns; 12:
+            the 8 and four flips read coarser, :mod:`fastsam_geo.tta`; default 12); 1: the tile as
+            it is. ``tta`` forward passes a tile.
             A ``segmenter`` given fuses its own views (``FastSAMSegmenter(tta=...)``).
 
     Returns:

@@ -37,6 +37,16 @@ import numpy as np
 
 from fastsam_geo.masks import InstanceMasks
 from fastsam_geo.tiling import Tile
+from fastsam_geo.tta import (
+    CANDIDATE_FACTOR,
+    COARSE_SCALE,
+    ViewMasks,
+    coarse_views,
+    fuse_at,
+    unview_masks,
+    view_tile,
+    views,
+)
 from fastsam_geo.weights import resolve_weights
 
 log = logging.getLogger(__name__)
@@ -441,8 +451,6 @@ class FastSAMSegmenter:
         min_area_px: int = 0,
         tta: int = 1,
     ) -> None:
-        from fastsam_geo.tta import coarse_views, views
-
         self.views = views(tta)  # ValueError for a count --tta does not take
         self.coarse_views = coarse_views(tta)
         if batch_size is not None and batch_size < 1:
@@ -503,8 +511,6 @@ class FastSAMSegmenter:
     @property
     def nms_conf(self) -> float:
         """The threshold of the NMS: ``conf``, lowered for the views' candidates when fusing."""
-        from fastsam_geo.tta import CANDIDATE_FACTOR
-
         return self.conf * CANDIDATE_FACTOR if self.tta > 1 else self.conf
 
     # ------------------------------------------------------------------ inference
@@ -539,27 +545,26 @@ class FastSAMSegmenter:
 
     def segment(self, tiles: Sequence[Tile]) -> list[InstanceMasks]:
         """One :class:`InstanceMasks` per tile (numpy only), in the order of ``tiles``; with
-        ``tta`` above 1, each tile's views fused (:func:`fastsam_geo.tta.fuse_views`) and, at 12,
-        the large objects only the coarse views found added (:func:`fastsam_geo.tta.add_large`)."""
+        ``tta`` above 1, each tile's views fused (:func:`fastsam_geo.tta.fuse_at`: the views'
+        objects fused and, at 12, the large objects only the coarse views found added)."""
         if self.tta == 1:
             return self._segment_views(tiles)
-        from fastsam_geo.tta import COARSE_SCALE, add_large
+        return [fuse_at(seen, self.conf) for seen in self.view_masks(tiles)]
 
-        fused = self._fused_views(tiles, self.views, 1.0)
-        if not self.coarse_views:
-            return fused
-        coarse = self._fused_views(tiles, self.coarse_views, COARSE_SCALE)
-        return [add_large(f, c) for f, c in zip(fused, coarse, strict=True)]
+    def view_masks(self, tiles: Sequence[Tile]) -> list[ViewMasks]:
+        """Each tile's masks from each of its views, mapped back onto the tile, at the views'
+        candidate threshold (:attr:`nms_conf`): what :meth:`segment` fuses."""
+        fine = self._per_view(tiles, self.views, 1.0)
+        coarse = self._per_view(tiles, self.coarse_views, COARSE_SCALE)
+        return [ViewMasks(f, c) for f, c in zip(fine, coarse, strict=True)]
 
-    def _fused_views(self, tiles: Sequence[Tile], views: Sequence[str], scale: float) -> list[InstanceMasks]:
-        """Each tile's objects fused over ``views`` of it, each seen scaled by ``scale``."""
-        from fastsam_geo.tta import KEEP_FACTOR, fuse_views, unview_masks, view_tile
-
+    def _per_view(self, tiles: Sequence[Tile], views: Sequence[str], scale: float) -> list[list[InstanceMasks]]:
+        """For each tile, its masks in each of ``views`` (seen scaled by ``scale``), in its frame."""
         per_view = []
         for view in views:
             seen = [view_tile(t, view) for t in tiles]
             per_view.append([unview_masks(m, view) for m in self._segment_views(seen, scale)])
-        return [fuse_views([pv[j] for pv in per_view], self.conf * KEEP_FACTOR) for j in range(len(tiles))]
+        return [[pv[j] for pv in per_view] for j in range(len(tiles))]
 
     def _segment_views(self, tiles: Sequence[Tile], scale: float = 1.0) -> list[InstanceMasks]:
         raws = self.predict_raw(tiles, scale)
@@ -567,6 +572,7 @@ class FastSAMSegmenter:
             assemble_masks(r.det, r.protos, r.letterbox, nodata=t.nodata, min_area_px=self.min_area_px)
             for r, t in zip(raws, tiles, strict=True)
         ]
+
 
 def _check_image(tile: Tile) -> np.ndarray:
     image = np.asarray(tile.image)

@@ -21,6 +21,8 @@ from fastsam_geo.dataset import DatasetSummary, build_dataset, check_labels, lab
 from fastsam_geo.errors import FastSAMGeoError
 from fastsam_geo.locks import output_lock
 from fastsam_geo.output import staged_file
+from fastsam_geo.tta import DEFAULT_TTA
+from fastsam_geo.validate import check_tta
 
 
 def _check_train_output(
@@ -61,6 +63,7 @@ def _write_model(
     batch: int,
     device: str,
     labels_layer: str | None = None,
+    tta: int = DEFAULT_TTA,
 ) -> tuple[list[SourceScore], float | None, Calibration]:
     """Copy the trained weights to ``out`` with their metadata, the per-source validation and
     the calibrated threshold, through a staging file beside ``out``: a failure or Ctrl-C never
@@ -75,7 +78,7 @@ def _write_model(
         write_pt_meta(tmp, meta)  # the working resolution first: the calibration reads at it
         # the threshold: the extract pipeline's best object F1 on the training rasters, else (no threshold
         # finds a truth building there) the median of the sources' best-F1 thresholds on their crops
-        cal = calibrate_conf(tmp, rasters, labels, gsd=gsd, device=device, labels_layer=labels_layer)  # type: ignore[arg-type]
+        cal = calibrate_conf(tmp, rasters, labels, gsd=gsd, device=device, labels_layer=labels_layer, tta=tta)  # type: ignore[arg-type]
         conf = cal.conf if cal.conf is not None else calibrated_conf(per_source)
         if conf is not None:
             write_pt_meta(tmp, {"conf": conf})
@@ -222,6 +225,7 @@ def train(
     labels_layer: str | None = None,
     keep: str = "best",
     overwrite: bool = False,
+    tta: int = DEFAULT_TTA,
 ) -> TrainResult:
     """Build the dataset, fine-tune ``base`` with ultralytics, copy the best weights to ``output``.
 
@@ -233,6 +237,8 @@ def train(
     :func:`~fastsam_geo.dataset.build_dataset`. ``keep``: the epoch whose weights are written, ``best``
     on the validation crops or ``last`` (when continuing a model trained on the same rasters with
     another seed, some validation crops were its training crops, and ``best`` favours the first epoch).
+    ``tta``: the views of each tile fused when the threshold is calibrated at the end, as you will
+    extract (:func:`~fastsam_geo.calibrate.calibrate_conf`; default: extract's).
 
     ``output`` (a ``.pt``) is never one of the inputs (rasters, labels, ``base``) and replaces an
     existing file only with ``overwrite``; the model is written to a staging file beside it and
@@ -240,6 +246,7 @@ def train(
     anything is written (:func:`check_labels`).
     """
     out = Path(output)
+    check_tta(tta)
     if min_crops and not augment:
         raise FastSAMGeoError(
             f"--min-crops {min_crops} adds sensor copies of a raster's crops: it needs --augment; add it, "
@@ -302,7 +309,7 @@ def train(
             best = Path(model.trainer.last)
         meta = {"gsd_m": gsd, "imgsz": imgsz, "base": str(base), "epochs": int(model.trainer.epochs)}
         per_source, conf, cal = _write_model(
-            best, out, meta, ds, rasters, labels, work, batch=batch, device=device, labels_layer=labels_layer
+            best, out, meta, ds, rasters, labels, work, batch=batch, device=device, labels_layer=labels_layer, tta=tta
         )
         return TrainResult(
             weights=out,

@@ -30,7 +30,7 @@ default model's pooled object / pixel F1 0.547 / 0.698 at ``--tta 1``, 0.592 / 0
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -294,3 +294,39 @@ def add_large(
     if not add.any():
         return fine
     return InstanceMasks.concatenate([fine, coarse.subset(add)])
+
+
+@dataclass
+class ViewMasks:
+    """One tile's masks from each of its views, mapped back onto the tile: what
+    :func:`fuse_at` fuses at a threshold (``calibrate`` keeps them to try several).
+
+    ``fine``: one :class:`InstanceMasks` per view at the working resolution; ``coarse``: one per
+    view read at :data:`COARSE_SCALE` (empty below ``--tta 12``).
+    """
+
+    fine: list[InstanceMasks]
+    coarse: list[InstanceMasks] = field(default_factory=list)
+
+
+def fuse_at(views: ViewMasks, conf: float) -> InstanceMasks:
+    """A tile's objects at threshold ``conf``, as the model with ``conf`` returns them.
+
+    Each view's candidates scoring at least ``conf x`` :data:`CANDIDATE_FACTOR` are fused
+    (:func:`fuse_views`, kept above ``conf x`` :data:`KEEP_FACTOR`), and the coarse views'
+    large objects added (:func:`add_large`). Views found at a lower threshold give, at ``conf``,
+    the objects the model gives at ``conf``: the NMS drops low scores before it orders by score.
+
+    >>> a = np.zeros((2, 8, 8), bool); a[0, 1:5, 1:5] = True; a[1, 6:8, 6:8] = True
+    >>> seen = ViewMasks([InstanceMasks.from_dense(a, scores=[0.6, 0.3])] * 2)
+    >>> fuse_at(seen, 0.25).areas.tolist(), fuse_at(seen, 0.5).areas.tolist(), len(fuse_at(seen, 0.9))
+    ([16, 4], [16], 0)
+    """
+
+    def candidates(parts: Sequence[InstanceMasks]) -> list[InstanceMasks]:
+        return [m.subset(m.scores >= conf * CANDIDATE_FACTOR) for m in parts]
+
+    fused = fuse_views(candidates(views.fine), conf * KEEP_FACTOR)
+    if not views.coarse:
+        return fused
+    return add_large(fused, fuse_views(candidates(views.coarse), conf * KEEP_FACTOR))

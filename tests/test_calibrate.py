@@ -27,22 +27,23 @@ def two_scenes(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[Path, Pat
     return out
 
 
-def test_replayed_thresholds_score_like_runs_at_that_threshold(two_scenes, tmp_path: Path) -> None:
-    """The model runs once per tile; each threshold's result equals a real one-view extract run at it."""
+@pytest.mark.parametrize("tta", [1, 12])
+def test_replayed_thresholds_score_like_runs_at_that_threshold(two_scenes, tmp_path: Path, tta: int) -> None:
+    """The model runs once per tile (its views once); each threshold's result equals a real extract
+    run at it with the same views: one view, and the default 12 fused again at each threshold."""
     from fastsam_geo.calibrate import best_threshold, calibrate_conf
     from fastsam_geo.evaluate import evaluate_on_raster, pooled
     from fastsam_geo.pipeline import extract_buildings
 
     rasters, labels = [r for r, _ in two_scenes], [t for _, t in two_scenes]
     grid = (0.1, 0.4, 0.7)
-    cal = calibrate_conf(TOWN_N, rasters, labels, grid=grid, tile_size=256, overlap=64)
-    assert cal.grid == grid and len(cal.per_source) == 2
+    cal = calibrate_conf(TOWN_N, rasters, labels, grid=grid, tile_size=256, overlap=64, tta=tta)
+    assert cal.grid == grid and len(cal.per_source) == 2 and cal.tta == tta
     for k, c in enumerate(grid):
         direct = []
         for raster, truth in two_scenes:
             out = tmp_path / f"{raster.stem}_{c}.gpkg"
-            # calibrate chooses the one-view threshold: compare with one-view runs
-            extract_buildings(raster, out, weights=TOWN_N, conf=c, tile_size=256, overlap=64, device="cpu", tta=1)
+            extract_buildings(raster, out, weights=TOWN_N, conf=c, tile_size=256, overlap=64, device="cpu", tta=tta)
             direct.append(evaluate_on_raster(out, truth, raster))
         got = [s[k] for s in cal.per_source.values()]
         assert [(s.tp, s.fp, s.fn) for s in got] == [(s.tp, s.fp, s.fn) for s in direct], c
@@ -88,21 +89,28 @@ def test_cli_calibrate_writes_the_threshold_into_the_model(two_scenes, tmp_path:
 
 
 def test_cli_calibrate_runs_extract_with_the_given_tiling_and_filter(two_scenes) -> None:
-    """--tile-size, --overlap and --min-area reach each extract run: the CLI's table equals the API's
-    with the same settings, and differs from the defaults' (a 30 m² minimum drops small houses)."""
-    from fastsam_geo.calibrate import calibrate_conf
+    """--tile-size, --overlap, --min-area and --tta reach each extract run: the CLI's table equals the
+    API's with the same settings, and differs from the defaults' (a 30 m² minimum drops small houses;
+    two views are not one)."""
+    from fastsam_geo.calibrate import Calibration, calibrate_conf
     from fastsam_geo.cli import main
     from fastsam_geo.plan import BuildingFilter
 
     (raster, truth), _ = two_scenes
     args = ["calibrate", str(TOWN_N), str(raster), "--labels", str(truth), "--tile-size", "256", "--overlap", "64"]
-    r = CliRunner().invoke(main, [*args, "--min-area", "30"])
+    r = CliRunner().invoke(main, [*args, "--min-area", "30", "--tta", "2"])
     assert r.exit_code == 0, r.output
-    cal = calibrate_conf(TOWN_N, [raster], truth, tile_size=256, overlap=64, building_filter=BuildingFilter(30.0))
+    assert "for --tta 2" in r.output
+    kw = {"tile_size": 256, "overlap": 64}
+    cal = calibrate_conf(TOWN_N, [raster], truth, building_filter=BuildingFilter(30.0), tta=2, **kw)
     rows = [line.split() for line in r.output.splitlines() if line[:2] == "0."]
     assert [tuple(map(int, row[3:6])) for row in rows] == [(s.tp, s.fp, s.fn) for s in cal.pooled], r.output
-    default = calibrate_conf(TOWN_N, [raster], truth, tile_size=256, overlap=64)
-    assert [(s.tp, s.fp) for s in default.pooled] != [(s.tp, s.fp) for s in cal.pooled]
+    def counts(c: Calibration) -> list[tuple[object, ...]]:
+        return [(s.tp, s.fp, s.fn, round(s.pixel_f1 or 0.0, 6)) for s in c.pooled]
+
+    assert counts(calibrate_conf(TOWN_N, [raster], truth, tta=2, **kw)) != counts(cal)  # the 8 m² default
+    one_view = calibrate_conf(TOWN_N, [raster], truth, building_filter=BuildingFilter(30.0), tta=1, **kw)
+    assert counts(one_view) != counts(cal) and one_view.tta == 1 and cal.tta == 2
 
 
 def test_onnx_threshold_is_stored_beside_its_other_metadata(tmp_path: Path) -> None:

@@ -881,6 +881,14 @@ def test_train_output_guard(work: Path, labels: dict[str, Path], target: str, ex
     assert not (work / "train_work").exists()
 
 
+def test_train_refuses_a_view_count_extract_does_not_take(work: Path, labels: dict[str, Path]) -> None:
+    """--tta is the calibration's view count: a bad one is told before the dataset is built, not after hours."""
+    out = work / "m.pt"
+    args = ["train", work / "r.tif", "--labels", labels["good"], "-o", out, "--epochs", "1", "--tta", "6"]
+    assert_refused(args, work, "--tta 6", "1 (off), 2, 4, 8 or 12", output=out)
+    assert not (work / "train_work").exists()
+
+
 def test_train_refuses_min_crops_without_augment(work: Path, labels: dict[str, Path]) -> None:
     """--min-crops adds sensor copies: without --augment it would do nothing, silently."""
     out = work / "m.pt"
@@ -1028,8 +1036,9 @@ def test_calibrate_write_checks_the_model_first(work: Path, labels: dict[str, Pa
         (["--tile-size", "256", "--overlap", "200"], ["--overlap 200", "--tile-size 256"]),
         (["--min-area", "-1"], ["--min-area -1", "0 m² or more"]),
         (["--min-area", "30000"], ["--min-area 30000", "--max-area"]),
+        (["--tta", "3"], ["--tta 3", "1 (off), 2, 4, 8 or 12"]),
     ],
-    ids=["tile-size", "overlap", "negative-min-area", "min-area-above-max"],
+    ids=["tile-size", "overlap", "negative-min-area", "min-area-above-max", "tta"],
 )
 def test_calibrate_refuses_bad_tiling_and_areas_before_working(
     work: Path, labels: dict[str, Path], extra: list[str], must: list[str]

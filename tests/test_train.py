@@ -173,11 +173,15 @@ def test_train_reports_validation_per_source(tmp_path: Path) -> None:
             "0",
             "--gsd",
             "0.5",
+            "--tta",
+            "2",
             "--work-dir",
             str(tmp_path / "work"),
         ],
     )
     assert r.exit_code == 0, r.output
+    # the threshold is calibrated with the views given (as extract will run), on both rasters
+    assert "extract --tta 2 on the training rasters" in r.output, r.output
     lines = r.output.splitlines()
     head = next(i for i, line in enumerate(lines) if line.startswith("validation by source"))
     rows = [line.split() for line in lines[head + 1 : head + 3]]

@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from .common import _checked_overlap
-from .options import _GSD_HELP, _LABELS_LAYER_HELP, _Gsd
+from .options import _GSD_HELP, _LABELS_LAYER_HELP, _Gsd, _tta_option
 
 
 @click.command(short_help="Choose a model's confidence threshold on labelled rasters.")
@@ -19,6 +19,7 @@ from .options import _GSD_HELP, _LABELS_LAYER_HELP, _Gsd
 @click.option("--tile-size", default=1024, show_default=True, help="Tile size in pixels, as you will extract.")
 @click.option("--overlap", default=None, type=int, help="Tile overlap in pixels (default: tile size / 8).")
 @click.option("--min-area", default=8.0, show_default=True, help="Building filter minimum in m², as you will extract.")
+@_tta_option("As you will extract. ")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:0, mps.")
 @click.option("--write", is_flag=True, help="Store the chosen threshold in WEIGHTS (.pt or .onnx), for `extract`.")
 def calibrate(
@@ -30,6 +31,7 @@ def calibrate(
     tile_size: int,
     overlap: int | None,
     min_area: float,
+    tta: int,
     device: str,
     write: bool,
 ) -> None:
@@ -38,8 +40,9 @@ def calibrate(
     best object F1 averaged over the rasters that have truth buildings (each counts once, and
     each threshold is averaged with its neighbours) is the model's; --write stores it in
     WEIGHTS, so that `extract` without --conf uses it. `train` ends with the same step on its
-    rasters. Pass the --gsd, --tile-size, --overlap and --min-area you will extract with: the
-    best threshold depends on them.
+    rasters. Pass the --gsd, --tile-size, --overlap, --min-area and --tta you will extract
+    with: the best threshold depends on them. The model runs --tta times a tile, once for all
+    thresholds.
 
     \b
     Example:
@@ -47,8 +50,9 @@ def calibrate(
     """
     from fastsam_geo.calibrate import calibrate_conf, check_store, store_conf
     from fastsam_geo.plan import BuildingFilter
-    from fastsam_geo.validate import check_areas
+    from fastsam_geo.validate import check_areas, check_tta
 
+    check_tta(tta)
     overlap = _checked_overlap(tile_size, overlap)
     bfilter = BuildingFilter(min_area_m2=min_area)
     check_areas(bfilter.min_area_m2, bfilter.max_area_m2)
@@ -64,6 +68,7 @@ def calibrate(
         gsd=gsd,
         device=device,
         labels_layer=labels_layer,
+        tta=tta,
         tile_size=tile_size,
         overlap=overlap,
         building_filter=bfilter,
@@ -74,7 +79,8 @@ def calibrate(
             "no threshold finds any truth building on these rasters (check that --labels overlap them): "
             "nothing to calibrate on."
         )
-    click.echo(f"best threshold: {cal.conf:.2f}" + (f" (stored in {weights})" if write else ""))
+    views = f"--tta {tta}" if tta > 1 else "--tta 1 (one view)"
+    click.echo(f"best threshold: {cal.conf:.2f} for {views}" + (f" (stored in {weights})" if write else ""))
     click.echo(cal.source_table())
     if write:
         store_conf(weights, cal.conf)

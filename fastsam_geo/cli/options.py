@@ -119,6 +119,19 @@ def _tiling_options() -> list[Callable[..., Any]]:
     ]
 
 
+def _tta_option(help_extra: str = "") -> Callable[..., Any]:
+    """``--tta``: the views of each tile fused (``help_extra`` says what for, in a command that is not extract)."""
+    return click.option(
+        "--tta",
+        type=int,
+        default=DEFAULT_TTA,
+        show_default=True,
+        help=help_extra + "Views of each tile whose objects are fused: 8, 4 or 2 flips and quarter turns "
+        "(more buildings found, fewer neighbours merged); 12: the 8 and four flips 1.6x coarser, "
+        "which add large roofs. N times the inference; 1: off, the fastest.",
+    )
+
+
 def _threshold_options() -> list[Callable[..., Any]]:
     """The segmenter's thresholds."""
     return [
@@ -129,15 +142,7 @@ def _threshold_options() -> list[Callable[..., Any]]:
             help="Minimum mask confidence (default: the model's, calibrated when it was trained; else 0.25).",
         ),
         click.option("--iou", default=0.7, show_default=True, help="NMS IoU threshold of the segmenter."),
-        click.option(
-            "--tta",
-            type=int,
-            default=DEFAULT_TTA,
-            show_default=True,
-            help="Views of each tile whose objects are fused: 8, 4 or 2 flips and quarter turns "
-            "(more buildings found, fewer neighbours merged); 12: the 8 and four flips 1.6x coarser, "
-            "which add large roofs. N times the inference; 1: off, the fastest.",
-        ),
+        _tta_option(),
     ]
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .options import _LABELS_LAYER_HELP
+from .options import _LABELS_LAYER_HELP, _tta_option
 
 
 @click.command(short_help="Fine-tune FastSAM on rasters and building footprints.")
@@ -80,6 +80,7 @@ from .options import _LABELS_LAYER_HELP
     help="Write the epoch best on the validation crops, or the last one (continuing a model trained on the "
     "same rasters with another --seed: its training crops are among the validation crops).",
 )
+@_tta_option("For the confidence threshold calibrated at the end, as you will extract. ")
 @click.option("--overwrite", is_flag=True, help="Replace --output if it exists (never an input).")
 def train(
     rasters: tuple[str, ...],
@@ -100,6 +101,7 @@ def train(
     min_crops: int,
     labels_layer: str | None,
     keep: str,
+    tta: int,
     overwrite: bool,
 ) -> None:
     """Build a YOLO-seg dataset from RASTERS and --labels footprints, fine-tune BASE with
@@ -132,6 +134,7 @@ def train(
         labels_layer=labels_layer,
         keep=keep,
         overwrite=overwrite,
+        tta=tta,
     )
     click.echo(
         f"{result.weights}: {result.epochs} epochs in {result.seconds:.0f} s "
@@ -148,7 +151,10 @@ def train(
                 f"{sc.map50:>6.3f} {conf:>5}"
             )
     if result.calibration is not None:
-        click.echo("extract on the training rasters by confidence threshold (mean F1: of the rasters with buildings):")
+        click.echo(
+            f"extract --tta {result.calibration.tta} on the training rasters by confidence threshold "
+            "(mean F1: of the rasters with buildings):"
+        )
         click.echo(result.calibration.table())
         click.echo(f"confidence threshold stored in the model (best mean object F1): {result.conf:.2f}")
         click.echo(result.calibration.source_table())
