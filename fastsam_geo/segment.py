@@ -120,6 +120,12 @@ def letterbox_params(tile_shape: tuple[int, int], input_shape: tuple[int, int], 
         if h > ih or w > iw:
             raise ValueError(f"tile of {h} x {w} px does not fit in a {ih} x {iw} input without resizing")
         nh, nw = h, w
+    return _centred((nh, nw), (ih, iw), (h, w))
+
+
+def _centred(size: tuple[int, int], input_shape: tuple[int, int], tile_shape: tuple[int, int]) -> Letterbox:
+    """A ``tile_shape`` tile resized to ``size`` and centred in ``input_shape`` (ultralytics' rounding)."""
+    (nh, nw), (ih, iw), (h, w) = size, input_shape, tile_shape
     top, left = round((ih - nh) / 2 - 0.1), round((iw - nw) / 2 - 0.1)
     return Letterbox((nh / h, nw / w), (int(top), int(left)), (ih, iw), (h, w))
 
@@ -136,8 +142,7 @@ def scaled_letterbox(lb: Letterbox, scale: float) -> Letterbox:
     ih, iw = lb.input_shape
     if nh > ih or nw > iw:
         raise ValueError(f"a tile of {h} x {w} px scaled by {scale} does not fit in a {ih} x {iw} input")
-    top, left = round((ih - nh) / 2 - 0.1), round((iw - nw) / 2 - 0.1)
-    return Letterbox((nh / h, nw / w), (int(top), int(left)), lb.input_shape, lb.tile_shape)
+    return _centred((nh, nw), lb.input_shape, lb.tile_shape)
 
 
 def letterbox_image(image: np.ndarray, lb: Letterbox) -> np.ndarray:

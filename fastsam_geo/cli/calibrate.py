@@ -50,9 +50,8 @@ def calibrate(
     """
     from fastsam_geo.calibrate import calibrate_conf, check_store, store_conf
     from fastsam_geo.plan import BuildingFilter
-    from fastsam_geo.validate import check_areas, check_tta
+    from fastsam_geo.validate import check_areas
 
-    check_tta(tta)
     overlap = _checked_overlap(tile_size, overlap)
     bfilter = BuildingFilter(min_area_m2=min_area)
     check_areas(bfilter.min_area_m2, bfilter.max_area_m2)
