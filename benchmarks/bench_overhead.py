@@ -5,7 +5,7 @@
    0.5 m, read at the model's working resolution: 9 x 9 tiles of 1024 px at 0.25 m), recording
    each tile's everything masks. Its ``segment``
    stage (forward pass, NMS, mask assembly) is the model's time.
-2. The same call with a ``ReplaySegmenter`` that hands back the recorded masks: its wall time
+2. The same call with a ``RecordedSegmenter`` that hands back the recorded masks: its wall time
    is everything else (read, stretch, select, vectorize, merge, write) with the model taken out.
 3. The cost of writing the tiles' masks to the everything-mask cache (on by default in the CLI).
 
@@ -30,7 +30,7 @@ def run(data: Path, weights: Path | None, quick: bool = False) -> dict[str, Any]
     import numpy as np
 
     from fastsam_geo.cache import MaskCache
-    from fastsam_geo.oracle import ReplaySegmenter
+    from fastsam_geo.oracle import RecordedSegmenter
     from fastsam_geo.pipeline import extract_buildings
     from fastsam_geo.segment import FastSAMSegmenter
     from fastsam_geo.segmenters import resolve_model
@@ -78,7 +78,7 @@ def run(data: Path, weights: Path | None, quick: bool = False) -> dict[str, Any]
         cpu = []
         for i in range(n_replay):
             t_cpu = time.process_time()
-            s = extract_buildings(sc.raster, out, segmenter=ReplaySegmenter(recorded), overwrite=True, gsd=gsd)
+            s = extract_buildings(sc.raster, out, segmenter=RecordedSegmenter(recorded), overwrite=True, gsd=gsd)
             cpu.append(time.process_time() - t_cpu)
             replay_runs.append(s)
             common.log(f"overhead: replay run {i + 1}: {s.seconds:.2f} s, stages {s.stage_seconds}")

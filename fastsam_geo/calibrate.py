@@ -7,7 +7,7 @@ polygons. :func:`calibrate_conf` therefore runs ``extract`` on labelled rasters 
 threshold of a grid and scores each result with
 :func:`~fastsam_geo.evaluate.evaluate_on_raster` (object F1 at IoU 0.5 and pixel F1).
 
-The model runs once per tile: :class:`ReplaySegmenter` keeps each tile's masks found at the
+The model runs once per tile: :class:`ThresholdReplay` keeps each tile's masks found at the
 lowest threshold of the grid and hands out, for a higher threshold, the masks that score at
 least that much, which is what the model itself returns at that threshold (ultralytics drops
 low-confidence detections before its score-ordered NMS, which a lower-scored box cannot
@@ -44,7 +44,7 @@ from fastsam_geo.tta import DEFAULT_TTA, ViewMasks, fuse_at
 __all__ = [
     "CONF_GRID",
     "Calibration",
-    "ReplaySegmenter",
+    "ThresholdReplay",
     "best_threshold",
     "calibrate_conf",
     "per_raster",
@@ -55,7 +55,7 @@ CONF_GRID: tuple[float, ...] = (0.08, 0.1, 0.12, 0.15, 0.18, 0.21, 0.25, 0.3, 0.
 """Thresholds tried by :func:`calibrate_conf`."""
 
 
-class ReplaySegmenter:
+class ThresholdReplay:
     """A :class:`~fastsam_geo.segment.Segmenter` that asks ``segmenter`` once per tile and then
     returns that tile's masks at :attr:`conf`: those scoring at least it or, from a segmenter
     that fuses views (``tta`` above 1), its views' masks fused at it.
@@ -242,7 +242,7 @@ def calibrate_conf(
     per_source: dict[str, list[Scores]] = {}
     with tempfile.TemporaryDirectory(prefix="fastsam-geo-calibrate-") as tmp:
         for i, (raster, truth) in enumerate(zip(rasters, truths, strict=True)):
-            replay = ReplaySegmenter(segmenter)
+            replay = ThresholdReplay(segmenter)
             name = f"{i:03d}_{Path(raster).stem}"
             scores = []
             for c in grid:

@@ -3,7 +3,7 @@
 ``TruthSegmenter`` returns the true instance masks of each tile, rasterised from
 footprint polygons: with it the whole pipeline (tiling, vectorising, seam merging,
 writing) can be checked against the truth with the model taken out of the equation.
-``ReplaySegmenter`` returns masks recorded from another segmenter, to time the rest of
+``RecordedSegmenter`` returns masks recorded from another segmenter, to time the rest of
 the pipeline without the model (benchmarks).
 """
 
@@ -78,7 +78,7 @@ class TruthSegmenter:
         return InstanceMasks(crops, off, np.ones(len(crops), np.float32), boxes, (h, w))
 
 
-class ReplaySegmenter:
+class RecordedSegmenter:
     """Replays recorded masks by tile id (for timing everything but the model)."""
 
     def __init__(self, recorded: dict[str, InstanceMasks]) -> None:
