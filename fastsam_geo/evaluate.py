@@ -221,6 +221,33 @@ def merged_split(
     return int(merged), int((parts >= 2).sum())
 
 
+def missed_unmapped(
+    pred: np.ndarray, truth: np.ndarray, pi: np.ndarray, ti: np.ndarray, inter: np.ndarray
+) -> tuple[int, int]:
+    """``(missed, unmapped)``: truth buildings that no prediction touches, and predictions where
+    no building is mapped.
+
+    A truth building is *missed* when the predictions cover at most :data:`SPLIT_COVER` of it; a
+    prediction is *unmapped* when at most :data:`SPLIT_COVER` of it lies on truth buildings: a
+    false alarm, or a building the truth lacks (look at them: OpenStreetMap is often incomplete).
+    The other false positives and negatives are outlines, parts, and merged neighbours.
+    ``pi, ti, inter``: the intersecting pairs.
+
+    >>> from shapely.geometry import box
+    >>> t = np.array([box(0, 0, 10, 10), box(20, 0, 30, 10)])
+    >>> p = np.array([box(0, 0, 10, 10), box(40, 0, 50, 10), box(29.5, 0, 35, 10)])
+    >>> pi, ti, inter, _ = _pairs(p, t)
+    >>> missed_unmapped(p, t, pi, ti, inter)
+    (1, 2)
+    """
+    t_area, p_area = shapely.area(truth), shapely.area(pred)
+    on_truth = np.bincount(ti, weights=inter, minlength=len(truth))
+    on_pred = np.bincount(pi, weights=inter, minlength=len(pred))
+    missed = np.count_nonzero(on_truth <= SPLIT_COVER * t_area)
+    unmapped = np.count_nonzero(on_pred <= SPLIT_COVER * p_area)
+    return int(missed), int(unmapped)
+
+
 # --------------------------------------------------------------------------- scores
 @dataclass
 class Scores:
@@ -231,7 +258,9 @@ class Scores:
     building crosses one. ``away_score``: the same share for the buildings away from every
     seam (what the seam score compares with: a seam that costs nothing scores the same).
     ``merged`` and ``split`` count truth buildings merged with a neighbour into one
-    prediction, and found as two or more parts (:func:`merged_split`).
+    prediction, and found as two or more parts (:func:`merged_split`); ``missed``, truth
+    buildings no prediction touches, and ``unmapped``, predictions where no building is mapped
+    (:func:`missed_unmapped`).
     """
 
     tp: int
@@ -253,6 +282,8 @@ class Scores:
     truth_outside: int = 0
     merged: int = 0
     split: int = 0
+    missed: int = 0
+    unmapped: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """The scores as a plain dict (JSON-ready).
@@ -438,6 +469,7 @@ def evaluate(
     mean_iou = float(np.mean([m[2] for m in matches])) if matches else 0.0
     out = scores_from_counts(tp, len(p) - tp, len(t) - tp, mean_iou)
     out.merged, out.split = merged_split(p, t, pi, ti, inter)
+    out.missed, out.unmapped = missed_unmapped(p, t, pi, ti, inter)
     if seams is not None:
         total, single, away, away_single = _seam_counts(p, t, seams, pi, ti, inter, iou, iou_threshold)
         out.seam_total, out.seam_single, out.away_total, out.away_single = total, single, away, away_single
@@ -593,4 +625,6 @@ def pooled(scores: Sequence[Scores]) -> Scores:
     out.away_score = _ratio(out.away_single, out.away_total) if out.away_total else None
     out.merged = sum(s.merged for s in scores)
     out.split = sum(s.split for s in scores)
+    out.missed = sum(s.missed for s in scores)
+    out.unmapped = sum(s.unmapped for s in scores)
     return out

@@ -159,6 +159,8 @@ def test_scores_as_dict() -> None:
         "truth_outside",
         "merged",
         "split",
+        "missed",
+        "unmapped",
     }
     assert d["tp"] == 5 and d["pixel_f1"] is None and d["seam_score"] is None
     assert isinstance(evaluate(frame(TRUTH), frame(TRUTH)), Scores)
@@ -445,6 +447,19 @@ def test_merged_and_split_buildings_are_counted() -> None:
     assert (s.merged, s.split, s.tp) == (2, 1, 2)  # the merger still matches one at IoU 0.5
     both = pooled([s, s])
     assert (both.merged, both.split) == (4, 2)
+
+
+def test_missed_and_unmapped_are_counted() -> None:
+    """A building no prediction touches is missed; a prediction on no mapped building is unmapped (a sliver
+    over 10 % of a building, or a prediction with 10 % of its area on one, is neither)."""
+    truth = Features.of([box(0, 0, 10, 10), box(20, 0, 30, 10), box(40, 0, 50, 10)], "EPSG:32633")
+    pred = Features.of(
+        [box(0, 0, 10, 10), box(40, 0, 42, 10), box(60, 0, 70, 10), box(29.5, 0, 35, 10), box(48, 0, 58, 10)],
+        "EPSG:32633",
+    )
+    s = evaluate(pred, truth)
+    assert (s.missed, s.unmapped) == (1, 2)  # (20..30) missed; (60..70) and (29.5..35) unmapped
+    assert (pooled([s, s]).missed, pooled([s, s]).unmapped) == (2, 4)
 
 
 def test_away_from_seams_pools_only_sources_with_seams() -> None:

@@ -94,7 +94,7 @@ def evaluate(
         click.echo(
             f"F1 {scores.f1:.3f}  precision {scores.precision:.3f}  recall {scores.recall:.3f}  "
             f"mean IoU {scores.mean_iou:.3f}  TP {scores.tp} FP {scores.fp} FN {scores.fn}  seam score {seam}"
-            f"  merged {scores.merged} split {scores.split}"
+            f"  merged {scores.merged} split {scores.split} missed {scores.missed} unmapped {scores.unmapped}"
             f"{pixel}{outside}"
         )
         return
@@ -150,12 +150,14 @@ def _prediction_gsd(pred: Path) -> float | None:
 def _print_table(rows: list[tuple[str, Any]]) -> None:
     w = max(22, *(len(name) for name, _ in rows))
     head = f"{'source':<{w}} {'truth':>6} {'TP':>5} {'FP':>5} {'FN':>5} {'prec':>6} {'recall':>6} {'F1':>6} "
-    click.echo(head + f"{'pixelF1':>7} {'seam':>6} {'away':>6} {'mIoU':>5} {'merged':>6} {'split':>5}")
+    kinds = f"{'merged':>6} {'split':>5} {'missed':>6} {'unmapped':>8}"
+    click.echo(head + f"{'pixelF1':>7} {'seam':>6} {'away':>6} {'mIoU':>5} " + kinds)
     for name, s in rows:
         pix = "-" if s.pixel_f1 is None else f"{s.pixel_f1:.3f}"
         seam = "-" if s.seam_score is None else f"{s.seam_score:.3f}"
         away = "-" if s.seam_score is None or s.away_score is None else f"{s.away_score:.3f}"
         click.echo(
             f"{name:<{w}} {s.tp + s.fn:>6} {s.tp:>5} {s.fp:>5} {s.fn:>5} {s.precision:>6.3f} {s.recall:>6.3f} "
-            f"{s.f1:>6.3f} {pix:>7} {seam:>6} {away:>6} {s.mean_iou:>5.3f} {s.merged:>6} {s.split:>5}"
+            f"{s.f1:>6.3f} {pix:>7} {seam:>6} {away:>6} {s.mean_iou:>5.3f} "
+            f"{s.merged:>6} {s.split:>5} {s.missed:>6} {s.unmapped:>8}"
         )
