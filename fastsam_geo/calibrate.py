@@ -282,12 +282,12 @@ def check_store(weights: str | os.PathLike[str], inputs: Sequence[object] = ()) 
         raise OutputError(f"{p}: the model file is read-only; make it writable (chmod u+w) or drop --write.")
 
 
-def store_conf(weights: str | os.PathLike[str], conf: float) -> None:
+def store_conf(weights: str | os.PathLike[str], conf: float, tta: int | None = None) -> None:
     """Store ``conf`` as the model's threshold in ``weights`` (a ``.pt`` checkpoint or an ``.onnx``
-    file; the other metadata stay)."""
-    from fastsam_geo.modelmeta import read_model_meta, write_onnx_meta, write_pt_meta
+    file; the other metadata stay), and ``tta``, the views it was chosen for (``conf_tta``), when given."""
+    from fastsam_geo.modelmeta import conf_meta, read_model_meta, write_onnx_meta, write_pt_meta
 
     if Path(weights).suffix.lower() == ".onnx":
-        write_onnx_meta(weights, {**read_model_meta(weights), "conf": float(conf)})
+        write_onnx_meta(weights, {**read_model_meta(weights), **conf_meta(conf, tta)})
     else:
-        write_pt_meta(weights, {"conf": float(conf)})
+        write_pt_meta(weights, conf_meta(conf, tta))

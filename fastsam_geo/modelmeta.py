@@ -191,6 +191,27 @@ def default_conf(meta: dict[str, Any]) -> float:
     return value if 0.0 < value < 1.0 else DEFAULT_CONF
 
 
+def conf_meta(conf: float, tta: int | None = None) -> dict[str, Any]:
+    """The metadata of a stored threshold: ``conf``, and ``conf_tta`` (the views it was chosen for) when known.
+
+    >>> conf_meta(0.25, 12), conf_meta(0.3)
+    ({'conf': 0.25, 'conf_tta': 12}, {'conf': 0.3})
+    """
+    return {"conf": float(conf)} | ({} if tta is None else {"conf_tta": int(tta)})
+
+
+def conf_views(meta: dict[str, Any]) -> str:
+    """Where a model's stored threshold came from, for ``info``: the views it was chosen for, if stored.
+
+    >>> conf_views({"conf": 0.25, "conf_tta": 12}), conf_views({"conf": 0.25}), conf_views({"conf_tta": "x"})
+    (', chosen for --tta 12', '', '')
+    """
+    try:
+        return f", chosen for --tta {int(meta['conf_tta'])}" if "conf" in meta else ""
+    except (KeyError, TypeError, ValueError):
+        return ""
+
+
 def best_conf(px: Any, f1: Any, lo: float = 0.05, hi: float = 0.5) -> float:
     """The confidence that maximises a validation F1-confidence curve (as ultralytics picks it:
     the curve smoothed by a box filter of 10 % of its length), kept within ``[lo, hi]``, to 0.01.

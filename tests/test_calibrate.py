@@ -77,9 +77,12 @@ def test_cli_calibrate_writes_the_threshold_into_the_model(two_scenes, tmp_path:
     pooled = next(row for row in rows if row[-1] == "<")
     assert source[0] == f"000_{raster.stem}" and source[1:4] == pooled[3:6], r.output
     after = read_model_meta(weights)
-    assert after["conf"] == pytest.approx(chosen)
-    assert {k: v for k, v in after.items() if k != "conf"} == {k: v for k, v in before.items() if k != "conf"}
+    assert after["conf"] == pytest.approx(chosen) and after["conf_tta"] == 12  # and the views it was chosen for
+    new = ("conf", "conf_tta")
+    assert {k: v for k, v in after.items() if k not in new} == {k: v for k, v in before.items() if k not in new}
     assert FastSAMSegmenter(weights, device="cpu").conf == pytest.approx(chosen)
+    r = CliRunner().invoke(main, ["info", str(raster), "--weights", str(weights)])
+    assert f"conf:     {chosen:g} (the model's confidence threshold, chosen for --tta 12;" in r.output, r.output
     # without --write nothing changes; a labels count that fits no raster count is refused
     r = CliRunner().invoke(
         main, ["calibrate", str(TOWN_N), str(raster), str(raster), "--labels", "a", "--labels", "b", "--labels", "c"]

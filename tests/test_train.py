@@ -225,7 +225,9 @@ def test_train_reports_validation_per_source(tmp_path: Path) -> None:
 
         cal = res.calibration
         assert stored == best_threshold(cal.grid, cal.mean_f1) and len(cal.per_source) == 1
+        assert read_model_meta(tmp_path / "one.pt")["conf_tta"] == cal.tta  # the views it was chosen for
     else:  # no threshold finds a truth building: the crops' best-F1 thresholds decide
         assert stored is None if not confs else 0.05 <= stored <= 0.5, (stored, confs)
+        assert "conf_tta" not in read_model_meta(tmp_path / "one.pt")
     assert FastSAMSegmenter(tmp_path / "one.pt", device="cpu").conf == (0.25 if stored is None else stored)
     assert FastSAMSegmenter(tmp_path / "one.pt", device="cpu", conf=0.4).conf == 0.4

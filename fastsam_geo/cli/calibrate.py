@@ -82,4 +82,4 @@ def calibrate(
     click.echo(f"best threshold: {cal.conf:.2f} for {views}" + (f" (stored in {weights})" if write else ""))
     click.echo(cal.source_table())
     if write:
-        store_conf(weights, cal.conf)
+        store_conf(weights, cal.conf, cal.tta)

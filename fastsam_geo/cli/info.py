@@ -27,17 +27,17 @@ def info(raster: str, tile_size: int, overlap: int | None, weights: str | None, 
     Example:
       fastsam-geo info ortho.tif --tile-size 1024
     """
-    from fastsam_geo.modelmeta import default_conf, default_gsd, read_model_meta, working_gsd
+    from fastsam_geo.modelmeta import conf_views, default_conf, default_gsd, read_model_meta, working_gsd
     from fastsam_geo.raster import RasterSource
     from fastsam_geo.tiling import TileGrid
 
-    model_gsd, model_conf, w, w_error = None, None, None, ""
+    model_gsd, model_conf, w, w_error, views = None, None, None, "", ""
     try:
         from fastsam_geo.weights import resolve_weights
 
         w = resolve_weights(weights)
         meta = read_model_meta(w)
-        model_gsd, model_conf = default_gsd(w, meta), default_conf(meta)
+        model_gsd, model_conf, views = default_gsd(w, meta), default_conf(meta), conf_views(meta)
     except FastSAMGeoError as exc:
         if weights is not None:  # the file asked for is not a model: say so, never "none stored"
             raise
@@ -68,7 +68,7 @@ def info(raster: str, tile_size: int, overlap: int | None, weights: str | None, 
     if w is not None:
         click.echo(f"engine:   {_engine_line(w, tile_size)}")
     if model_conf is not None:
-        click.echo(f"conf:     {model_conf:g} (the model's confidence threshold; --conf overrides it)")
+        click.echo(f"conf:     {model_conf:g} (the model's confidence threshold{views}; --conf overrides it)")
     try:
         import torch
 
