@@ -284,10 +284,14 @@ def check_store(weights: str | os.PathLike[str], inputs: Sequence[object] = ()) 
 
 def store_conf(weights: str | os.PathLike[str], conf: float, tta: int | None = None) -> None:
     """Store ``conf`` as the model's threshold in ``weights`` (a ``.pt`` checkpoint or an ``.onnx``
-    file; the other metadata stay), and ``tta``, the views it was chosen for (``conf_tta``), when given."""
+    file; the other metadata stay), and ``tta``, the views it was chosen for (``conf_tta``), when
+    given; else a ``conf_tta`` stored with an earlier threshold goes (it would be said of this one)."""
     from fastsam_geo.modelmeta import conf_meta, read_model_meta, write_onnx_meta, write_pt_meta
 
+    new = conf_meta(conf, tta)
+    stale = [] if "conf_tta" in new else ["conf_tta"]
     if Path(weights).suffix.lower() == ".onnx":
-        write_onnx_meta(weights, {**read_model_meta(weights), **conf_meta(conf, tta)})
+        kept = {k: v for k, v in read_model_meta(weights).items() if k not in stale}
+        write_onnx_meta(weights, {**kept, **new})
     else:
-        write_pt_meta(weights, conf_meta(conf, tta))
+        write_pt_meta(weights, new, drop=stale)

@@ -40,7 +40,7 @@ from shapely.geometry.base import BaseGeometry
 
 from fastsam_geo.errors import EvaluationError
 from fastsam_geo.tiling import TileGrid
-from fastsam_geo.validarea import _coarse_grid, inside, raster_footprint
+from fastsam_geo.validarea import coarse_grid, inside, raster_footprint
 from fastsam_geo.vectorio import VECTOR_EXTRA, Features, read_features
 
 log = logging.getLogger("fastsam_geo")
@@ -49,7 +49,8 @@ if TYPE_CHECKING:
     import geopandas as gpd
 
 #: Share of a truth building's area that a second prediction may cover before the
-#: building counts as split (seam score).
+#: building counts as split (seam score); at most this much covered, it is missed, and a
+#: prediction with at most this much on truth buildings is unmapped (:func:`missed_unmapped`).
 SPLIT_COVER = 0.10
 #: Share of a truth building's area inside one prediction for that prediction to hold it
 #: (merged neighbours), and of a prediction's area inside one truth building for it to be a
@@ -493,7 +494,7 @@ def pixel_scores(
     from rasterio.enums import Resampling
 
     with rasterio.open(raster) as ds:
-        w, h, t = _coarse_grid(ds.width, ds.height, ds.transform, max_side)
+        w, h, t = coarse_grid(ds.width, ds.height, ds.transform, max_side)
         valid = ds.dataset_mask(out_shape=(h, w), resampling=Resampling.nearest) > 0
 
     def burn(geoms: np.ndarray) -> np.ndarray:

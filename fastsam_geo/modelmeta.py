@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -136,15 +137,16 @@ def _read_onnx_meta(path: Path) -> dict[str, Any]:
     return json.loads(raw) if raw else {}
 
 
-def write_pt_meta(path: str | os.PathLike[str], meta: dict[str, Any]) -> None:
-    """Merge ``meta`` into the ``"fastsam_geo"`` dict of the checkpoint at ``path`` (atomically)."""
+def write_pt_meta(path: str | os.PathLike[str], meta: dict[str, Any], drop: Sequence[str] = ()) -> None:
+    """Merge ``meta`` into the ``"fastsam_geo"`` dict of the checkpoint at ``path``, without the keys
+    ``drop`` (atomically)."""
     import torch
 
     p = Path(path)
     ckpt = torch.load(p, map_location="cpu", weights_only=False)
     if not isinstance(ckpt, dict):
         raise WeightsError(f"{p}: not an ultralytics checkpoint (a dict); cannot store metadata in it.")
-    ckpt[META_KEY] = {**ckpt.get(META_KEY, {}), **meta}
+    ckpt[META_KEY] = {k: v for k, v in {**ckpt.get(META_KEY, {}), **meta}.items() if k not in drop}
     fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
     os.close(fd)
     try:

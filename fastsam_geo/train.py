@@ -16,7 +16,7 @@ from pathlib import Path
 
 import geopandas as gpd
 
-from fastsam_geo.calibrate import Calibration, calibrate_conf, per_raster
+from fastsam_geo.calibrate import Calibration, calibrate_conf, per_raster, store_conf
 from fastsam_geo.dataset import DatasetSummary, build_dataset, check_labels, label_name
 from fastsam_geo.errors import FastSAMGeoError
 from fastsam_geo.locks import output_lock
@@ -68,7 +68,7 @@ def _write_model(
     """Copy the trained weights to ``out`` with their metadata, the per-source validation and
     the calibrated threshold, through a staging file beside ``out``: a failure or Ctrl-C never
     leaves a half-written model there (an earlier ``out`` stays as it was)."""
-    from fastsam_geo.modelmeta import conf_meta, write_pt_meta
+    from fastsam_geo.modelmeta import write_pt_meta
 
     gsd = meta["gsd_m"]
     with staged_file(out) as tmp:
@@ -81,7 +81,7 @@ def _write_model(
         cal = calibrate_conf(tmp, rasters, labels, gsd=gsd, device=device, labels_layer=labels_layer, tta=tta)  # type: ignore[arg-type]
         conf = cal.conf if cal.conf is not None else calibrated_conf(per_source)
         if conf is not None:  # the views it was chosen for, when extract chose it
-            write_pt_meta(tmp, conf_meta(conf, tta if cal.conf is not None else None))
+            store_conf(tmp, conf, tta if cal.conf is not None else None)
     return per_source, conf, cal
 
 

@@ -17,11 +17,11 @@ from shapely.geometry.base import BaseGeometry
 INSIDE_SHARE = 0.5
 
 
-def _coarse_grid(width: int, height: int, transform: Any, max_side: int) -> tuple[int, int, Any]:
+def coarse_grid(width: int, height: int, transform: Any, max_side: int) -> tuple[int, int, Any]:
     """A grid over the same bounds with at most ``max_side`` pixels a side (the grid itself if smaller).
 
     >>> from affine import Affine
-    >>> _coarse_grid(4000, 2000, Affine(0.1, 0, 0, 0, -0.1, 0), 1000)[:2]
+    >>> coarse_grid(4000, 2000, Affine(0.1, 0, 0, 0, -0.1, 0), 1000)[:2]
     (1000, 500)
     """
     from affine import Affine
@@ -44,7 +44,7 @@ def raster_footprint(raster: str | os.PathLike[str], max_side: int = 1024) -> tu
     from rasterio.enums import Resampling
 
     with rasterio.open(raster) as ds:
-        w, h, t = _coarse_grid(ds.width, ds.height, ds.transform, max_side)
+        w, h, t = coarse_grid(ds.width, ds.height, ds.transform, max_side)
         valid = (ds.dataset_mask(out_shape=(h, w), resampling=Resampling.nearest) > 0).astype(np.uint8)
         crs = ds.crs
     if valid.all():

@@ -125,6 +125,17 @@ def test_onnx_threshold_is_stored_beside_its_other_metadata(tmp_path: Path) -> N
     before = read_model_meta(onnx_path)
     store_conf(onnx_path, 0.17)
     assert read_model_meta(onnx_path) == {**before, "conf": 0.17}
+    # the views a threshold was chosen for are stored with it, and go when a later one is stored without them
+    store_conf(onnx_path, 0.2, tta=12)
+    assert read_model_meta(onnx_path) == {**before, "conf": 0.2, "conf_tta": 12}
+    store_conf(onnx_path, 0.17)
+    assert read_model_meta(onnx_path) == {**before, "conf": 0.17}
+    pt = tmp_path / "m.pt"
+    shutil.copyfile(TOWN_N, pt)
+    store_conf(pt, 0.2, tta=12)
+    assert read_model_meta(pt)["conf_tta"] == 12
+    store_conf(pt, 0.3)
+    assert read_model_meta(pt)["conf"] == 0.3 and "conf_tta" not in read_model_meta(pt)
 
 
 def test_a_missing_footprint_file_fails_before_any_tile_is_segmented(two_scenes) -> None:
