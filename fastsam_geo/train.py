@@ -203,6 +203,71 @@ def calibrated_conf(per_source: Sequence[SourceScore]) -> float | None:
     return round(confs[mid] if len(confs) % 2 else (confs[mid - 1] + confs[mid]) / 2, 2)
 
 
+def check_freeze(freeze: int, layers: int, base: str) -> None:
+    """Refuse a ``--freeze`` that leaves nothing to learn: the last layer (the head) must train.
+
+    >>> check_freeze(10, 23, "m.pt")
+    >>> check_freeze(23, 23, "m.pt")
+    Traceback (most recent call last):
+    ...
+    fastsam_geo.errors.FastSAMGeoError: --freeze 23: m.pt has 23 layers and the last (the head) must learn; \
+freeze at most 22 (10 keeps a YOLOv8-seg backbone as it is).
+    """
+    if freeze < 0 or freeze >= layers:
+        raise FastSAMGeoError(
+            f"--freeze {freeze}: {base} has {layers} layers and the last (the head) must learn; "
+            f"freeze at most {layers - 1} (10 keeps a YOLOv8-seg backbone as it is)."
+        )
+
+
+def ultralytics_args(
+    ds: DatasetSummary,
+    work: Path,
+    *,
+    epochs: int,
+    imgsz: int,
+    batch: int,
+    device: str,
+    workers: int,
+    seed: int,
+    time_hours: float | None = None,
+    lr0: float | None = None,
+    freeze: int = 0,
+) -> dict[str, object]:
+    """The arguments of ultralytics' ``Model.train`` for the dataset ``ds``.
+
+    ``lr0``: AdamW at this initial learning rate (without it ultralytics picks the optimiser and its
+    rate: AdamW at about 0.002 for a few hundred crops). ``freeze``: the first ``freeze`` layers keep
+    their weights and batch-norm statistics (10: a YOLOv8-seg backbone).
+    """
+    kwargs: dict[str, object] = {
+        "data": str(ds.data_yaml),
+        "epochs": epochs,
+        "imgsz": imgsz,
+        "batch": batch,
+        "device": device,
+        "workers": workers,
+        "seed": seed,
+        "deterministic": True,
+        "plots": False,
+        "project": str((work / "runs").resolve()),
+        "name": "train",
+        "exist_ok": True,
+        "single_cls": True,
+        "amp": device != "cpu",
+        "verbose": False,
+        "patience": 0,
+        "flipud": 0.5,  # imagery seen from above has no "up": flip both ways (ultralytics: lr only)
+    }
+    if time_hours:
+        kwargs["time"] = time_hours
+    if lr0 is not None:
+        kwargs.update(optimizer="AdamW", lr0=lr0)
+    if freeze:
+        kwargs["freeze"] = freeze
+    return kwargs
+
+
 def train(
     rasters: Sequence[str | os.PathLike[str]],
     labels: str | os.PathLike[str] | gpd.GeoDataFrame | Sequence[str | os.PathLike[str]],
@@ -226,6 +291,8 @@ def train(
     keep: str = "best",
     overwrite: bool = False,
     tta: int = DEFAULT_TTA,
+    lr0: float | None = None,
+    freeze: int = 0,
 ) -> TrainResult:
     """Build the dataset, fine-tune ``base`` with ultralytics, copy the best weights to ``output``.
 
@@ -238,7 +305,8 @@ def train(
     on the validation crops or ``last`` (when continuing a model trained on the same rasters with
     another seed, some validation crops were its training crops, and ``best`` favours the first epoch).
     ``tta``: the views of each tile fused when the threshold is calibrated at the end, as you will
-    extract (:func:`~fastsam_geo.calibrate.calibrate_conf`; default: extract's).
+    extract (:func:`~fastsam_geo.calibrate.calibrate_conf`; default: extract's). ``lr0`` and
+    ``freeze``: see :func:`ultralytics_args` (both are stored in the output's metadata when given).
 
     ``output`` (a ``.pt``) is never one of the inputs (rasters, labels, ``base``) and replaces an
     existing file only with ``overwrite``; the model is written to a staging file beside it and
@@ -260,6 +328,8 @@ def train(
     from ultralytics import YOLO
 
     set_torch_threads(threads)
+    model = YOLO(base, task="segment")
+    check_freeze(freeze, len(model.model.model), base)  # before the dataset: a bad --freeze costs seconds
     with output_lock(out):  # one writer: a second train to the same -o is told at once
         work = Path(work_dir) if work_dir else out.with_suffix("").parent / "train_work"
         ds = build_dataset(
@@ -279,35 +349,28 @@ def train(
                 f"{label_name(per_raster(labels, len(rasters))[0])}: {ds.images} training crops but no building "
                 "larger than 12 px at this resolution; give larger footprints or a finer --gsd."
             )
-        model = YOLO(base, task="segment")
         t0 = time.perf_counter()
-        kwargs: dict[str, object] = {
-            "data": str(ds.data_yaml),
-            "epochs": epochs,
-            "imgsz": imgsz,
-            "batch": batch,
-            "device": device,
-            "workers": workers,
-            "seed": seed,
-            "deterministic": True,
-            "plots": False,
-            "project": str((work / "runs").resolve()),
-            "name": "train",
-            "exist_ok": True,
-            "single_cls": True,
-            "amp": device != "cpu",
-            "verbose": False,
-            "patience": 0,
-            "flipud": 0.5,  # imagery seen from above has no "up": flip both ways (ultralytics: lr only)
-        }
-        if time_hours:
-            kwargs["time"] = time_hours
-        model.train(**kwargs)
+        model.train(
+            **ultralytics_args(
+                ds,
+                work,
+                epochs=epochs,
+                imgsz=imgsz,
+                batch=batch,
+                device=device,
+                workers=workers,
+                seed=seed,
+                time_hours=time_hours,
+                lr0=lr0,
+                freeze=freeze,
+            )
+        )
         seconds = time.perf_counter() - t0
         best = Path(model.trainer.best if keep == "best" else model.trainer.last)
         if not best.exists():
             best = Path(model.trainer.last)
         meta = {"gsd_m": gsd, "imgsz": imgsz, "base": str(base), "epochs": int(model.trainer.epochs)}
+        meta.update({k: v for k, v in (("lr0", lr0), ("freeze", freeze)) if v})
         per_source, conf, cal = _write_model(
             best, out, meta, ds, rasters, labels, work, batch=batch, device=device, labels_layer=labels_layer, tta=tta
         )

@@ -898,6 +898,26 @@ def test_train_refuses_min_crops_without_augment(work: Path, labels: dict[str, P
 
 
 @pytest.mark.parametrize(
+    "extra,must",
+    [
+        (["--freeze", "23"], ["--freeze 23", "23 layers", "at most 22"]),
+        (["--freeze", "-1"], ["--freeze"]),
+        (["--lr0", "0"], ["--lr0"]),
+        (["--lr0", "2"], ["--lr0"]),
+    ],
+    ids=["freeze-everything", "freeze-negative", "lr0-zero", "lr0-above-one"],
+)
+def test_train_refuses_a_schedule_that_cannot_learn(
+    work: Path, labels: dict[str, Path], extra: list[str], must: list[str]
+) -> None:
+    """--freeze of every layer would train nothing (ultralytics says so only after the dataset is built)."""
+    out = work / "m.pt"
+    args = ["train", work / "r.tif", "--labels", labels["good"], "-o", out, "--base", WEIGHTS, *extra]
+    assert_refused(args, work, *must, output=out)
+    assert not (work / "train_work").exists()
+
+
+@pytest.mark.parametrize(
     "command,extra,must",
     [
         ("train", [], ["2 layers (houses, sheds)", "--labels-layer NAME"]),

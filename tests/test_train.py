@@ -231,3 +231,36 @@ def test_train_reports_validation_per_source(tmp_path: Path) -> None:
         assert "conf_tta" not in read_model_meta(tmp_path / "one.pt")
     assert FastSAMSegmenter(tmp_path / "one.pt", device="cpu").conf == (0.25 if stored is None else stored)
     assert FastSAMSegmenter(tmp_path / "one.pt", device="cpu", conf=0.4).conf == 0.4
+
+
+@pytest.mark.model
+def test_freeze_keeps_the_backbone_and_lr0_sets_the_rate(tmp_path: Path) -> None:
+    """`train --freeze 10 --lr0 0.001`: the backbone's weights and batch-norm statistics come out as they
+    went in, the head learns, ultralytics ran AdamW at that rate, and the model says how it was trained."""
+    import torch
+    import yaml
+
+    from fastsam_geo.modelmeta import read_model_meta
+
+    base = Path(__file__).resolve().parents[1] / "weights" / "fastsam-geo-town-n.pt"
+    scene = write_scene(tmp_path / "a.tif", 320, seed=4)
+    out, work = tmp_path / "frozen.pt", tmp_path / "work"
+    args = ["train", str(scene.raster), "--labels", str(tmp_path / "a_buildings.gpkg"), "-o", str(out)]
+    args += ["--base", str(base), "--epochs", "2", "--imgsz", "64", "--batch", "8", "--workers", "0", "--tta", "1"]
+    r = CliRunner().invoke(main, [*args, "--freeze", "10", "--lr0", "0.001", "--work-dir", str(work)])
+    assert r.exit_code == 0, r.output
+
+    def weights_of(path: Path) -> dict[str, torch.Tensor]:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        return (ckpt.get("ema") or ckpt["model"]).float().state_dict()
+
+    before, after = weights_of(base), weights_of(out)
+    layer = {k: int(k.split(".")[1]) for k in before}
+    frozen = [k for k in before if layer[k] < 10 and before[k].is_floating_point()]
+    learnt = [k for k in before if layer[k] >= 10 and before[k].is_floating_point()]
+    assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
+    assert sum(not torch.equal(before[k], after[k]) for k in learnt) > len(learnt) // 2
+    run = yaml.safe_load((work / "runs" / "train" / "args.yaml").read_text())
+    assert (run["optimizer"], run["lr0"], run["freeze"]) == ("AdamW", 0.001, 10)
+    meta = read_model_meta(out)
+    assert (meta["freeze"], meta["lr0"]) == (10, 0.001)

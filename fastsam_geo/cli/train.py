@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from .options import _LABELS_LAYER_HELP, _tta_option
+
+if TYPE_CHECKING:
+    from fastsam_geo.train import TrainResult
 
 
 @click.command(short_help="Fine-tune FastSAM on rasters and building footprints.")
@@ -80,6 +84,21 @@ from .options import _LABELS_LAYER_HELP, _tta_option
     help="Write the epoch best on the validation crops, or the last one (continuing a model trained on the "
     "same rasters with another --seed: its training crops are among the validation crops).",
 )
+@click.option(
+    "--lr0",
+    type=click.FloatRange(min=0.0, max=1.0, min_open=True),
+    default=None,
+    help="Initial learning rate, with AdamW (default: ultralytics picks the optimiser and its rate, "
+    "about 0.002 for a few hundred crops).",
+)
+@click.option(
+    "--freeze",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Keep the first N layers of --base as they are (10: the backbone of a YOLOv8-seg / FastSAM model): "
+    "fewer weights learn from a few footprints.",
+)
 @_tta_option("For the confidence threshold calibrated at the end, as you will extract. ")
 @click.option("--overwrite", is_flag=True, help="Replace --output if it exists (never an input).")
 def train(
@@ -102,6 +121,8 @@ def train(
     labels_layer: str | None,
     keep: str,
     tta: int,
+    lr0: float | None,
+    freeze: int,
     overwrite: bool,
 ) -> None:
     """Build a YOLO-seg dataset from RASTERS and --labels footprints, fine-tune BASE with
@@ -135,7 +156,14 @@ def train(
         keep=keep,
         overwrite=overwrite,
         tta=tta,
+        lr0=lr0,
+        freeze=freeze,
     )
+    _report(result)
+
+
+def _report(result: TrainResult) -> None:
+    """What `train` says when it is done: the run, the validation by source, the threshold stored."""
     click.echo(
         f"{result.weights}: {result.epochs} epochs in {result.seconds:.0f} s "
         f"({result.dataset.images} crops, {result.dataset.instances} buildings)",
