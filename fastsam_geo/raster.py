@@ -55,8 +55,8 @@ from fastsam_geo.radiometry import (  # noqa: F401
     Stretch,
     StretchMode,
     _bit_depth,
-    _few_bits,
     dark_gamma,
+    sensor_data,
 )
 
 log = logging.getLogger(__name__)
@@ -486,7 +486,7 @@ class RasterSource:
         lo_t = tuple(lo_by_band[b] for b in self.bands)
         hi_t = tuple(hi_by_band[b] for b in self.bands)
         gamma = 1.0
-        if _few_bits(self._ds, self._ds.dtypes[idx[0] - 1], data[:, valid]):  # 11/12-bit sensor data
+        if sensor_data(self._ds.dtypes[idx[0] - 1], data[:, valid]):  # linear: 16-bit, 32-bit, float
             gamma = dark_gamma(data[:, valid], [lo_by_band[b] for b in idx], [hi_by_band[b] for b in idx])
         how = f"global {percentiles[0]:g}-{percentiles[1]:g} % percentile stretch of the valid pixels{note}"
         if gamma != 1.0:
