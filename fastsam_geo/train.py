@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import geopandas as gpd
 
@@ -203,6 +204,28 @@ def calibrated_conf(per_source: Sequence[SourceScore]) -> float | None:
     return round(confs[mid] if len(confs) % 2 else (confs[mid - 1] + confs[mid]) / 2, 2)
 
 
+def load_base(base: str) -> Any:
+    """``base`` loaded as an ultralytics YOLO segmentation model, or a one-line error.
+
+    A ``.pt`` is found as ``--weights`` is (:func:`~fastsam_geo.weights.resolve_weights`: a path,
+    a bundled model by name, ``FASTSAM_GEO_WEIGHTS``; FastSAM-s/x downloaded only when online); a
+    file ultralytics cannot load (not a checkpoint, truncated) is told, not raised as a traceback.
+    """
+    from ultralytics import YOLO
+
+    from fastsam_geo.weights import resolve_weights
+
+    source = str(resolve_weights(base)) if Path(base).suffix.lower() == ".pt" else base
+    try:
+        return YOLO(source, task="segment")
+    except Exception as exc:  # ultralytics raises anything from pickle, torch or its own checks
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise FastSAMGeoError(
+            f"--base {base}: cannot load it as a YOLOv8-seg / FastSAM model ({reason}); give a .pt checkpoint "
+            "(e.g. weights/fastsam-geo-n.pt) or a model yaml (e.g. yolov8n-seg.yaml)."
+        ) from None
+
+
 def check_freeze(freeze: int, layers: int, base: str) -> None:
     """Refuse a ``--freeze`` that leaves nothing to learn: the last layer (the head) must train.
 
@@ -325,10 +348,8 @@ def train(
     from fastsam_geo.engine_torch import set_torch_threads
 
     os.environ.setdefault("YOLO_OFFLINE", "1")
-    from ultralytics import YOLO
-
     set_torch_threads(threads)
-    model = YOLO(base, task="segment")
+    model = load_base(base)
     check_freeze(freeze, len(model.model.model), base)  # before the dataset: a bad --freeze costs seconds
     with output_lock(out):  # one writer: a second train to the same -o is told at once
         work = Path(work_dir) if work_dir else out.with_suffix("").parent / "train_work"

@@ -898,6 +898,21 @@ def test_train_refuses_min_crops_without_augment(work: Path, labels: dict[str, P
 
 
 @pytest.mark.parametrize(
+    "base,must",
+    [("FastSAM-s.pt", ["FastSAM-s.pt", "not found", "YOLO_OFFLINE"]), ("BAD", ["--base", "cannot load it"])],
+    ids=["official-name-offline", "not-a-checkpoint"],
+)
+def test_train_tells_a_base_it_cannot_load(work: Path, labels: dict[str, Path], base: str, must: list[str]) -> None:
+    """Both were a traceback (the failed download or the unpickling), after the dataset was built."""
+    bad = work / "bad.pt"
+    bad.write_bytes(b"not a checkpoint\n")
+    out = work / "m.pt"
+    args = ["train", work / "r.tif", "--labels", labels["good"], "-o", out, "--epochs", "1"]
+    assert_refused([*args, "--base", str(bad) if base == "BAD" else base], work, *must, output=out, cwd=work)
+    assert not (work / "train_work").exists()
+
+
+@pytest.mark.parametrize(
     "extra,must",
     [
         (["--freeze", "23"], ["--freeze 23", "23 layers", "at most 22"]),
