@@ -338,6 +338,8 @@ def train(
     """
     out = Path(output)
     check_tta(tta)
+    if lr0 is not None and not 0.0 < lr0 <= 1.0:  # NaN too
+        raise FastSAMGeoError(f"--lr0 {lr0}: give an initial learning rate above 0 and at most 1, e.g. 0.0005.")
     if min_crops and not augment:
         raise FastSAMGeoError(
             f"--min-crops {min_crops} adds sensor copies of a raster's crops: it needs --augment; add it, "

@@ -919,8 +919,9 @@ def test_train_tells_a_base_it_cannot_load(work: Path, labels: dict[str, Path], 
         (["--freeze", "-1"], ["--freeze"]),
         (["--lr0", "0"], ["--lr0"]),
         (["--lr0", "2"], ["--lr0"]),
+        (["--lr0", "nan"], ["--lr0 nan", "above 0"]),
     ],
-    ids=["freeze-everything", "freeze-negative", "lr0-zero", "lr0-above-one"],
+    ids=["freeze-everything", "freeze-negative", "lr0-zero", "lr0-above-one", "lr0-nan"],
 )
 def test_train_refuses_a_schedule_that_cannot_learn(
     work: Path, labels: dict[str, Path], extra: list[str], must: list[str]
