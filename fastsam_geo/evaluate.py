@@ -41,6 +41,7 @@ from shapely.geometry.base import BaseGeometry
 from fastsam_geo.errors import EvaluationError
 from fastsam_geo.tiling import TileGrid
 from fastsam_geo.validarea import coarse_grid, inside, raster_footprint
+from fastsam_geo.validate import check_fraction
 from fastsam_geo.vectorio import VECTOR_EXTRA, Features, read_features
 
 log = logging.getLogger("fastsam_geo")
@@ -461,6 +462,7 @@ def evaluate(
     >>> evaluate(truth, truth, seams=[LineString([(5, -5), (5, 20)])]).seam_score
     1.0
     """
+    check_fraction(iou_threshold, "--iou", 0.5)  # above 1 (or NaN) nothing matches: F1 0, not an error
     truth_df = load_footprints(truth, "truth")
     pred_df = _to_crs(load_footprints(pred, "prediction"), truth_df.crs)
     p = _as_geometry_array(pred_df.geometry)

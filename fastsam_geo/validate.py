@@ -86,6 +86,33 @@ def check_unit(value: float, option: str, default: float) -> None:
         raise OptionError(f"{option} {value}: use a value from 0 to 1 (default {default}).")
 
 
+def check_fraction(value: float, option: str, example: float) -> None:
+    """A share or a rate above 0 and at most 1 (NaN refused).
+
+    >>> check_fraction(0.5, "--iou", 0.5)
+    >>> check_fraction(float("nan"), "--iou", 0.5)
+    Traceback (most recent call last):
+    ...
+    fastsam_geo.errors.OptionError: --iou nan: use a value above 0 and at most 1, e.g. --iou 0.5.
+    """
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 < value <= 1):
+        raise OptionError(f"{option} {value}: use a value above 0 and at most 1, e.g. {option} {example}.")
+
+
+def check_positive(value: float | None, option: str, example: float) -> None:
+    """None (not given) or a finite number above 0 (NaN refused).
+
+    >>> check_positive(None, "--hours", 1.5), check_positive(0.25, "--hours", 1.5)
+    (None, None)
+    >>> check_positive(-1, "--hours", 1.5)
+    Traceback (most recent call last):
+    ...
+    fastsam_geo.errors.OptionError: --hours -1: use a number above 0, e.g. --hours 1.5.
+    """
+    if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise OptionError(f"{option} {value}: use a number above 0, e.g. {option} {example}.")
+
+
 def check_areas(min_area: float, max_area: float) -> None:
     """Building filter areas in m²: 0 <= min < max.
 

@@ -920,13 +920,19 @@ def test_train_tells_a_base_it_cannot_load(work: Path, labels: dict[str, Path], 
         (["--lr0", "0"], ["--lr0"]),
         (["--lr0", "2"], ["--lr0"]),
         (["--lr0", "nan"], ["--lr0 nan", "above 0"]),
+        (["--min-valid", "nan"], ["--min-valid nan", "above 0"]),
+        (["--gsd", "nan"], ["--gsd nan", "above 0"]),
+        (["--hours", "nan"], ["--hours nan", "above 0"]),
+        (["--hours", "-1"], ["--hours -1", "above 0"]),
     ],
-    ids=["freeze-everything", "freeze-negative", "lr0-zero", "lr0-above-one", "lr0-nan"],
+    ids=["freeze-everything", "freeze-negative", "lr0-zero", "lr0-above-one", "lr0-nan", "min-valid-nan", "gsd-nan",
+         "hours-nan", "hours-negative"],
 )
 def test_train_refuses_a_schedule_that_cannot_learn(
     work: Path, labels: dict[str, Path], extra: list[str], must: list[str]
 ) -> None:
-    """--freeze of every layer would train nothing (ultralytics says so only after the dataset is built)."""
+    """--freeze of every layer would train nothing (ultralytics says so only after the dataset is built); NaN
+    passed click's ranges (a traceback, or --min-valid nan trained on what it pleased), --hours -1 trained."""
     out = work / "m.pt"
     args = ["train", work / "r.tif", "--labels", labels["good"], "-o", out, "--base", WEIGHTS, *extra]
     assert_refused(args, work, *must, output=out)
@@ -989,6 +995,14 @@ def test_evaluate_refuses_truth_it_cannot_score(
 ) -> None:
     line = assert_refused(["evaluate", labels["good"], labels[truth], *extra], work, must)
     assert labels[truth].name in line
+
+
+@pytest.mark.parametrize("iou", ["nan", "2", "0"])
+def test_evaluate_refuses_an_iou_nothing_can_reach(work: Path, labels: dict[str, Path], iou: str) -> None:
+    """--iou 2 (or NaN) matched nothing and printed F1 0.000 with exit 0: a wrong answer, not an error."""
+    for args in (["evaluate", labels["good"], labels["good"]], ["evaluate", "--pair", labels["good"], labels["good"],
+                                                                 work / "r.tif"]):
+        assert_refused([*args, "--iou", iou], work, f"--iou {float(iou)}", "above 0 and at most 1")
 
 
 def test_evaluate_repairs_invalid_truth_with_one_warning(work: Path, labels: dict[str, Path]) -> None:
