@@ -23,7 +23,7 @@ from fastsam_geo.errors import FastSAMGeoError
 from fastsam_geo.locks import output_lock
 from fastsam_geo.output import staged_file
 from fastsam_geo.tta import DEFAULT_TTA
-from fastsam_geo.validate import check_fraction, check_positive, check_tta
+from fastsam_geo.validate import check_train_options, check_tta
 
 
 def _check_train_output(
@@ -338,11 +338,8 @@ def train(
     """
     out = Path(output)
     check_tta(tta)
-    check_positive(time_hours, "--hours", 1.5)
-    check_positive(gsd, "--gsd", 0.25)
-    check_fraction(min_valid, "--min-valid", 0.05)
-    if lr0 is not None:
-        check_fraction(lr0, "--lr0", 0.0005)
+    sizes = {"epochs": epochs, "imgsz": imgsz, "batch": batch, "workers": workers}
+    check_train_options(**sizes, hours=time_hours, gsd=gsd, min_valid=min_valid, lr0=lr0)
     if min_crops and not augment:
         raise FastSAMGeoError(
             f"--min-crops {min_crops} adds sensor copies of a raster's crops: it needs --augment; add it, "

@@ -113,6 +113,43 @@ def check_positive(value: float | None, option: str, example: float) -> None:
         raise OptionError(f"{option} {value}: use a number above 0, e.g. {option} {example}.")
 
 
+def check_train_options(
+    *,
+    epochs: object,
+    imgsz: object,
+    batch: object,
+    workers: object,
+    hours: float | None,
+    gsd: float | None,
+    min_valid: float,
+    lr0: float | None,
+) -> None:
+    """``train``'s numbers, told in one line before the dataset is built (ultralytics raises on
+    some only after it, as a traceback, and rounds a crop size up to the stride silently).
+
+    >>> check_train_options(epochs=50, imgsz=512, batch=8, workers=2, hours=None, gsd=0.25, min_valid=0.05, lr0=None)
+    >>> check_train_options(epochs=50, imgsz=500, batch=8, workers=2, hours=None, gsd=0.25, min_valid=0.05, lr0=None)
+    Traceback (most recent call last):
+    ...
+    fastsam_geo.errors.OptionError: --imgsz 500: give a crop size that is a multiple of 32 (the model's stride), \
+at least 64, e.g. 480 or 512.
+    """
+    for value, option, least in ((epochs, "--epochs", 1), (batch, "--batch", 1), (workers, "--workers", 0)):
+        if not _is_int(value) or value < least:  # type: ignore[operator]
+            raise OptionError(f"{option} {value}: use {least} or more.")
+    if not _is_int(imgsz) or imgsz < 64 or imgsz % 32:  # type: ignore[operator]
+        near = f"{imgsz // 32 * 32} or {(imgsz // 32 + 1) * 32}" if _is_int(imgsz) and imgsz > 64 else "512"  # type: ignore[operator]
+        raise OptionError(
+            f"--imgsz {imgsz}: give a crop size that is a multiple of 32 (the model's stride), at least 64, "
+            f"e.g. {near}."
+        )
+    check_positive(hours, "--hours", 1.5)
+    check_positive(gsd, "--gsd", 0.25)
+    check_fraction(min_valid, "--min-valid", 0.05)
+    if lr0 is not None:
+        check_fraction(lr0, "--lr0", 0.0005)
+
+
 def check_areas(min_area: float, max_area: float) -> None:
     """Building filter areas in m²: 0 <= min < max.
 

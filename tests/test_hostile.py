@@ -924,15 +924,20 @@ def test_train_tells_a_base_it_cannot_load(work: Path, labels: dict[str, Path], 
         (["--gsd", "nan"], ["--gsd nan", "above 0"]),
         (["--hours", "nan"], ["--hours nan", "above 0"]),
         (["--hours", "-1"], ["--hours -1", "above 0"]),
+        (["--epochs", "0"], ["--epochs 0", "1 or more"]),
+        (["--batch", "0"], ["--batch 0", "1 or more"]),
+        (["--imgsz", "7"], ["--imgsz 7", "multiple of 32"]),
+        (["--imgsz", "100"], ["--imgsz 100", "e.g. 96 or 128"]),
     ],
     ids=["freeze-everything", "freeze-negative", "lr0-zero", "lr0-above-one", "lr0-nan", "min-valid-nan", "gsd-nan",
-         "hours-nan", "hours-negative"],
+         "hours-nan", "hours-negative", "epochs-0", "batch-0", "imgsz-7", "imgsz-100"],
 )
 def test_train_refuses_a_schedule_that_cannot_learn(
     work: Path, labels: dict[str, Path], extra: list[str], must: list[str]
 ) -> None:
     """--freeze of every layer would train nothing (ultralytics says so only after the dataset is built); NaN
-    passed click's ranges (a traceback, or --min-valid nan trained on what it pleased), --hours -1 trained."""
+    passed click's ranges (a traceback, or --min-valid nan trained on what it pleased), --hours -1 trained;
+    --epochs 0, --batch 0 and --imgsz 7 were ultralytics' tracebacks after the dataset was built."""
     out = work / "m.pt"
     args = ["train", work / "r.tif", "--labels", labels["good"], "-o", out, "--base", WEIGHTS, *extra]
     assert_refused(args, work, *must, output=out)
