@@ -6,9 +6,10 @@ instead of running the network again.
 
 Keys are sha256 digests of everything that decides a tile's masks (:func:`cache_key`): the
 raster file (resolved path, size, modification time), the window, the weights' sha256, the
-model settings and the band / stretch choice. Entries are ``np.savez_compressed`` files of
-:meth:`InstanceMasks.pack`, written atomically (temporary file + ``os.replace``), so a crash
-never leaves a half-written entry under a real key; an unreadable entry is a miss, not an error.
+model settings, the band / stretch choice and the radiometry rules (``RADIOMETRY_RULES``).
+Entries are ``np.savez_compressed`` files of :meth:`InstanceMasks.pack`, written atomically
+(temporary file + ``os.replace``), so a crash never leaves a half-written entry under a real
+key; an unreadable entry is a miss, not an error.
 Only numpy arrays are stored (``allow_pickle=False``): a cache folder cannot run code.
 """
 
@@ -28,6 +29,7 @@ import numpy as np
 from rasterio.windows import Window
 
 from fastsam_geo.masks import InstanceMasks
+from fastsam_geo.radiometry import RADIOMETRY_RULES
 from fastsam_geo.segment import Segmenter
 from fastsam_geo.tiling import Tile
 
@@ -91,6 +93,7 @@ def cache_key(
     win = (w.col_off, w.row_off, w.width, w.height) if isinstance(w, Window) else tuple(w)
     record = {
         "format": CACHE_FORMAT,
+        "radiometry": RADIOMETRY_RULES,
         "raster": [str(stamp[0]), int(stamp[1]), int(stamp[2])],
         "window": [int(round(float(v))) for v in win],
         "weights_sha256": str(weights_sha256),

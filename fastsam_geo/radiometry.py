@@ -80,6 +80,12 @@ def sensor_data(dtype: str, valid: np.ndarray) -> bool:
     return True
 
 
+RADIOMETRY_RULES = 2
+"""Bumped whenever the way a raster's values become the model's picture changes (2, stop 31: the
+dark-data gamma for every sensor product, from a median under 0.4). Part of every mask-cache key
+(:func:`fastsam_geo.cache.cache_key`): masks cached under other rules are misses, not served."""
+
+
 #: Where the low and high percentiles land in 0-255. Real 8-bit orthophotos do not fill the
 #: range: measured on the real sets of this project (Banepa, Kampala, Rio), their 2 % and 98 %
 #: points lie at 4-29 and 106-254 per band. Mapping them to 16 and 224 keeps the outer 2 % of

@@ -94,6 +94,18 @@ def test_cache_key_changes_with_every_input() -> None:
     assert len({k, *variants}) == len(variants) + 1
 
 
+def test_masks_cached_under_older_radiometry_rules_are_misses(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stop 31 gave full-range 16-bit and float rasters a gamma: their tiles look different to the model, and
+    masks cached before (same file, window, model, bands and stretch mode) must not answer for them."""
+    import fastsam_geo.cache as cache_mod
+
+    stamp = ("/data/pan16.tif", 1000, 17)
+    base = {"weights_sha256": "a" * 64, "conf": 0.25, "iou": 0.7, "imgsz": None, "bands": "[1, 1, 1]|auto"}
+    now = cache_key(stamp, (0, 0, 1024, 1024), **base)
+    monkeypatch.setattr(cache_mod, "RADIOMETRY_RULES", cache_mod.RADIOMETRY_RULES - 1)
+    assert cache_key(stamp, (0, 0, 1024, 1024), **base) != now
+
+
 def test_raster_stamp_follows_the_file(tmp_path: Path) -> None:
     path = tmp_path / "a.tif"
     path.write_bytes(b"x" * 10)
