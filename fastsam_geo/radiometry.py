@@ -108,7 +108,7 @@ def dark_gamma(data: np.ndarray, lo: Sequence[float], hi: Sequence[float], targe
     a linear percentile stretch their median can sit near black, where the model sees little.
     Used for sensor data (:func:`sensor_data`: 16-bit, 32-bit, float); 8-bit pictures keep the
     linear stretch. Measured on the validation split read as linear-radiance panchromatic data
-    (README, "Sensors"): full-range 16-bit 0.519 -> 0.532 object F1, float reflectance 0.523 ->
+    (README, "Radiometry"): full-range 16-bit 0.519 -> 0.532 object F1, float reflectance 0.523 ->
     0.534, where 11-bit data, which had the gamma already, give 0.530.
     ``data`` is ``bands x N`` valid pixels; 1.0 (no gamma) when the median is not dark.
 
