@@ -231,16 +231,30 @@ def check_tta(tta: object) -> None:
         raise OptionError(f"--tta {tta}: use 1 (off), 2, 4, 8 or 12 views of each tile, e.g. --tta 12.")
 
 
-def check_size(size: int, option: str = "--size", minimum: int = 64) -> None:
-    """A synthetic scene's side in pixels.
+MAX_SCENE_SIZE = 32768
+
+
+def check_size(size: int, option: str = "--size", minimum: int = 64, maximum: int = MAX_SCENE_SIZE) -> None:
+    """A synthetic scene's side in pixels: at least ``minimum``, at most ``maximum``.
+
+    32768 px (a 1 Gpx, roughly 2 GB GeoTIFF) takes about ten minutes to render on one core;
+    larger test rasters are better built as sheets under one VRT.
 
     >>> check_size(0)
     Traceback (most recent call last):
     ...
     fastsam_geo.errors.OptionError: --size 0: use at least 64 px, e.g. --size 2048.
+    >>> check_size(999999999)
+    Traceback (most recent call last):
+    ...
+    fastsam_geo.errors.OptionError: --size 999999999: use at most 32768 px (larger scenes: several sheets under one VRT).
     """
     if size < minimum:
         raise OptionError(f"{option} {size}: use at least {minimum} px, e.g. {option} 2048.")
+    if size > maximum:
+        raise OptionError(
+            f"{option} {size}: use at most {maximum} px (larger scenes: several sheets under one VRT)."
+        )
 
 
 def check_run(jobs: Iterable[object], options: object) -> None:

@@ -187,6 +187,7 @@ def test_bad_option_values_are_one_line_usage_errors(work: Path, extra: list[str
     [
         (["sample", "{w}/s.tif", "--size", "0"], "--size"),
         (["sample", "{w}/s.tif", "--size", "-5"], "--size"),
+        (["sample", "{w}/s.tif", "--size", "999999999"], "at most 32768"),
         (["sample", "{w}/s.tif", "--density", "2"], "--density"),
         (["sample", "{w}/s.tif", "--size", "abc"], "--size"),
         (["sample", "{w}/s.tif", "--crs", "bogus"], "--crs"),
@@ -198,6 +199,7 @@ def test_bad_option_values_are_one_line_usage_errors(work: Path, extra: list[str
     ids=[
         "sample-size-0",
         "sample-size-neg",
+        "sample-size-huge",
         "sample-density",
         "sample-size-text",
         "sample-crs",

@@ -9,7 +9,7 @@ import click
 
 @click.command(short_help="Write a synthetic scene (GeoTIFF + truth GeoPackage).")
 @click.argument("output", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--size", default=2048, show_default=True, help="Width and height in pixels.")
+@click.option("--size", default=2048, show_default=True, help="Width and height in pixels, 64 to 32768.")
 @click.option("--seed", default=0, show_default=True, help="Random seed: the same seed gives the same scene.")
 @click.option("--pixel-size", default=0.5, show_default=True, help="Ground resolution in metres.")
 @click.option("--crs", default="EPSG:32633", show_default=True, help="Projected CRS of the scene.")
