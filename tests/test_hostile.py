@@ -1010,6 +1010,11 @@ def test_evaluate_refuses_an_iou_nothing_can_reach(work: Path, labels: dict[str,
     for args in (["evaluate", labels["good"], labels["good"]], ["evaluate", "--pair", labels["good"], labels["good"],
                                                                  work / "r.tif"]):
         assert_refused([*args, "--iou", iou], work, f"--iou {float(iou)}", "above 0 and at most 1")
+    junk = work / "junk.gpkg"  # the value is checked before any footprint is read
+    junk.write_text("not a GeoPackage")
+    for args in (["evaluate", junk, labels["good"]], ["evaluate", "--pair", junk, labels["good"], work / "r.tif"]):
+        assert_refused([*args, "--iou", iou], work, f"--iou {float(iou)}")
+    junk.unlink()
 
 
 def test_evaluate_repairs_invalid_truth_with_one_warning(work: Path, labels: dict[str, Path]) -> None:

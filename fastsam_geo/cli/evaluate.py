@@ -61,7 +61,9 @@ def evaluate(
     """
     from fastsam_geo.evaluate import evaluate as run_eval
     from fastsam_geo.evaluate import pooled
+    from fastsam_geo.validate import check_fraction
 
+    check_fraction(iou_threshold, "--iou", 0.5)  # before any footprint is read: a bad value costs nothing
     if (pred is None) != (truth is None):
         raise click.UsageError("give both PRED and TRUTH, or --pair PRED TRUTH RASTER.")
     if pred is None and not pairs:
