@@ -224,6 +224,28 @@ def merged_split(
     return int(merged), int((parts >= 2).sum())
 
 
+def _covered(
+    geoms: np.ndarray, others: np.ndarray, gi: np.ndarray, oi: np.ndarray, inter: np.ndarray
+) -> np.ndarray:
+    """Area of each of ``geoms`` that ``others`` cover, overlaps between ``others`` counted once
+    (pairs ``gi, oi`` intersect by ``inter``).
+
+    >>> from shapely.geometry import box
+    >>> g, o = np.array([box(0, 0, 10, 10)]), np.array([box(0, 0, 6, 10), box(0, 0, 6, 10)])
+    >>> _covered(g, o, np.array([0, 0]), np.array([0, 1]), np.array([60.0, 60.0])).tolist()
+    [60.0]
+    """
+    area = np.bincount(gi, weights=inter, minlength=len(geoms))
+    order = np.argsort(gi, kind="stable")
+    starts = np.flatnonzero(np.r_[True, np.diff(gi[order]) != 0])
+    for lo, hi in zip(starts, np.r_[starts[1:], len(order)], strict=True):
+        if hi - lo >= 2:  # the sum would count twice what two overlapping outlines share
+            g = gi[order[lo]]
+            union = shapely.union_all(others[oi[order[lo:hi]]])
+            area[g] = shapely.area(shapely.intersection(geoms[g], union))
+    return area
+
+
 def missed_unmapped(
     pred: np.ndarray, truth: np.ndarray, pi: np.ndarray, ti: np.ndarray, inter: np.ndarray
 ) -> tuple[int, int]:
@@ -244,8 +266,8 @@ def missed_unmapped(
     (1, 2)
     """
     t_area, p_area = shapely.area(truth), shapely.area(pred)
-    on_truth = np.bincount(ti, weights=inter, minlength=len(truth))
-    on_pred = np.bincount(pi, weights=inter, minlength=len(pred))
+    on_truth = _covered(truth, pred, ti, pi, inter)
+    on_pred = _covered(pred, truth, pi, ti, inter)
     missed = np.count_nonzero(on_truth <= SPLIT_COVER * t_area)
     unmapped = np.count_nonzero(on_pred <= SPLIT_COVER * p_area)
     return int(missed), int(unmapped)

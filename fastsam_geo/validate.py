@@ -247,13 +247,13 @@ def check_size(size: int, option: str = "--size", minimum: int = 64, maximum: in
     >>> check_size(999999999)
     Traceback (most recent call last):
     ...
-    fastsam_geo.errors.OptionError: --size 999999999: use at most 32768 px (larger scenes: several sheets under one VRT).
+    fastsam_geo.errors.OptionError: --size 999999999: use at most 32768 px (larger: several sheets under one VRT).
     """
     if size < minimum:
         raise OptionError(f"{option} {size}: use at least {minimum} px, e.g. {option} 2048.")
     if size > maximum:
         raise OptionError(
-            f"{option} {size}: use at most {maximum} px (larger scenes: several sheets under one VRT)."
+            f"{option} {size}: use at most {maximum} px (larger: several sheets under one VRT)."
         )
 
 

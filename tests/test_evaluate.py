@@ -462,6 +462,16 @@ def test_missed_and_unmapped_are_counted() -> None:
     assert (pooled([s, s]).missed, pooled([s, s]).unmapped) == (2, 4)
 
 
+def test_overlapping_outlines_count_their_shared_area_once() -> None:
+    """Three copies of one sliver over 6 % of a building cover 6 %, not 18 %: the building is
+    missed. Two truth outlines drawn twice over 8 % of one prediction leave it unmapped."""
+    truth = Features.of([box(0, 0, 10, 10), box(50, 0, 50.8, 10), box(50, 0, 50.8, 10)], "EPSG:32633")
+    sliver = box(0, 0, 0.6, 10)
+    pred = Features.of([sliver, sliver, sliver, box(50, 0, 60, 10)], "EPSG:32633")
+    s = evaluate(pred, truth)
+    assert (s.missed, s.unmapped) == (1, 1)  # the building; the wide outline (the slivers lie on it)
+
+
 def test_away_from_seams_pools_only_sources_with_seams() -> None:
     """The share found as one polygon away from the seams (what the seam score compares with)
     pools the sources that have seams: a one-tile raster has none to compare."""
