@@ -30,7 +30,7 @@ from rasterio.windows import Window
 
 from fastsam_geo.masks import InstanceMasks
 from fastsam_geo.radiometry import RADIOMETRY_RULES
-from fastsam_geo.segment import Segmenter
+from fastsam_geo.segment import MIN_INPUT, Segmenter
 from fastsam_geo.tiling import Tile
 
 log = logging.getLogger(__name__)
@@ -103,6 +103,8 @@ def cache_key(
         "bands": str(bands),
         "extra": {str(k): v for k, v in sorted((extra or {}).items())},
     }
+    if imgsz is None and min(float(win[2]), float(win[3])) < MIN_INPUT:  # a small tile, padded since stop 32
+        record["pad"] = MIN_INPUT
     blob = json.dumps(record, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 

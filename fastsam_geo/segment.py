@@ -15,7 +15,8 @@ bilinearly (``align_corners=False``) from the 1/4-resolution prototype grid at t
 centres, thresholded at 0, and kept where ``x1 <= col < x2`` and ``y1 <= row < y2``.
 
 Differences from ``FastSAM.predict`` worth knowing: tiles are RGB (ultralytics takes BGR
-arrays); a tile is padded, not scaled up, to the input size unless ``imgsz`` is given; the NMS
+arrays); a tile is padded, not scaled up, to the input size (at least :data:`MIN_INPUT`) unless
+``imgsz`` is given; the NMS
 boxes are kept as they are (FastSAM's predictor afterwards snaps boxes within 20 px of the image
 border, and near-whole-image boxes, to the border, which changes no mask).
 
@@ -53,6 +54,13 @@ log = logging.getLogger(__name__)
 
 PAD_VALUE = 114
 """Grey used by ultralytics' letterbox for the padding around a tile."""
+
+MIN_INPUT = 1024
+"""Smallest network input side when ``imgsz`` is None: a tile smaller than this (a raster
+narrower than a tile) is padded to it, as the 1024 px ONNX twin pads it. Measured on the
+validation split with the default model at 12 views (``weights/eval_split.py ... -- --engine
+torch``): object / pixel F1 0.593 / 0.744 padded, 0.581 / 0.719 at the tiles' own sizes
+(Kampala's 230 x 611 px raster 0.563 against 0.493). Part of small tiles' cache keys."""
 
 
 @runtime_checkable
@@ -408,7 +416,8 @@ class FastSAMSegmenter:
         iou: IoU threshold of the NMS.
         max_det: most objects kept per tile (ultralytics' default of 300 caps dense city tiles).
         imgsz: network input size; None runs each batch at its tiles' own size (rounded up to
-            the stride, 32), padding smaller tiles; an int resizes every tile to fit
+            the stride, 32, and to at least :data:`MIN_INPUT`), padding smaller tiles; an int
+            resizes every tile to fit
             ``imgsz x imgsz``. An ONNX file exported with a fixed size runs at that size.
         threads: CPU threads (None: every core this process may use, :func:`cpu_threads`).
         min_area_px: masks smaller than this many pixels are dropped.
@@ -521,13 +530,8 @@ class FastSAMSegmenter:
     # ------------------------------------------------------------------ inference
     def _input_shape(self, shapes: Sequence[tuple[int, int]]) -> tuple[tuple[int, int], bool]:
         if self.imgsz is None:
-            return (
-                (
-                    round_up(max(s[0] for s in shapes), self.stride),
-                    round_up(max(s[1] for s in shapes), self.stride),
-                ),
-                False,
-            )
+            h = max(MIN_INPUT, round_up(max(s[0] for s in shapes), self.stride))
+            return (h, max(MIN_INPUT, round_up(max(s[1] for s in shapes), self.stride))), False
         size = round_up(self.imgsz, self.stride)
         return (size, size), True
 

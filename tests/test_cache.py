@@ -106,6 +106,19 @@ def test_masks_cached_under_older_radiometry_rules_are_misses(monkeypatch: pytes
     assert cache_key(stamp, (0, 0, 1024, 1024), **base) != now
 
 
+def test_small_tiles_are_keyed_by_their_padding(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stop 32 pads tiles under segment.MIN_INPUT (a raster narrower than a tile) to it: masks the
+    torch engine cached at such a tile's own size must not answer. Full tiles keep their keys."""
+    import fastsam_geo.cache as cache_mod
+
+    stamp = ("/data/chip.tif", 1000, 17)
+    base = {"weights_sha256": "a" * 64, "conf": 0.25, "iou": 0.7, "imgsz": None}
+    small, full = cache_key(stamp, (0, 0, 438, 406), **base), cache_key(stamp, (0, 0, 1024, 1024), **base)
+    monkeypatch.setattr(cache_mod, "MIN_INPUT", 0)  # the rule before stop 32
+    assert cache_key(stamp, (0, 0, 438, 406), **base) != small
+    assert cache_key(stamp, (0, 0, 1024, 1024), **base) == full
+
+
 def test_raster_stamp_follows_the_file(tmp_path: Path) -> None:
     path = tmp_path / "a.tif"
     path.write_bytes(b"x" * 10)
