@@ -201,8 +201,17 @@ def with_cache(segmenter: Any, raster: str | os.PathLike[str], cache_dir: str | 
 
 
 def cache_bands_key(plan: RunPlan) -> str:
-    """The bands/stretch part of a cache key."""
-    return f"{list(plan.bands)}|{plan.options.tiling.stretch}"
+    """The bands/stretch part of a cache key: the bands the plan resolved, not the ones asked for."""
+    return bands_key(plan.bands, plan.options.tiling.stretch)
+
+
+def bands_key(bands: Sequence[int], stretch: object) -> str:
+    """The bands/stretch part of a cache key from the resolved band numbers.
+
+    >>> bands_key((1, 2, 3), "auto")
+    '[1, 2, 3]|auto'
+    """
+    return f"{[int(b) for b in bands]}|{stretch}"
 
 
 def make_segmenter(
@@ -270,6 +279,7 @@ __all__ = [
     "CacheOnly",
     "ModelLabel",
     "ResolvedModel",
+    "bands_key",
     "cache_bands_key",
     "cpu_threads",
     "inner",

@@ -121,6 +121,20 @@ def _fastsam_factory(weights: str | None, device: str, conf: float | None, iou: 
     return FastSAMSegmenter(resolve_model(weights).path, device=device, conf=conf, iou=iou, tta=tta)
 
 
+def resolved_bands_key(raster: str, p: Mapping[str, Any]) -> str:
+    """The bands/stretch part of ``raster``'s cache keys as ``extract`` builds it: from the bands
+    the request resolves to (its ``bands``, or the raster's colour interpretation), so that masks
+    the CLI cached answer the panel and the other way round."""
+    import rasterio
+
+    from fastsam_geo.raster import band_layout
+    from fastsam_geo.segmenters import bands_key
+
+    with rasterio.open(raster) as ds:
+        bands, _ = band_layout(ds.count, ds.colorinterp, p["bands"], ds.descriptions)
+    return bands_key(bands, p["stretch"])
+
+
 class Engine:
     """The worker's state: models kept warm, and the everything-mask cache.
 
@@ -210,7 +224,6 @@ class Engine:
         from fastsam_geo.modelmeta import DEFAULT_CONF
 
         stamp = raster_stamp(raster)
-        bands = f"{p['bands']}|{p['stretch']}"
         fingerprint: dict[str, Any] = {}
 
         def key_fn(tile: Any) -> str:
@@ -225,6 +238,7 @@ class Engine:
                 confs = (getattr(inner, "conf", None), p["conf"], DEFAULT_CONF)
                 fingerprint["conf"] = next(c for c in confs if c is not None)
                 fingerprint["extra"] = {k: meta.get(k) for k in ("max_det", "min_area_px", "half", "tta") if k in meta}
+                fingerprint["bands"] = resolved_bands_key(raster, p)  # as extract keys them: the cache is shared
             return cache_key(
                 stamp,
                 tile.window,
@@ -232,7 +246,7 @@ class Engine:
                 conf=fingerprint["conf"],
                 iou=p["iou"],
                 imgsz=fingerprint["imgsz"],
-                bands=bands,
+                bands=fingerprint["bands"],
                 extra={**fingerprint["extra"], "grid": tile_grid(tile)},
             )
 

@@ -291,6 +291,49 @@ def test_worker_process_with_a_fastsam_checkpoint_keeps_masks_warm(
     assert proc.returncode == 0 and not Path(first["output"]).parent.exists()  # removed at exit
 
 
+def test_masks_the_cli_cached_answer_the_worker(scene, random_fastsam_s: Path, tmp_path: Path) -> None:
+    """`extract --cache-dir` then the panel's worker on the same raster and cache: no tile runs the model
+    again. The worker keyed tiles by the bands asked for (null), extract by the bands resolved ([1, 2, 3])."""
+    cache = tmp_path / "cache"
+    cli = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fastsam_geo",
+            "-q",
+            "extract",
+            str(scene.raster),
+            str(tmp_path / "cli.gpkg"),
+            "--weights",
+            str(random_fastsam_s),
+            "--device",
+            "cpu",
+            "--conf",
+            "0.9",
+            "--tta",
+            "1",
+            "--cache-dir",
+            str(cache),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "YOLO_OFFLINE": "1"},
+        timeout=600,
+    )
+    assert cli.returncode == 0, cli.stderr
+    engine = Engine(cache_dir=cache)
+    params = {
+        "raster": str(scene.raster),
+        "weights": str(random_fastsam_s),
+        "device": "cpu",
+        "conf": 0.9,
+        "tta": 1,
+        "output": str(tmp_path / "worker.gpkg"),
+    }
+    result = engine.extract(1, params, lambda done, total: None, lambda: False)
+    assert result["cache"]["model_tiles"] == 0 and result["cache"]["hits"] >= 1, result["cache"]
+
+
 @pytest.mark.model
 @pytest.mark.parametrize("name", ["fastsam-geo-n.pt", "fastsam-geo-n.onnx"])
 def test_a_request_without_conf_gets_the_models_stored_threshold(name: str, tmp_path: Path) -> None:
