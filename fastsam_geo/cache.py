@@ -30,7 +30,7 @@ from rasterio.windows import Window
 
 from fastsam_geo.masks import InstanceMasks
 from fastsam_geo.radiometry import RADIOMETRY_RULES
-from fastsam_geo.segment import MIN_INPUT, Segmenter
+from fastsam_geo.segment import Segmenter
 from fastsam_geo.tiling import Tile
 
 log = logging.getLogger(__name__)
@@ -103,8 +103,6 @@ def cache_key(
         "bands": str(bands),
         "extra": {str(k): v for k, v in sorted((extra or {}).items())},
     }
-    if imgsz is None and min(float(win[2]), float(win[3])) < MIN_INPUT:  # a small tile, padded since stop 32
-        record["pad"] = MIN_INPUT
     blob = json.dumps(record, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
@@ -145,10 +143,25 @@ def key_fn_for(
             iou=iou,
             imgsz=imgsz,
             bands=bands,
-            extra={**extra, "grid": tile_grid(tile)},
+            extra={**extra, **tile_key_extra(tile)},
         )
 
     return key_fn
+
+
+def tile_key_extra(tile: Tile) -> dict[str, object]:
+    """What a tile adds to its cache key: its grid's pixel size (:func:`tile_grid`) and, for a
+    tile narrower than its grid's tiles, the size it is padded to (``meta["pad_to"]``): the same
+    window of a smaller raster run with another ``--tile-size`` is another picture to the model.
+
+    >>> from affine import Affine
+    >>> t = Tile(np.zeros((2, 2, 3), np.uint8), Window(0, 0, 2, 2), Affine(0.3, 0, 5, 0, -0.3, 9), None,
+    ...          Window(0, 0, 2, 2), meta={"pad_to": 1024})
+    >>> tile_key_extra(t)
+    {'grid': [0.3, 0.3], 'pad_to': 1024}
+    """
+    pad = int(tile.meta.get("pad_to", 0) or 0)  # type: ignore[call-overload]
+    return {"grid": tile_grid(tile), **({"pad_to": pad} if pad else {})}
 
 
 def tile_grid(tile: Tile) -> list[float]:

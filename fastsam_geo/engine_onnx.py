@@ -161,9 +161,9 @@ class OnnxFastSAMSegmenter(FastSAMSegmenter):
         self.stride = max(int(props.get("stride", 32) or 32), 32)
         self.half = bool(self.model_meta.get("half", self.input_dtype == np.float16))
 
-    def _input_shape(self, shapes: Sequence[tuple[int, int]]) -> tuple[tuple[int, int], bool]:
+    def _input_shape(self, shapes: Sequence[tuple[int, int]], floor: int = 0) -> tuple[tuple[int, int], bool]:
         if self.fixed_shape is None:
-            return super()._input_shape(shapes)
+            return super()._input_shape(shapes, floor)
         fh, fw = self.fixed_shape
         if self.imgsz is not None and round_up(self.imgsz, self.stride) != max(fh, fw):
             log.warning("imgsz=%s ignored: %s was exported for %d x %d inputs", self.imgsz, self.weights_path, fh, fw)

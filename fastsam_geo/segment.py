@@ -15,8 +15,7 @@ bilinearly (``align_corners=False``) from the 1/4-resolution prototype grid at t
 centres, thresholded at 0, and kept where ``x1 <= col < x2`` and ``y1 <= row < y2``.
 
 Differences from ``FastSAM.predict`` worth knowing: tiles are RGB (ultralytics takes BGR
-arrays); a tile is padded, not scaled up, to the input size (at least :data:`MIN_INPUT`) unless
-``imgsz`` is given; the NMS
+arrays); a tile is padded, not scaled up, to the input size unless ``imgsz`` is given; the NMS
 boxes are kept as they are (FastSAM's predictor afterwards snaps boxes within 20 px of the image
 border, and near-whole-image boxes, to the border, which changes no mask).
 
@@ -54,13 +53,6 @@ log = logging.getLogger(__name__)
 
 PAD_VALUE = 114
 """Grey used by ultralytics' letterbox for the padding around a tile."""
-
-MIN_INPUT = 1024
-"""Smallest network input side when ``imgsz`` is None: a tile smaller than this (a raster
-narrower than a tile) is padded to it, as the 1024 px ONNX twin pads it. Measured on the
-validation split with the default model at 12 views (``weights/eval_split.py ... -- --engine
-torch``): object / pixel F1 0.593 / 0.744 padded, 0.581 / 0.719 at the tiles' own sizes
-(Kampala's 230 x 611 px raster 0.563 against 0.493). Part of small tiles' cache keys."""
 
 
 @runtime_checkable
@@ -416,8 +408,9 @@ class FastSAMSegmenter:
         iou: IoU threshold of the NMS.
         max_det: most objects kept per tile (ultralytics' default of 300 caps dense city tiles).
         imgsz: network input size; None runs each batch at its tiles' own size (rounded up to
-            the stride, 32, and to at least :data:`MIN_INPUT`), padding smaller tiles; an int
-            resizes every tile to fit
+            the stride, 32), padding smaller tiles, and a tile narrower than its grid's tiles (a
+            raster smaller than a tile, ``tile.meta["pad_to"]``) to the grid's tile size, as a
+            full tile; an int resizes every tile to fit
             ``imgsz x imgsz``. An ONNX file exported with a fixed size runs at that size.
         threads: CPU threads (None: every core this process may use, :func:`cpu_threads`).
         min_area_px: masks smaller than this many pixels are dropped.
@@ -528,10 +521,12 @@ class FastSAMSegmenter:
         return self.conf * CANDIDATE_FACTOR if self.tta > 1 else self.conf
 
     # ------------------------------------------------------------------ inference
-    def _input_shape(self, shapes: Sequence[tuple[int, int]]) -> tuple[tuple[int, int], bool]:
+    def _input_shape(self, shapes: Sequence[tuple[int, int]], floor: int = 0) -> tuple[tuple[int, int], bool]:
+        """The batch's input ``(height, width)`` and whether tiles are resized to it; ``floor``:
+        the tile size the batch's tiles are padded to at least (:func:`pad_floor`)."""
         if self.imgsz is None:
-            h = max(MIN_INPUT, round_up(max(s[0] for s in shapes), self.stride))
-            return (h, max(MIN_INPUT, round_up(max(s[1] for s in shapes), self.stride))), False
+            h = round_up(max(floor, *(s[0] for s in shapes)), self.stride)
+            return (h, round_up(max(floor, *(s[1] for s in shapes)), self.stride)), False
         size = round_up(self.imgsz, self.stride)
         return (size, size), True
 
@@ -542,7 +537,7 @@ class FastSAMSegmenter:
         for start in range(0, len(tiles), self.batch_size):
             batch = tiles[start : start + self.batch_size]
             images = [_check_image(t) for t in batch]
-            input_shape, resize = self._input_shape([im.shape[:2] for im in images])
+            input_shape, resize = self._input_shape([im.shape[:2] for im in images], pad_floor(batch))
             lbs = [letterbox_params(im.shape[:2], input_shape, resize) for im in images]
             if scale != 1.0:
                 lbs = [scaled_letterbox(lb, scale) for lb in lbs]
@@ -581,6 +576,26 @@ class FastSAMSegmenter:
             assemble_masks(r.det, r.protos, r.letterbox, nodata=t.nodata, min_area_px=self.min_area_px)
             for r, t in zip(raws, tiles, strict=True)
         ]
+
+
+def pad_floor(tiles: Sequence[Tile]) -> int:
+    """The side the tiles of a batch are padded to at least: the largest ``meta["pad_to"]``
+    (set for a tile narrower than its grid's tiles, ``TileSpec.pad_to``), else 0.
+
+    A raster narrower than a tile is thus seen as a full tile with grey around it, as the 1024 px
+    ONNX twin sees it. Measured on the validation split (its Kampala, Dhaka and Rio rasters are
+    narrower than a tile at 0.25 m) with the default model at 12 views, ``--engine torch``:
+    object / pixel F1 0.593 / 0.744 padded, 0.581 / 0.719 at the tiles' own sizes (Kampala
+    0.563 against 0.493).
+
+    >>> from affine import Affine
+    >>> from rasterio.windows import Window
+    >>> t = Tile(np.zeros((300, 500, 3), np.uint8), Window(0, 0, 500, 300), Affine.identity(), None,
+    ...          Window(0, 0, 500, 300), meta={"pad_to": 1024})
+    >>> pad_floor([t]), pad_floor([])
+    (1024, 0)
+    """
+    return max((int(t.meta.get("pad_to", 0) or 0) for t in tiles), default=0)  # type: ignore[call-overload]
 
 
 def _check_image(tile: Tile) -> np.ndarray:

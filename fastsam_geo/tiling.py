@@ -39,6 +39,9 @@ class TileSpec:
     window: Window
     core: Window
     transform: Affine
+    pad_to: int = 0
+    """The grid's tile size when this window is smaller (a raster narrower than a tile): the
+    segmenter pads the tile to it, so that it looks to the model as every full tile does."""
 
     @property
     def id(self) -> str:
@@ -126,8 +129,10 @@ class TileGrid:
     >>> len(grid), grid.shape
     (15, (3, 5))
     >>> spec = grid[7]
-    >>> spec.id, spec.window.col_off, spec.window.row_off
-    ('r0001_c0002', 448, 224)
+    >>> spec.id, spec.window.col_off, spec.window.row_off, spec.pad_to
+    ('r0001_c0002', 448, 224, 0)
+    >>> TileGrid(300, 2400, tile_size=1024, overlap=128)[0].pad_to  # narrower than a tile
+    1024
     """
 
     def __init__(
@@ -175,6 +180,7 @@ class TileGrid:
             window=window,
             core=core,
             transform=window_transform(window, self.transform),
+            pad_to=self.tile_size if min(self.tile_w, self.tile_h) < self.tile_size else 0,
         )
 
     def __iter__(self) -> Iterator[TileSpec]:

@@ -220,7 +220,7 @@ class Engine:
 
         The model behind ``seg`` is only asked for its fingerprint when the first key is made.
         """
-        from fastsam_geo.cache import CachedSegmenter, cache_key, raster_stamp, tile_grid
+        from fastsam_geo.cache import CachedSegmenter, cache_key, raster_stamp, tile_key_extra
         from fastsam_geo.modelmeta import DEFAULT_CONF
 
         stamp = raster_stamp(raster)
@@ -247,7 +247,7 @@ class Engine:
                 iou=p["iou"],
                 imgsz=fingerprint["imgsz"],
                 bands=fingerprint["bands"],
-                extra={**fingerprint["extra"], "grid": tile_grid(tile)},
+                extra={**fingerprint["extra"], **tile_key_extra(tile)},
             )
 
         return _Recorded(CachedSegmenter(seg, self.cache, key_fn), seg)

@@ -106,17 +106,21 @@ def test_masks_cached_under_older_radiometry_rules_are_misses(monkeypatch: pytes
     assert cache_key(stamp, (0, 0, 1024, 1024), **base) != now
 
 
-def test_small_tiles_are_keyed_by_their_padding(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Stop 32 pads tiles under segment.MIN_INPUT (a raster narrower than a tile) to it: masks the
-    torch engine cached at such a tile's own size must not answer. Full tiles keep their keys."""
-    import fastsam_geo.cache as cache_mod
+def test_tiles_padded_to_their_grid_are_keyed_by_it() -> None:
+    """Stop 32 pads a tile narrower than its grid's tiles to the grid's tile size: masks cached for
+    it at its own size (before), or padded to another --tile-size, must not answer. Full tiles
+    keep their keys (a tile without ``pad_to`` is keyed as before)."""
+    from fastsam_geo.tiling import Tile
 
-    stamp = ("/data/chip.tif", 1000, 17)
-    base = {"weights_sha256": "a" * 64, "conf": 0.25, "iou": 0.7, "imgsz": None}
-    small, full = cache_key(stamp, (0, 0, 438, 406), **base), cache_key(stamp, (0, 0, 1024, 1024), **base)
-    monkeypatch.setattr(cache_mod, "MIN_INPUT", 0)  # the rule before stop 32
-    assert cache_key(stamp, (0, 0, 438, 406), **base) != small
-    assert cache_key(stamp, (0, 0, 1024, 1024), **base) == full
+    fn = key_fn_for(("/data/chip.tif", 1000, 17), {"weights_sha256": "a" * 64, "conf": 0.25, "iou": 0.7, "imgsz": None})
+    win = Window(0, 0, 438, 406)
+
+    def tile(**meta: int) -> Tile:
+        return Tile(np.zeros((406, 438, 3), np.uint8), win, Affine(0.25, 0, 0, 0, -0.25, 0), None, win, meta=meta)
+
+    keys = {fn(tile()), fn(tile(pad_to=1024)), fn(tile(pad_to=512))}
+    assert len(keys) == 3
+    assert fn(tile(pad_to=1024)) == fn(tile(pad_to=1024))
 
 
 def test_raster_stamp_follows_the_file(tmp_path: Path) -> None:
