@@ -36,7 +36,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from fastsam_geo.masks import InstanceMasks
-from fastsam_geo.tiling import Tile
+from fastsam_geo.tiling import Tile, pad_floor
 from fastsam_geo.tta import (
     CANDIDATE_FACTOR,
     COARSE_SCALE,
@@ -576,26 +576,6 @@ class FastSAMSegmenter:
             assemble_masks(r.det, r.protos, r.letterbox, nodata=t.nodata, min_area_px=self.min_area_px)
             for r, t in zip(raws, tiles, strict=True)
         ]
-
-
-def pad_floor(tiles: Sequence[Tile]) -> int:
-    """The side the tiles of a batch are padded to at least: the largest ``meta["pad_to"]``
-    (set for a tile narrower than its grid's tiles, ``TileSpec.pad_to``), else 0.
-
-    A raster narrower than a tile is thus seen as a full tile with grey around it, as the 1024 px
-    ONNX twin sees it. Measured on the validation split (its Kampala, Dhaka and Rio rasters are
-    narrower than a tile at 0.25 m) with the default model at 12 views, ``--engine torch``:
-    object / pixel F1 0.593 / 0.744 padded, 0.581 / 0.719 at the tiles' own sizes (Kampala
-    0.563 against 0.493).
-
-    >>> from affine import Affine
-    >>> from rasterio.windows import Window
-    >>> t = Tile(np.zeros((300, 500, 3), np.uint8), Window(0, 0, 500, 300), Affine.identity(), None,
-    ...          Window(0, 0, 500, 300), meta={"pad_to": 1024})
-    >>> pad_floor([t]), pad_floor([])
-    (1024, 0)
-    """
-    return max((int(t.meta.get("pad_to", 0) or 0) for t in tiles), default=0)  # type: ignore[call-overload]
 
 
 def _check_image(tile: Tile) -> np.ndarray:
