@@ -151,17 +151,16 @@ def key_fn_for(
 
 def tile_key_extra(tile: Tile) -> dict[str, object]:
     """What a tile adds to its cache key: its grid's pixel size (:func:`tile_grid`) and, for a
-    tile narrower than its grid's tiles, the size it is padded to (``meta["pad_to"]``): the same
+    tile narrower than its grid's tiles, the size it is padded to (``tile.pad_to``): the same
     window of a smaller raster run with another ``--tile-size`` is another picture to the model.
 
     >>> from affine import Affine
     >>> t = Tile(np.zeros((2, 2, 3), np.uint8), Window(0, 0, 2, 2), Affine(0.3, 0, 5, 0, -0.3, 9), None,
-    ...          Window(0, 0, 2, 2), meta={"pad_to": 1024})
+    ...          Window(0, 0, 2, 2), pad_to=1024)
     >>> tile_key_extra(t)
     {'grid': [0.3, 0.3], 'pad_to': 1024}
     """
-    pad = int(tile.meta.get("pad_to", 0) or 0)  # type: ignore[call-overload]
-    return {"grid": tile_grid(tile), **({"pad_to": pad} if pad else {})}
+    return {"grid": tile_grid(tile), **({"pad_to": tile.pad_to} if tile.pad_to else {})}
 
 
 def tile_grid(tile: Tile) -> list[float]:

@@ -409,7 +409,7 @@ class FastSAMSegmenter:
         max_det: most objects kept per tile (ultralytics' default of 300 caps dense city tiles).
         imgsz: network input size; None runs each batch at its tiles' own size (rounded up to
             the stride, 32), padding smaller tiles, and a tile narrower than its grid's tiles (a
-            raster smaller than a tile, ``tile.meta["pad_to"]``) to the grid's tile size, as a
+            raster smaller than a tile, ``tile.pad_to``) to the grid's tile size, as a
             full tile; an int resizes every tile to fit
             ``imgsz x imgsz``. An ONNX file exported with a fixed size runs at that size.
         threads: CPU threads (None: every core this process may use, :func:`cpu_threads`).

@@ -102,8 +102,7 @@ def read_tile(src: RasterSource, spec: TileSpec, crs: object) -> Tile | TileResu
         return TileResult.empty(spec, "failed", str(exc))
     if nodata is not None and nodata.all():
         return TileResult.empty(spec, "nodata")
-    meta: dict[str, object] = {"pad_to": spec.pad_to} if spec.pad_to else {}
-    return Tile(image, spec.window, spec.transform, crs, spec.core, nodata, spec.index, spec.id, meta)
+    return Tile(image, spec.window, spec.transform, crs, spec.core, nodata, spec.index, spec.id, pad_to=spec.pad_to)
 
 
 def select_tile(

@@ -115,8 +115,8 @@ def test_tiles_padded_to_their_grid_are_keyed_by_it() -> None:
     fn = key_fn_for(("/data/chip.tif", 1000, 17), {"weights_sha256": "a" * 64, "conf": 0.25, "iou": 0.7, "imgsz": None})
     win = Window(0, 0, 438, 406)
 
-    def tile(**meta: int) -> Tile:
-        return Tile(np.zeros((406, 438, 3), np.uint8), win, Affine(0.25, 0, 0, 0, -0.25, 0), None, win, meta=meta)
+    def tile(pad_to: int = 0) -> Tile:
+        return Tile(np.zeros((406, 438, 3), np.uint8), win, Affine(0.25, 0, 0, 0, -0.25, 0), None, win, pad_to=pad_to)
 
     keys = {fn(tile()), fn(tile(pad_to=1024)), fn(tile(pad_to=512))}
     assert len(keys) == 3

@@ -61,7 +61,7 @@ def tiles() -> dict[str, Tile]:
     plan = plan_scene(1024, 1024, seed=3)
     town = render_block(plan, Window(0, 0, 1024, 1024)).transpose(1, 2, 0)
     small = _tile(town[:320, 96:700])  # a raster narrower than a tile: padded to the grid's 1024 px
-    small.meta["pad_to"] = 1024
+    small.pad_to = 1024
     return {"sample": _tile(image, nodata), "synthetic": _tile(town), "small": small}
 
 
