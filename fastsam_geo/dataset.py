@@ -9,6 +9,7 @@ the exterior ring, as YOLO-seg labels have no holes), with sensor copies of the 
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from collections.abc import Iterator, Sequence
@@ -27,6 +28,8 @@ from fastsam_geo.calibrate import per_raster
 from fastsam_geo.errors import FastSAMGeoError, RasterError
 from fastsam_geo.raster import RasterSource
 from fastsam_geo.tiling import TileGrid
+
+log = logging.getLogger("fastsam_geo")
 
 
 def bridge_holes(poly: Polygon) -> np.ndarray:
@@ -141,7 +144,7 @@ def _read_labels(labels: str | os.PathLike[str] | gpd.GeoDataFrame, layer: str |
     """A footprint file's ``layer``, else its only layer, else its ``buildings`` layer; a file of
     several other layers is refused with their names (never its first layer, silently)."""
     if isinstance(labels, gpd.GeoDataFrame):
-        return labels
+        return repaired(labels, "footprints")
     path = Path(labels)
     if not path.exists():
         raise FastSAMGeoError(
@@ -156,7 +159,74 @@ def _read_labels(labels: str | os.PathLike[str] | gpd.GeoDataFrame, layer: str |
     gdf = gpd.read_file(path, layer=chosen) if chosen is not None else gpd.read_file(path)
     if gdf.crs is None:
         raise FastSAMGeoError(f"{path}: footprints have no CRS; set one (e.g. ogr2ogr -a_srs EPSG:XXXX).")
-    return gdf
+    return repaired(gdf, str(path))
+
+
+def repaired(gdf: gpd.GeoDataFrame, name: str) -> gpd.GeoDataFrame:
+    """``gdf`` with invalid polygons (self-intersecting, a "bow tie") repaired by
+    ``shapely.make_valid``, their polygonal parts kept, and a warning saying how many; ``gdf``
+    itself when all are valid. Rasterizing or clipping an invalid polygon fails in GEOS.
+
+    >>> bow = Polygon([(0, 0), (10, 10), (10, 0), (0, 10)])
+    >>> out = repaired(gpd.GeoDataFrame(geometry=[bow], crs="EPSG:32633"), "t.gpkg")
+    >>> bool(out.is_valid.all()), float(out.area.sum())
+    (True, 50.0)
+    """
+    geoms = gdf.geometry.values
+    bad = ~(gdf.geometry.isna().to_numpy() | shapely.is_valid(geoms))
+    if not bad.any():
+        return gdf
+    fixed = shapely.make_valid(geoms[bad])
+    polys = [MultiPolygon([p for p in shapely.get_parts(g) if p.geom_type == "Polygon"]) for g in fixed]
+    out = gdf.copy()
+    out.loc[bad, out.geometry.name] = [p.geoms[0] if len(p.geoms) == 1 else p for p in polys]
+    if name not in _REPAIRED:  # train reads its labels more than once: say it once
+        _REPAIRED.add(name)
+        log.warning(
+            "Warning: %s: %d invalid footprint polygon(s) (e.g. self-intersecting) repaired with make_valid; "
+            "fix them in the file to silence this.",
+            name,
+            int(bad.sum()),
+        )
+    return out
+
+
+_REPAIRED: set[str] = set()
+
+
+#: Written first into a dataset folder: what :func:`fresh_dataset_dir` may empty.
+DATASET_MARK = ".fastsam-geo-dataset"
+
+
+def fresh_dataset_dir(out: Path) -> None:
+    """Empty ``out`` of an earlier dataset (its ``images/``, ``labels/``, ``data.yaml``) and mark it.
+
+    ``train`` builds its dataset in the same ``train_work/dataset`` for every run beside one
+    output: crops left by an earlier run (other rasters, another ``--imgsz``) would otherwise be
+    trained on, and counted nowhere. Only a folder this function marked (or holding a
+    ``data.yaml``, as datasets written before the mark) is emptied; ``images/`` or ``labels/``
+    of something else are refused, never deleted.
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp()) / "dataset"
+    >>> fresh_dataset_dir(d); (d / "images").mkdir(); (d / "images" / "old.png").write_bytes(b"")
+    0
+    >>> fresh_dataset_dir(d); sorted(p.name for p in d.iterdir())
+    ['.fastsam-geo-dataset']
+    """
+    parts = [out / "images", out / "labels", out / "data.yaml"]
+    if any(p.exists() for p in parts):
+        if not ((out / DATASET_MARK).exists() or (out / "data.yaml").exists()):
+            raise FastSAMGeoError(
+                f"{out}: holds images/ or labels/ that fastsam-geo did not write; give another --work-dir."
+            )
+        for p in parts:
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / DATASET_MARK).touch()
 
 
 def check_labels(
@@ -309,6 +379,7 @@ def build_dataset(
     """
     out = Path(out_dir)
     label_list = per_raster(labels, len(rasters))
+    fresh_dataset_dir(out)
     for split in ("train", "val"):
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
         (out / "labels" / split).mkdir(parents=True, exist_ok=True)
@@ -338,7 +409,11 @@ def build_dataset(
             _write_variant(out, f"{name}_x{i}", img, lines, n_img, rng)
             n_img, n_inst = n_img + 1, n_inst + len(lines)
     if n_img == 0:
-        raise RasterError("No training crops: every crop was nodata; check the rasters.")
+        names = ", ".join(str(r) for r in rasters[:3]) + (", ..." if len(rasters) > 3 else "")
+        raise RasterError(
+            f"{names}: no training crops, every crop was nodata (or under --min-valid {min_valid:g} of data); "
+            "check the rasters' nodata value."
+        )
     if n_val == 0:  # ultralytics needs a validation set: move one crop.
         first = sorted((out / "images" / "train").glob("*.png"))[0]
         shutil.move(first, out / "images" / "val" / first.name)

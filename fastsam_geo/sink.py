@@ -10,6 +10,7 @@ stable key when it commits.
 
 from __future__ import annotations
 
+import glob
 import json
 import time
 from collections.abc import Callable
@@ -91,7 +92,8 @@ def preflight(output: str | Path, *, overwrite: bool, resume: bool) -> None:
             "pass --resume to continue it, or --overwrite to start again."
         )
     if resume or overwrite:
-        for stale in Path(output).parent.glob(f".{Path(output).name}.*.partial.gpkg"):
+        own = f".{glob.escape(Path(output).name)}.*.partial.gpkg"  # "[" or "*" in a name: its own files only
+        for stale in Path(output).parent.glob(own):
             stale.unlink()
 
 

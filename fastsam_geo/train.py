@@ -7,10 +7,12 @@ threshold; the result loads back with ``FastSAMSegmenter``.
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -152,7 +154,8 @@ def validate_per_source(
     model = YOLO(str(weights), task="segment")
     scores = []
     for r_i, (raster, name) in enumerate(zip(rasters, source_names(rasters), strict=True)):
-        images = sorted((root / "images" / "val").glob(f"{Path(raster).stem}_{r_i:03d}_*.png"))
+        pattern = f"{glob.escape(Path(raster).stem)}_{r_i:03d}_*.png"  # "a[1].tif": "[" is a pattern character
+        images = sorted((root / "images" / "val").glob(pattern))
         if not images:
             continue
         listing = work / f"val_{r_i:03d}.txt"
@@ -291,6 +294,24 @@ def ultralytics_args(
     return kwargs
 
 
+@contextlib.contextmanager
+def removed_on_failure(work: Path) -> Iterator[None]:
+    """Run the block; if it fails, remove what it made of ``work``: the whole folder when the
+    block created it, else its ``dataset/`` when the block created that. Never a folder that
+    holds ultralytics' checkpoints (``runs/``): hours of training are not thrown away because a
+    step after them failed."""
+    made_work, made_ds = not work.exists(), not (work / "dataset").exists()
+    try:
+        yield
+    except BaseException:
+        if not (work / "runs").exists():
+            if made_work:
+                shutil.rmtree(work, ignore_errors=True)
+            elif made_ds:
+                shutil.rmtree(work / "dataset", ignore_errors=True)
+        raise
+
+
 def train(
     rasters: Sequence[str | os.PathLike[str]],
     labels: str | os.PathLike[str] | gpd.GeoDataFrame | Sequence[str | os.PathLike[str]],
@@ -353,8 +374,8 @@ def train(
     set_torch_threads(threads)
     model = load_base(base)
     check_freeze(freeze, len(model.model.model), base)  # before the dataset: a bad --freeze costs seconds
-    with output_lock(out):  # one writer: a second train to the same -o is told at once
-        work = Path(work_dir) if work_dir else out.with_suffix("").parent / "train_work"
+    work = Path(work_dir) if work_dir else out.with_suffix("").parent / "train_work"
+    with output_lock(out), removed_on_failure(work):  # one writer: a second train to the same -o is told at once
         ds = build_dataset(
             rasters,
             labels,

@@ -883,6 +883,64 @@ def test_train_output_guard(work: Path, labels: dict[str, Path], target: str, ex
     assert not (work / "train_work").exists()
 
 
+TINY_TRAIN = ["--epochs", "1", "--imgsz", "64", "--batch", "2", "--workers", "0", "--tta", "1"]
+
+
+def test_train_learns_only_the_rasters_it_is_given(work: Path, labels: dict[str, Path]) -> None:
+    """Two runs beside each other share train_work/: the second trained on the first's crops as well
+    (120 images scanned, "25 crops" reported). A raster named with "[" lost its validation row and
+    its stored threshold (a glob pattern built from its name). Bow-tie footprints were a GEOS traceback."""
+    base = ["--base", WEIGHTS]
+    first = run_cli("train", work / "r.tif", "--labels", labels["good"], "-o", work / "a.pt", *TINY_TRAIN, *base)
+    assert first.returncode == 0, first.stderr
+    other = write_scene(work / "o[1].tif", 256, seed=5)
+    r = run_cli(
+        "train", other.raster, "--labels", work / "o[1]_buildings.gpkg", "-o", work / "b.pt", *TINY_TRAIN, *base
+    )
+    assert r.returncode == 0, r.stderr
+    crops = list((work / "train_work" / "dataset" / "images").rglob("*.png"))
+    assert crops and all(p.name.startswith("o[1]_000_") for p in crops), sorted(p.name for p in crops)[:5]
+    assert f"({len(crops)} crops" in r.stderr, r.stderr
+    assert "\no[1] " in r.stdout, r.stdout  # the raster's row of the validation table
+    from fastsam_geo.modelmeta import read_model_meta
+
+    assert read_model_meta(work / "b.pt").get("conf") is not None
+    bow = run_cli("train", work / "r.tif", "--labels", labels["bow"], "-o", work / "c.pt", *TINY_TRAIN, *base)
+    assert bow.returncode == 0 and "Traceback" not in bow.stderr, bow.stderr
+    assert "repaired with make_valid" in bow.stderr, bow.stderr
+
+
+def test_a_failed_train_leaves_no_work_folder(work: Path, labels: dict[str, Path]) -> None:
+    """A raster of nodata only, or footprints too small to learn: refused after the dataset was built,
+    which stayed behind (an empty tree, or 251 files)."""
+    with rasterio.open(work / "r.tif") as src:
+        profile = {**src.profile, "nodata": 0}
+        blank = np.zeros((src.count, src.height, src.width), np.uint8)
+    with rasterio.open(work / "blank.tif", "w", **profile) as dst:
+        dst.write(blank)
+    tiny = labels["good"].with_name("tiny.gpkg")
+    t = pyogrio.read_dataframe(labels["good"])
+    t.geometry = t.geometry.centroid.buffer(0.5)
+    t.to_file(tiny)
+    args = [*TINY_TRAIN, "--base", WEIGHTS]
+    line = assert_refused(["train", work / "blank.tif", "--labels", labels["good"], "-o", work / "m.pt", *args], work)
+    assert "blank.tif" in line and "nodata" in line, line
+    assert_refused(["train", work / "r.tif", "--labels", tiny, "-o", work / "m.pt", *args], work, "no building")
+    assert not (work / "train_work").exists()
+
+
+def test_overwrite_drops_its_own_staging_files_only(tmp_path: Path) -> None:
+    """--overwrite of b[1].gpkg drops the staging files an interrupted run of it left, and not those of
+    b1.gpkg, which may be running: the pattern was built from the name, "[1]" matching "1"."""
+    from fastsam_geo.sink import preflight
+
+    own, other = tmp_path / ".b[1].gpkg.0a1b2c3d.partial.gpkg", tmp_path / ".b1.gpkg.9e8f7a6b.partial.gpkg"
+    own.write_bytes(b"x")
+    other.write_bytes(b"x")
+    preflight(tmp_path / "b[1].gpkg", overwrite=True, resume=False)
+    assert not own.exists() and other.exists()
+
+
 def test_train_refuses_a_view_count_extract_does_not_take(work: Path, labels: dict[str, Path]) -> None:
     """--tta is the calibration's view count: a bad one is told before the dataset is built, not after hours."""
     out = work / "m.pt"
