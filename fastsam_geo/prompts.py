@@ -111,7 +111,7 @@ class PointPrompt:
     def __post_init__(self) -> None:
         _check_coords("Point", (self.x, self.y), "x, y")
         if self.label not in (0, 1):
-            raise PromptError(f"Point label must be 0 (background) or 1 (foreground), got {self.label!r}.")
+            raise PromptError(f"Point label must be 0 (background) or 1 (foreground), got {_shown(self.label)}.")
 
 
 @dataclass(frozen=True)
@@ -228,7 +228,10 @@ class Prompts:
             tx, ty = tr.transform(xs, ys)
             tx, ty = np.atleast_1d(tx), np.atleast_1d(ty)
             if not (np.isfinite(tx).all() and np.isfinite(ty).all()):
-                raise PromptError(f"Some point prompts cannot be transformed from {src.name} to {dst.name}.")
+                raise PromptError(
+                    f"Some point prompts cannot be transformed from {src.name} to {dst.name}: their coordinates "
+                    f"are not in {src.name}; give the CRS they are in (--prompt-crs, or the prompts file's)."
+                )
             points = [
                 PointPrompt(float(x), float(y), p.label) for x, y, p in zip(tx, ty, self.points, strict=True)
             ]
@@ -236,7 +239,10 @@ class Prompts:
         for b in self.boxes:
             bounds = tr.transform_bounds(b.xmin, b.ymin, b.xmax, b.ymax, densify_pts=21)
             if not np.isfinite(bounds).all():
-                raise PromptError(f"Box prompt {b} cannot be transformed from {src.name} to {dst.name}.")
+                raise PromptError(
+                    f"Box prompt {b} cannot be transformed from {src.name} to {dst.name}: check the CRS of the "
+                    "prompts (--prompt-crs, or the prompts file's)."
+                )
             boxes.append(BoxPrompt(*bounds))
         return replace(self, points=tuple(points), boxes=tuple(boxes), crs=dst_crs)
 
@@ -283,6 +289,7 @@ def read_prompt_file(
     feats = feats.take(np.flatnonzero(keep))
     if len(feats) == 0:
         raise PromptError(f"Prompt file {p} has no features with a geometry.")
+    _check_degrees(p, feats.geometry, feats.crs)
     parts, row = shapely.get_parts(feats.geometry, return_index=True)
     types = set(shapely.get_type_id(parts).tolist())
     names = {0: "Point", 1: "LineString", 2: "LinearRing", 3: "Polygon", 7: "GeometryCollection"}
@@ -310,6 +317,39 @@ def read_prompt_file(
     return Prompts(points=points, boxes=boxes, crs=feats.crs)
 
 
+def _check_degrees(path: Path, geoms: np.ndarray, crs: Any) -> None:
+    """Refuse a file in a geographic CRS whose coordinates are no longitudes and latitudes: its
+    CRS is wrong (a GeoJSON without a ``crs`` member is read as WGS 84 whatever its numbers).
+
+    >>> import shapely
+    >>> from pyproj import CRS
+    >>> _check_degrees(Path("c.geojson"), np.array([shapely.Point(15, 45)]), CRS("EPSG:4326"))
+    >>> _check_degrees(Path("c.geojson"), np.array([shapely.Point(500120, 4649880)]), CRS("EPSG:4326"))
+    Traceback (most recent call last):
+    ...
+    fastsam_geo.errors.PromptError: Prompt file c.geojson: coordinates such as (500120, 4649880) are not \
+longitudes and latitudes, but the file's CRS is WGS 84 (a GeoJSON without a "crs" member is read as WGS 84); \
+set the CRS they are in, e.g. `ogr2ogr -a_srs EPSG:32633 fixed.gpkg c.geojson` for UTM zone 33N, and give \
+that file.
+    """
+    import shapely
+
+    if not getattr(crs, "is_geographic", False):
+        return
+    xy = shapely.get_coordinates(geoms)
+    off = (xy[:, 0] < -180) | (xy[:, 0] > 360) | (np.abs(xy[:, 1]) > 90)  # 0-360 longitudes are fine
+    if not off.any():
+        return
+    x, y = xy[np.flatnonzero(off)[0]]
+    is_json = path.suffix.lower() in (".geojson", ".json", ".geojsonl", ".geojsons")
+    geojson = ' (a GeoJSON without a "crs" member is read as WGS 84)' if is_json else ""
+    raise PromptError(
+        f"Prompt file {path}: coordinates such as ({x:.10g}, {y:.10g}) are not longitudes and latitudes, "
+        f"but the file's CRS is {crs.name}{geojson}; set the CRS they are in, "
+        f"e.g. `ogr2ogr -a_srs EPSG:32633 fixed.gpkg {path}` for UTM zone 33N, and give that file."
+    )
+
+
 def _parse_label(value: Any, path: Path, field_name: str, i: int) -> int:
     try:
         label = float(value)
@@ -317,10 +357,25 @@ def _parse_label(value: Any, path: Path, field_name: str, i: int) -> int:
         label = float("nan")
     if label not in (0.0, 1.0):
         raise PromptError(
-            f"Prompt file {path}, feature {i}: field '{field_name}' is {value!r}; it must be 1 (foreground) "
+            f"Prompt file {path}, feature {i}: field '{field_name}' is {_shown(value)}; it must be 1 (foreground) "
             "or 0 (background)."
         )
     return int(label)
+
+
+def _shown(value: Any) -> str:
+    """A value as a user wrote it: numpy scalars as plain numbers, a missing value as empty.
+
+    >>> _shown(np.int64(7)), _shown(np.float64("nan")), _shown(None), _shown(2.5), _shown("yes")
+    ('7', 'empty (null)', 'empty (null)', '2.5', "'yes'")
+    """
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, str):
+        return repr(value)
+    if value is None or (isinstance(value, float) and math.isnan(value)) or str(value) in ("<NA>", "NaT"):
+        return "empty (null)"
+    return str(value)
 
 
 # ====================================================================== map -> tile pixels

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import geopandas as gpd
 import numpy as np
 import pytest
@@ -437,3 +442,55 @@ def test_nms_compares_pixels_only_for_overlapping_boxes(monkeypatch):
     keep = nms_keep(InstanceMasks.concatenate([im, big]))
     assert len(calls) == 9
     assert keep[:-1].all() and not keep[-1]  # it holds 9 disjoint masks and ground between them: a group
+
+
+# ====================================================================== messages a user reads
+def test_prompt_file_label_errors_show_plain_values(tmp_path: Path) -> None:
+    """A bad label reads as the user wrote it (7, an empty cell), not as a numpy repr."""
+    seven, null = tmp_path / "seven.gpkg", tmp_path / "null.gpkg"
+    pt = shapely.Point(500010, 4999990)
+    gpd.GeoDataFrame({"label": [7]}, geometry=[pt], crs="EPSG:32633").to_file(seven)
+    gpd.GeoDataFrame({"label": [1.0, None]}, geometry=[pt, pt], crs="EPSG:32633").to_file(null)
+    with pytest.raises(PromptError) as bad:
+        read_prompt_file(seven)
+    assert "field 'label' is 7;" in str(bad.value) and "np." not in str(bad.value), bad.value
+    with pytest.raises(PromptError) as bad:
+        read_prompt_file(null)
+    assert "feature 1: field 'label' is empty (null);" in str(bad.value) and "nan" not in str(bad.value), bad.value
+    with pytest.raises(PromptError, match=r"got 7\.$"):
+        PointPrompt(1.0, 2.0, np.int64(7))  # type: ignore[arg-type]
+
+
+def test_geojson_without_crs_in_projected_coordinates_names_the_file_and_the_fix(tmp_path: Path) -> None:
+    """A GeoJSON without a "crs" member is WGS 84 by definition: UTM numbers in it are a wrong CRS,
+    told with the file's name and how to set the right one, not as a failed transformation."""
+    path = tmp_path / "clicks.geojson"
+    feature = '{"type": "Feature", "properties": {}, "geometry": {"type": "Point", "coordinates": [500120, 4649880]}}'
+    path.write_text(f'{{"type": "FeatureCollection", "features": [{feature}]}}')
+    with pytest.raises(PromptError) as bad:
+        read_prompt_file(path)
+    text = str(bad.value)
+    for must in (str(path), "(500120, 4649880)", "WGS 84", 'without a "crs" member', "ogr2ogr -a_srs"):
+        assert must in text, (must, text)
+    assert "\n" not in text
+
+
+def test_prompt_with_a_missing_cache_dir_says_so_and_creates_nothing(tmp_path: Path) -> None:
+    """`prompt` only reads the mask cache: a --cache-dir that does not exist is one line (no
+    such folder; run extract first), exit 1, and the folder is not created."""
+    from fastsam_geo.synthetic import write_scene
+
+    write_scene(tmp_path / "s.tif", 64, seed=3)  # 500000-500032 E, 4649968-4650000 N
+    before = sorted(tmp_path.rglob("*"))
+    x, y = 500016.0, 4649984.0  # inside the raster
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo), "YOLO_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    args = ["prompt", "s.tif", "q.gpkg", "--point", f"{x},{y}", "--cache-dir", "newcache/sub", "--tta", "1"]
+    r = subprocess.run(
+        [sys.executable, "-m", "fastsam_geo", *args], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300
+    )
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 1 and "Traceback" not in r.stderr and len(lines) == 1, r.stderr
+    for must in ("Error: --cache-dir newcache/sub: no such folder", "fastsam-geo extract s.tif", "--cache-dir"):
+        assert must in lines[0], (must, lines[0])
+    assert sorted(tmp_path.rglob("*")) == before

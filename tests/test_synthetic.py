@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import geopandas as gpd
@@ -138,3 +141,39 @@ def test_noise_and_roads_are_continuous_across_blocks() -> None:
         for c0 in (0, 192):
             parts[:, r0 : r0 + 128, c0 : c0 + 192] = render_block(empty, Window(c0, r0, 192, 128))
     np.testing.assert_array_equal(parts, whole)
+
+
+REPO = Path(__file__).resolve().parents[1]
+FSG = [sys.executable, "-m", "fastsam_geo"]
+ENV = {
+    **os.environ,
+    "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+    "YOLO_OFFLINE": "1",
+    "HF_HUB_OFFLINE": "1",
+}
+
+
+@pytest.mark.parametrize(
+    ("args", "must"),
+    [
+        (["--crs", "EPSG:2263"], ("--crs EPSG:2263", "US survey foot", "metre", "local UTM zone", "EPSG:32618")),
+        (["--crs", "+proj=utm +zone=33 +datum=WGS84 +units=km"], ("kilometre", "metre", "UTM")),
+        (["--seed", "-1"], ("--seed -1", "0 or more")),
+        (["--pixel-size", "1e7"], ("--pixel-size 10000000", "above 0 and below 1000000 m")),
+        (["--pixel-size", "0"], ("--pixel-size 0", "above 0 and below 1000000 m")),
+    ],
+    ids=["feet", "kilometres", "negative-seed", "pixel-too-large", "pixel-zero"],
+)
+def test_sample_refuses_bad_values_in_one_line(tmp_path: Path, args: list[str], must: tuple[str, ...]) -> None:
+    """A CRS not in metres (--pixel-size is in metres), a negative seed and a ground resolution
+    out of range: exit 1, one ``Error:`` line naming the option, the allowed values and the fix,
+    no traceback, no file."""
+    r = subprocess.run(
+        [*FSG, "sample", "s.tif", "--size", "65", *args], capture_output=True, text=True, env=ENV, cwd=tmp_path
+    )
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 1, r.stderr
+    assert "Traceback" not in r.stderr and len(lines) == 1 and lines[0].startswith("Error: "), r.stderr
+    for m in must:
+        assert m in lines[0], (m, lines[0])
+    assert list(tmp_path.iterdir()) == []

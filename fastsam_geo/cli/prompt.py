@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import click
 
 from .common import _expand_inputs
-from .options import _OUTPUT_OPTION, _model_options, _split_output
+from .options import _OUTPUT_OPTION, _default_cache_dir, _model_options, _split_output
 from .runner import _run_extract
 
 
@@ -32,6 +33,34 @@ def prompt(ctx: click.Context, paths: tuple[str, ...], output_opt: str | None, *
     rasters, output = _split_output(paths, output_opt, "RASTER")
     if len(rasters) != 1:
         raise click.UsageError(f"prompt takes one RASTER, got {len(rasters)}: {' '.join(rasters)}.")
+    _check_cache_exists(kw["cache_dir"], rasters[0])
     _run_extract(
         ctx, _expand_inputs(rasters), output, kw, layout="layers", resume=False, cache_only=True, use_cache=True
+    )
+
+
+def _check_cache_exists(cache_dir: Path | None, raster: str) -> None:
+    """``prompt`` only reads the mask cache: a folder that does not exist is an error, and it is
+    not created (it would stay behind, empty).
+
+    >>> _check_cache_exists(Path("no/such/cache"), "a.tif")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    fastsam_geo.errors.OptionError: --cache-dir no/such/cache: no such folder, so the tiles of a.tif are not in \
+the mask cache; run `fastsam-geo extract a.tif OUTPUT --cache-dir no/such/cache` first, or give the folder it wrote to.
+    """
+    from fastsam_geo.errors import OptionError
+
+    folder = cache_dir or _default_cache_dir()
+    if folder.is_dir():
+        return
+    missing = f"so the tiles of {raster} are not in the mask cache"
+    if cache_dir is None:
+        raise OptionError(
+            f"the default --cache-dir {folder} does not exist, {missing}; run `fastsam-geo extract {raster} "
+            "OUTPUT` first, or give the cache it wrote to with --cache-dir."
+        )
+    raise OptionError(
+        f"--cache-dir {folder}: no such folder, {missing}; run `fastsam-geo extract {raster} OUTPUT "
+        f"--cache-dir {folder}` first, or give the folder it wrote to."
     )
