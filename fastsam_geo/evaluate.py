@@ -13,7 +13,8 @@
 
 Pure numpy / shapely / pyproj: no model is needed to score a result. Footprints are a vector
 file path, a :class:`~fastsam_geo.vectorio.Features`, or (where geopandas is installed) a
-GeoDataFrame / GeoSeries.
+GeoDataFrame / GeoSeries, checked first (:mod:`fastsam_geo.evalchecks`: coordinates that fit
+the CRS, predictions, truth and raster in one place).
 
     >>> from shapely.geometry import box
     >>> truth = Features.of([box(0, 0, 10, 10), box(20, 0, 30, 10)], "EPSG:32633")
@@ -25,7 +26,6 @@ GeoDataFrame / GeoSeries.
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -39,12 +39,18 @@ from shapely.geometry import LineString
 from shapely.geometry.base import BaseGeometry
 
 from fastsam_geo.errors import EvaluationError
+from fastsam_geo.evalchecks import (
+    check_finite,
+    check_lonlat,
+    check_on_raster,
+    check_same_place,
+    polygons_only,
+    source_name,
+)
 from fastsam_geo.tiling import TileGrid
 from fastsam_geo.validarea import coarse_grid, inside, raster_footprint
 from fastsam_geo.validate import check_fraction
 from fastsam_geo.vectorio import VECTOR_EXTRA, Features, read_features
-
-log = logging.getLogger("fastsam_geo")
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -344,7 +350,8 @@ def load_footprints(
     """Footprints as :class:`Features`: a file's ``layer``, else its only layer, else its
     ``buildings`` layer (a file of several other layers is refused with their names); null and
     empty geometries left out, invalid polygons repaired (:func:`polygons_only`). A missing file,
-    an unreadable one, a layer without CRS, or a truth file without one polygon: one line.
+    an unreadable one, a layer without CRS, NaN or infinite coordinates, coordinates that do not
+    fit a CRS in degrees, or a truth file without one polygon: one line.
     ``allow_empty``: an empty truth file is a place without buildings (``calibrate`` and
     ``train`` take such rasters as negatives), not a mistake. ``option`` names the flag that
     picks the layer in messages (default ``--truth-layer`` / ``--pred-layer``)."""
@@ -367,6 +374,8 @@ def load_footprints(
         )
     geoms = frame.geometry
     frame = frame.take(np.flatnonzero(~(shapely.is_missing(geoms) | shapely.is_empty(geoms))))
+    check_finite(frame, name, role)
+    check_lonlat(frame, name, role)
     if role == "truth" and isinstance(data, (str, os.PathLike)) and len(frame) == 0 and not allow_empty:
         raise EvaluationError(
             f"{name}: the truth layer {frame.layer!r} has no footprints; give the file of the truth buildings "
@@ -386,7 +395,8 @@ def _read_layer(path: Path, role: str, layer: str | None, option: str | None = N
     except VectorFormatError as exc:
         raise EvaluationError(str(exc)) from None
     try:
-        return read_features(path, layer=chosen)
+        with np.errstate(invalid="ignore"):  # NaN coordinates: refused in one line by check_finite
+            return read_features(path, layer=chosen)
     except Exception as exc:
         reason = str(exc).split("\n")[0]
         if VECTOR_EXTRA in reason:  # a Shapefile, FlatGeobuf, ... in the light install
@@ -395,56 +405,6 @@ def _read_layer(path: Path, role: str, layer: str | None, option: str | None = N
             f"{path}: cannot be read as a {role} vector layer ({reason}); give a GeoPackage, "
             "GeoJSON, FlatGeobuf or Shapefile."
         ) from None
-
-
-def polygons_only(frame: Features, name: str, role: str) -> Features:
-    """The polygons of ``frame``, invalid ones repaired with ``shapely.make_valid`` (a warning on
-    stderr says how many): a self-intersecting truth polygon scored as it is gives a wrong IoU.
-    A layer of points or lines (no polygon at all) is refused; a few stray non-polygons are left
-    out with a warning.
-
-    >>> from shapely.geometry import Polygon
-    >>> bow = Polygon([(0, 0), (10, 10), (10, 0), (0, 10)])
-    >>> f = polygons_only(Features.of([bow], "EPSG:32633"), "t.gpkg", "truth")
-    >>> bool(shapely.is_valid(f.geometry).all()), round(float(shapely.area(f.geometry).sum()), 1)
-    (True, 50.0)
-    """
-    geoms = frame.geometry
-    if len(geoms) == 0:
-        return frame
-    bad = ~shapely.is_valid(geoms)
-    if bad.any():
-        geoms = geoms.copy()
-        fixed = shapely.make_valid(geoms[bad])
-        # make_valid may return a collection with lines or points: keep the polygonal parts
-        geoms[bad] = [_polygonal(g) for g in fixed]
-        log.warning(
-            "Warning: %s: %d invalid %s polygon(s) (e.g. self-intersecting) repaired with make_valid; "
-            "fix them in the file to silence this.",
-            name,
-            int(bad.sum()),
-            role,
-        )
-        frame = Features(geoms, frame.columns, frame.crs, frame.layer, frame.geometry_type)
-    poly = np.isin(shapely.get_type_id(geoms), (3, 6)) & ~shapely.is_empty(geoms)
-    if not poly.any():
-        kinds = sorted({g.geom_type for g in geoms})
-        raise EvaluationError(
-            f"{name}: the {role} layer has no polygons ({len(geoms)} features: {', '.join(kinds)}); "
-            "give building footprint polygons."
-        )
-    if not poly.all():
-        log.warning("Warning: %s: %d %s features that are not polygons left out.", name, int((~poly).sum()), role)
-        frame = frame.take(np.flatnonzero(poly))
-    return frame
-
-
-def _polygonal(geom: BaseGeometry) -> BaseGeometry:
-    """The polygon parts of a geometry (a Polygon, a MultiPolygon or an empty polygon)."""
-    parts = [p for p in shapely.get_parts(geom) if p.geom_type in ("Polygon", "MultiPolygon")]
-    if not parts:
-        return shapely.Polygon()
-    return parts[0] if len(parts) == 1 else shapely.MultiPolygon([q for p in parts for q in shapely.get_parts(p)])
 
 
 def _to_crs(frame: Features, crs: CRS) -> Features:
@@ -462,6 +422,8 @@ def evaluate(
     *,
     iou_threshold: float = 0.5,
     seams: Sequence[BaseGeometry] | None = None,
+    pred_layer: str | None = None,
+    truth_layer: str | None = None,
 ) -> Scores:
     """Score predicted footprints against truth footprints.
 
@@ -471,10 +433,11 @@ def evaluate(
         truth: ground-truth footprints, same forms.
         iou_threshold: a prediction and a truth building match when their IoU reaches this.
         seams: tile seams (e.g. :func:`seam_lines`) in the truth CRS; enables the seam score.
+        pred_layer, truth_layer: the layer of a file of several (:func:`load_footprints`).
 
     Null and empty geometries are ignored. Raises :class:`EvaluationError` (a
-    :class:`~fastsam_geo.errors.FastSAMGeoError`) when a file is missing or unreadable or a
-    layer has no CRS.
+    :class:`~fastsam_geo.errors.FastSAMGeoError`) when a file is missing or unreadable, a
+    layer has no CRS, or predictions and truth (both non-empty) do not overlap at all.
 
     >>> from shapely.geometry import box
     >>> truth = Features.of([box(0, 0, 10, 10)], "EPSG:32633")
@@ -485,10 +448,17 @@ def evaluate(
     1.0
     """
     check_fraction(iou_threshold, "--iou", 0.5)  # above 1 (or NaN) nothing matches: F1 0, not an error
-    truth_df = load_footprints(truth, "truth")
-    pred_df = _to_crs(load_footprints(pred, "prediction"), truth_df.crs)
+    truth_df = load_footprints(truth, "truth", truth_layer)
+    pred_df = _to_crs(load_footprints(pred, "prediction", pred_layer), truth_df.crs)
+    names = source_name(pred, "prediction"), source_name(truth, "truth")
+    check_same_place(pred_df.geometry, truth_df.geometry, *names)
     p = _as_geometry_array(pred_df.geometry)
     t = _as_geometry_array(truth_df.geometry)
+    return _scores(p, t, iou_threshold, seams)
+
+
+def _scores(p: np.ndarray, t: np.ndarray, iou_threshold: float, seams: Sequence[BaseGeometry] | None) -> Scores:
+    """The scores of predictions ``p`` against truth ``t`` (geometry arrays in one CRS)."""
     pi, ti, inter, iou = _pairs(p, t)
     matches = _greedy(pi, ti, iou, iou_threshold)
     tp = len(matches)
@@ -540,6 +510,9 @@ def evaluate_on_raster(
     *,
     iou_threshold: float = 0.5,
     seams: Sequence[BaseGeometry] | None = None,
+    pred_layer: str | None = None,
+    truth_layer: str | None = None,
+    same_place: bool = True,
 ) -> Scores:
     """:func:`evaluate` counting only buildings inside ``raster``'s valid footprint, plus pixel F1.
 
@@ -547,20 +520,26 @@ def evaluate_on_raster(
     raster are left out (``truth_outside`` says how many truth buildings were): a chip scored
     against its whole city's footprints, or a mosaic with masked holes, then counts what the
     image shows. Both layers are brought to the raster's CRS; ``seams`` are in that CRS.
+    Truth whose extent misses the raster's, or predictions none of which touch it, are refused
+    (:func:`~fastsam_geo.evalchecks.check_on_raster`); truth over the raster with no building on
+    its valid pixels is an empty tile. ``same_place=False`` skips that check: ``calibrate`` and
+    ``train`` score rasters beyond a footprint file's extent as rasters without buildings.
     """
+    check_fraction(iou_threshold, "--iou", 0.5)
     area, crs = raster_footprint(raster)
     crs = CRS.from_user_input(crs.to_wkt() if hasattr(crs, "to_wkt") else crs)
-    truth_df = _to_crs(load_footprints(truth, "truth"), crs)
-    pred_df = _to_crs(load_footprints(pred, "prediction"), crs)
+    truth_df = _to_crs(load_footprints(truth, "truth", truth_layer), crs)
+    pred_df = _to_crs(load_footprints(pred, "prediction", pred_layer), crs)
+    names = source_name(pred, "prediction"), source_name(truth, "truth")
+    if same_place:
+        check_on_raster(pred_df.geometry, truth_df.geometry, raster, *names)
     t = _as_geometry_array(truth_df.geometry)
     p = _as_geometry_array(pred_df.geometry)
     near_t = shapely.STRtree(t).query(area, predicate="intersects") if len(t) else np.zeros(0, np.int64)
     keep_t = np.zeros(len(t), bool)
     keep_t[near_t] = inside(t[near_t], area)
     keep_p = inside(p, area)
-    out = evaluate(
-        Features.of(p[keep_p], crs), Features.of(t[keep_t], crs), iou_threshold=iou_threshold, seams=seams
-    )
+    out = _scores(p[keep_p], t[keep_t], iou_threshold, seams)
     out.truth_outside = int(len(t) - keep_t.sum())
     out.pixel_precision, out.pixel_recall, out.pixel_f1 = pixel_scores(p[keep_p], t[keep_t], raster)
     return out

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import geopandas as gpd
@@ -485,3 +489,166 @@ def test_away_from_seams_pools_only_sources_with_seams() -> None:
     assert (no_seam.seam_total, no_seam.away_total, no_seam.seam_score) == (0, 3, None)
     both = pooled([s, no_seam])
     assert (both.away_total, both.away_single, both.away_score) == (2, 1, 0.5)
+
+
+# --------------------------------------------------------------------------- refusals and names (the probe)
+FSG = [sys.executable, "-m", "fastsam_geo"]
+ENV = {**os.environ, "YOLO_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "YOLO_VERBOSE": "False"}
+
+
+def run_evaluate(*args: object) -> subprocess.CompletedProcess[str]:
+    """``fastsam-geo evaluate ARGS`` in a subprocess (its stderr as a user sees it)."""
+    return subprocess.run([*FSG, "evaluate", *map(str, args)], capture_output=True, text=True, timeout=120, env=ENV)
+
+
+def one_line_error(r: subprocess.CompletedProcess[str], *parts: str) -> str:
+    """The one ``Error:`` line of a refused run (exit code 1, no traceback), holding every one of ``parts``."""
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr, r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.startswith("Error:")]
+    assert len(lines) == 1, r.stderr
+    for part in parts:
+        assert part in lines[0], lines[0]
+    return lines[0]
+
+
+def test_projected_coordinates_in_a_geographic_crs_are_refused(tmp_path: Path) -> None:
+    """A GeoJSON without a "crs" member is read as WGS 84: UTM metres in it are not degrees."""
+    from fastsam_geo.evaluate import load_footprints
+
+    features = [{"type": "Feature", "properties": {}, "geometry": shapely.geometry.mapping(g)} for g in TRUTH]
+    no_crs = tmp_path / "utm_no_crs.geojson"
+    no_crs.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    truth = tmp_path / "truth.gpkg"
+    frame(TRUTH).to_file(truth, layer="buildings")
+    for args in ((no_crs, truth), (truth, no_crs)):
+        line = one_line_error(run_evaluate(*args), str(no_crs), "WGS 84", "ogr2ogr -a_srs", "500000")
+        assert '"crs"' in line
+    with pytest.raises(FastSAMGeoError, match=r"utm_no_crs\.geojson.*geographic"):
+        load_footprints(no_crs, "truth", allow_empty=True)  # calibrate's and train's way in
+    # Degrees in WGS 84 are fine, up to the antimeridian and the poles.
+    edge = frame([box(-180, -90, -179, -89), box(179, 89, 180, 90)], crs="EPSG:4326")
+    assert len(load_footprints(edge, "truth")) == 2
+
+
+def test_prediction_and_truth_in_different_places_are_refused(tmp_path: Path) -> None:
+    """Truth 100 km away, or truth with latitude and longitude swapped, is not an F1 of 0."""
+    pred = tmp_path / "pred.gpkg"
+    frame(TRUTH).to_file(pred, layer="buildings")
+    far = tmp_path / "far.gpkg"
+    frame([shapely.affinity.translate(g, 100_000, 0) for g in TRUTH]).to_file(far, layer="buildings")
+    swapped = tmp_path / "swapped.gpkg"
+    lonlat = frame(TRUTH).to_crs("EPSG:4326")
+    lonlat.geometry = shapely.transform(lonlat.geometry.values, lambda xy: xy[:, ::-1])
+    lonlat.to_file(swapped, layer="buildings")
+    for truth in (far, swapped):
+        one_line_error(run_evaluate(pred, truth), str(pred), str(truth), "different places", "wrong CRS")
+    with pytest.raises(FastSAMGeoError, match="different places"):
+        evaluate(frame(TRUTH), frame([shapely.affinity.translate(g, 100_000, 0) for g in TRUTH]))
+    assert run_evaluate(pred, pred).returncode == 0
+
+
+def test_truth_or_prediction_off_the_raster_is_refused_but_an_empty_tile_is_not(tmp_path: Path) -> None:
+    """Truth of another place or a prediction of another raster is refused; truth over the raster with no
+    building on its valid pixels is an empty tile of a pooled run, scored as such."""
+    raster = _mosaic(tmp_path / "tile.tif")  # its left-bottom quarter masked
+    pred = tmp_path / "pred.gpkg"
+    frame([sq(60, 60)]).to_file(pred, layer="buildings")
+    far = tmp_path / "far_truth.gpkg"
+    frame([shapely.affinity.translate(g, 100_000, 0) for g in TRUTH]).to_file(far, layer="buildings")
+    one_line_error(run_evaluate(pred, far, "--raster", raster), str(far), str(raster))
+    other_raster = tmp_path / "other_raster_pred.gpkg"
+    frame([shapely.affinity.translate(sq(60, 60), 0, 50_000)]).to_file(other_raster, layer="buildings")
+    truth = tmp_path / "truth.gpkg"
+    frame([sq(60, 60), sq(80, 10)]).to_file(truth, layer="buildings")
+    one_line_error(run_evaluate("--pair", other_raster, truth, raster), str(other_raster), str(raster))
+    in_hole = tmp_path / "in_hole.gpkg"  # over the raster, only on masked pixels
+    frame([sq(10, 10), sq(25, 30)]).to_file(in_hole, layer="buildings")
+    empty_pred = tmp_path / "empty_pred.gpkg"
+    gpd.GeoDataFrame(geometry=gpd.GeoSeries([], crs=CRS)).to_file(empty_pred, layer="buildings")
+    r = run_evaluate("--json", "--pair", pred, truth, raster, "--pair", empty_pred, in_hole, raster)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    assert got["all"]["tp"] == 1 and got["all"]["fn"] == 1 and got["all"]["truth_outside"] == 2
+
+
+def test_pair_sources_with_the_same_stem_or_named_all_keep_their_own_names(tmp_path: Path) -> None:
+    """a/r.tif and b/r.tif are two sources, and a raster called all.tif is not the pooled entry."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a, b = _mosaic(tmp_path / "a" / "r.tif"), _mosaic(tmp_path / "b" / "r.tif", hole=False)
+    named_all = _mosaic(tmp_path / "all.tif")
+    truth = tmp_path / "truth.gpkg"
+    frame([sq(60, 60), sq(80, 10), sq(10, 10)]).to_file(truth, layer="buildings")
+    pred = tmp_path / "pred.gpkg"
+    frame([sq(60, 60)]).to_file(pred, layer="buildings")
+    r = run_evaluate("--json", "--pair", pred, truth, a, "--pair", pred, truth, b, "--pair", pred, truth, named_all)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    assert set(got) == {str(a), str(b), str(named_all), "all"}
+    assert (got[str(a)]["fn"], got[str(b)]["fn"], got[str(named_all)]["fn"]) == (1, 2, 1)
+    assert got["all"]["tp"] == 3 and got["all"]["fn"] == 4
+    r = run_evaluate("--pair", pred, truth, a, "--pair", pred, truth, b, "--pair", pred, truth, named_all)
+    assert r.returncode == 0, r.stderr
+    names = [line.split()[0] for line in r.stdout.splitlines()[1:]]
+    assert names == [str(a), str(b), str(named_all), "all"]  # the last is "all (pooled)"
+    r = run_evaluate("--json", "--pair", pred, truth, a, "--pair", pred, truth, tmp_path / "all.tif")
+    assert set(json.loads(r.stdout)) == {"r", str(tmp_path / "all.tif"), "all"}
+
+
+def test_seam_score_uses_the_tiling_the_prediction_records(tmp_path: Path) -> None:
+    """The seams are the prediction's own (its GeoPackage records --tile-size and --overlap); a --tile-size
+    that differs from the recorded one is used, with a warning."""
+    from fastsam_geo.output import write_run_tables
+
+    raster = _mosaic(tmp_path / "tile.tif", hole=False)
+    seam = seam_lines(TileGrid(200, 200, tile_size=128, overlap=16, transform=UTM))[0]
+    x = seam.coords[0][0] - X0
+    on_seam = [sq(x - 5, 60), sq(10, 60)]
+    truth = tmp_path / "truth.gpkg"
+    frame(on_seam).to_file(truth, layer="buildings")
+    pred = tmp_path / "pred.gpkg"
+    frame(on_seam).to_file(pred, layer="buildings")
+    write_run_tables(pred, {"fastsam_geo_metadata": {"tile_size": "128", "overlap": "16", "gsd_m": "0.5"}})
+    r = run_evaluate(pred, truth, "--raster", raster, "--json")
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    assert (got["seam_total"], got["seam_single"], got["away_total"]) == (1, 1, 1)
+    assert "Warning" not in r.stderr
+    r = run_evaluate(pred, truth, "--raster", raster, "--json", "--tile-size", "1024")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["seam_total"] == 0  # one tile of 1024: no seam
+    warnings = [line for line in r.stderr.splitlines() if "Warning" in line]
+    assert len(warnings) == 1 and "128" in warnings[0] and "1024" in warnings[0] and str(pred) in warnings[0]
+    r = run_evaluate(pred, truth, "--raster", raster, "--json", "--tile-size", "128")
+    assert r.returncode == 0 and "Warning" not in r.stderr and json.loads(r.stdout)["seam_total"] == 1
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nan_or_inf_coordinates_are_refused_in_one_line(tmp_path: Path, bad: float) -> None:
+    with np.errstate(invalid="ignore"):
+        broken = Polygon([(X0, Y0 - 10), (bad, Y0 - 5), (X0 + 5, Y0 - 5), (X0, Y0 - 10)])
+    for role in ("truth", "pred"):
+        path = tmp_path / f"{role}_nan.gpkg"
+        with np.errstate(invalid="ignore"):
+            frame([*TRUTH, broken, broken]).to_file(path, layer="buildings")
+        good = tmp_path / "good.gpkg"
+        frame(TRUTH).to_file(good, layer="buildings")
+        args = (good, path) if role == "truth" else (path, good)
+        one_line_error(run_evaluate(*args), str(path), "2 ", "NaN or infinite", "remove or repair")
+    with pytest.raises(FastSAMGeoError, match="1 truth feature"):
+        evaluate(frame(TRUTH), frame([*TRUTH, broken]))
+
+
+def test_polygons_inside_a_geometry_collection_are_scored(tmp_path: Path) -> None:
+    """A valid GeometryCollection of polygons is a footprint: its polygons count, its lines do not."""
+    from shapely.geometry import GeometryCollection
+
+    collection = GeometryCollection([TRUTH[3], LineString([(X0, Y0), (X0 + 5, Y0)])])
+    truth = tmp_path / "truth.gpkg"
+    frame([*TRUTH[:3], collection, TRUTH[4]]).to_file(truth, layer="buildings")
+    s = evaluate(frame(TRUTH), truth)
+    assert (s.tp, s.fp, s.fn, s.f1) == (5, 0, 0, 1.0)
+    two = GeometryCollection([TRUTH[0], TRUTH[1]])
+    s = evaluate(frame(TRUTH[:2]), frame([two]))
+    assert (s.tp, s.fp, s.fn) == (1, 1, 0)  # one footprint of two parts

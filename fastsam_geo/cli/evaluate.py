@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import click
 
-from .common import _checked_overlap
+log = logging.getLogger("fastsam_geo")
 
 
 @click.command(short_help="Score predicted footprints against the truth (F1, pixel F1, seam score).")
@@ -31,8 +32,18 @@ from .common import _checked_overlap
     metavar="PRED TRUTH RASTER",
     help="One source to score (repeatable): a per-source table and the pooled scores.",
 )
-@click.option("--tile-size", default=1024, show_default=True)
-@click.option("--overlap", default=None, type=int, help="Tile overlap in pixels (default: tile size / 8).")
+@click.option(
+    "--tile-size",
+    default=None,
+    type=int,
+    help="Tile size PRED was extracted with, for the seam score (default: the one PRED records, else 1024).",
+)
+@click.option(
+    "--overlap",
+    default=None,
+    type=int,
+    help="Tile overlap in pixels, for the seam score (default: the one PRED records, else tile size / 8).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the scores as JSON.")
 @click.option("--truth-layer", default=None, help="Layer of TRUTH to score against (a file of several layers).")
 @click.option("--pred-layer", default=None, help="Layer of PRED to score (default: its only layer, or 'buildings').")
@@ -42,7 +53,7 @@ def evaluate(
     iou_threshold: float,
     raster: Path | None,
     pairs: tuple[tuple[Path, Path, Path], ...],
-    tile_size: int,
+    tile_size: int | None,
     overlap: int | None,
     as_json: bool,
     truth_layer: str | None,
@@ -70,17 +81,17 @@ def evaluate(
         raise click.UsageError("give PRED and TRUTH, or one or more --pair PRED TRUTH RASTER.")
     if raster is not None and pred is None:
         raise click.UsageError("--raster goes with PRED and TRUTH; use --pair PRED TRUTH RASTER for several.")
-    sources: list[tuple[str, Any]] = []
+    found: list[tuple[Path, Any]] = []
+    args = (iou_threshold, tile_size, overlap, pred_layer, truth_layer)
     if pred is not None and truth is not None:
         if raster is None:
-            p_in, t_in = _layer_of(pred, "prediction", pred_layer), _layer_of(truth, "truth", truth_layer)
-            sources.append((pred.stem, run_eval(p_in, t_in, iou_threshold=iou_threshold)))
+            layers = {"pred_layer": pred_layer, "truth_layer": truth_layer}
+            found.append((pred, run_eval(pred, truth, iou_threshold=iou_threshold, **layers)))
         else:
-            args = (iou_threshold, tile_size, overlap, pred_layer, truth_layer)
-            sources.append((raster.stem, _score_on_raster(pred, truth, raster, *args)))
+            found.append((raster, _score_on_raster(pred, truth, raster, *args)))
     for p, t, r in pairs:
-        args = (iou_threshold, tile_size, overlap, pred_layer, truth_layer)
-        sources.append((r.stem, _score_on_raster(p, t, r, *args)))
+        found.append((r, _score_on_raster(p, t, r, *args)))
+    sources = list(zip(_source_names([path for path, _ in found]), [s for _, s in found], strict=True))
     if len(sources) == 1:
         scores = sources[0][1]
         if as_json:
@@ -107,13 +118,27 @@ def evaluate(
     _print_table([*sources, ("all (pooled)", total)])
 
 
-def _layer_of(path: Path, role: str, layer: str | None) -> Any:
-    """``path`` itself, or its layer ``layer`` read (and checked) as footprints."""
-    if layer is None:
-        return path
-    from fastsam_geo.evaluate import load_footprints
+def _source_names(paths: list[Path]) -> list[str]:
+    """A unique name per source: the file's stem when no other source has it, else the path as
+    given; never ``all`` (the pooled entry), a path given twice numbered.
 
-    return load_footprints(path, role, layer)
+    >>> _source_names([Path("a/r.tif"), Path("b/r.tif"), Path("c.tif"), Path("all.tif")])
+    ['a/r.tif', 'b/r.tif', 'c', 'all.tif']
+    >>> _source_names([Path("r.tif"), Path("r.tif")])
+    ['r.tif', 'r.tif #2']
+    """
+    stems = [p.stem for p in paths]
+    names: list[str] = []
+    taken = {"all", "all (pooled)"}
+    for path, stem in zip(paths, stems, strict=True):
+        name = stem if stems.count(stem) == 1 and stem not in taken else str(path)
+        base, k = name, 1
+        while name in taken:
+            k += 1
+            name = f"{base} #{k}"
+        taken.add(name)
+        names.append(name)
+    return names
 
 
 def _score_on_raster(
@@ -121,7 +146,7 @@ def _score_on_raster(
     truth: Path,
     raster: Path,
     iou: float,
-    tile_size: int,
+    tile_size: int | None,
     overlap: int | None,
     pred_layer: str | None = None,
     truth_layer: str | None = None,
@@ -131,22 +156,64 @@ def _score_on_raster(
     from fastsam_geo.raster import RasterSource
     from fastsam_geo.tiling import TileGrid
 
-    overlap = _checked_overlap(tile_size, overlap)
-    with RasterSource(raster, gsd=_prediction_gsd(pred)) as src:
+    meta = _prediction_meta(pred)
+    tile_size, overlap = _seam_tiling(pred, meta, tile_size, overlap)
+    gsd = float(meta["gsd_m"]) if _number(meta.get("gsd_m")) else None
+    with RasterSource(raster, gsd=gsd) as src:
         grid = TileGrid(src.info.width, src.info.height, tile_size, overlap, src.info.transform)
-    p_in, t_in = _layer_of(pred, "prediction", pred_layer), _layer_of(truth, "truth", truth_layer)
-    return evaluate_on_raster(p_in, t_in, raster, iou_threshold=iou, seams=seam_lines(grid))
+    layers = {"pred_layer": pred_layer, "truth_layer": truth_layer}
+    return evaluate_on_raster(pred, truth, raster, iou_threshold=iou, seams=seam_lines(grid), **layers)
 
 
-def _prediction_gsd(pred: Path) -> float | None:
-    """The working gsd a fastsam-geo GeoPackage was extracted at (its metadata), else None."""
+def _prediction_meta(pred: Path) -> dict[str, str]:
+    """The run metadata of a fastsam-geo GeoPackage (working gsd, tile size, overlap), else empty."""
     try:
         from fastsam_geo.output import read_run_tables
 
-        meta = read_run_tables(pred)[0]
-        return float(meta["gsd_m"]) if meta.get("gsd_m") else None
+        return read_run_tables(pred)[0]
     except Exception:  # another tool's file, or an older fastsam-geo output: the raster's own grid
+        return {}
+
+
+def _number(value: str | None) -> float | None:
+    """``value`` as a positive number, else None (missing, empty, not a number).
+
+    >>> _number("256"), _number(""), _number(None), _number("x")
+    (256.0, None, None, None)
+    """
+    try:
+        number = float(value) if value else None
+    except ValueError:
         return None
+    return number if number is not None and number > 0 else None
+
+
+def _seam_tiling(pred: Path, meta: dict[str, str], tile_size: int | None, overlap: int | None) -> tuple[int, int]:
+    """``(tile size, overlap)`` of the seams: as given, else as PRED records them (``meta``), else
+    1024 and an eighth of it; a warning on stderr when the given ones differ from the recorded."""
+    from fastsam_geo.validate import check_tiling
+
+    from .common import _default_overlap
+
+    recorded = _number(meta.get("tile_size"))
+    rec_tile = int(recorded) if recorded else None
+    rec_overlap = _number(meta.get("overlap"))
+    given = (tile_size, overlap)
+    tile = tile_size if tile_size is not None else rec_tile or 1024
+    if overlap is None:
+        overlap = int(rec_overlap or 0) if rec_tile == tile else _default_overlap(tile)
+    check_tiling(tile, overlap)
+    if rec_tile and given != (None, None) and (tile, overlap) != (rec_tile, int(rec_overlap or 0)):
+        log.warning(
+            "Warning: %s was extracted with --tile-size %d --overlap %d; the seam score uses --tile-size %d "
+            "--overlap %d as given, not the seams the prediction was cut at.",
+            pred,
+            rec_tile,
+            int(rec_overlap or 0),
+            tile,
+            overlap,
+        )
+    return tile, int(overlap)
 
 
 def _print_table(rows: list[tuple[str, Any]]) -> None:
