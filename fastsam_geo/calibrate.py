@@ -249,7 +249,7 @@ def calibrate_conf(
                 replay.conf = c
                 out = Path(tmp) / f"{name}_{c:.3f}.gpkg"
                 extract_buildings(raster, out, segmenter=replay, conf=c, gsd=gsd, overwrite=True, **extract_kw)
-                scores.append(evaluate_on_raster(out, truth, raster))
+                scores.append(evaluate_on_raster(out, truth, raster, same_place=False))
                 out.unlink()
             per_source[name] = scores
     pooled_scores = [pooled([s[k] for s in per_source.values()]) for k in range(len(grid))]
@@ -259,39 +259,66 @@ def calibrate_conf(
     return cal
 
 
+def model_pair(weights: str | os.PathLike[str]) -> list[Path]:
+    """``weights`` and, when it lies beside it, its ONNX twin (the ``.onnx`` exported from this
+    ``.pt``, see :func:`~fastsam_geo.segmenters.onnx_twin`), the ``.pt`` first; else ``[weights]``.
+    A threshold stored in one of the two only would part them: the ``.pt``'s checksum changes and
+    ``extract`` stops taking the ``.onnx`` for its export (torch runs, about 2.75x slower)."""
+    from fastsam_geo.segmenters import onnx_twin
+    from fastsam_geo.weights import sha256_file
+
+    p = Path(weights)
+    pt = p.with_suffix(".pt") if p.suffix.lower() == ".onnx" else p
+    if not pt.is_file() or (pt != p and not p.is_file()):
+        return [p]
+    twin = onnx_twin(pt, sha256_file(pt))
+    if twin is None or (pt != p and twin != p):
+        return [p]
+    return [pt, twin]
+
+
 def check_store(weights: str | os.PathLike[str], inputs: Sequence[object] = ()) -> None:
-    """Before a calibration whose threshold will be stored in ``weights`` (``calibrate --write``):
-    refuse, in one line and before minutes of work, a file that is not a model, a model that
-    cannot be rewritten here (its folder or itself read-only, the onnx or torch package missing)."""
+    """Before a calibration whose threshold will be stored in ``weights`` (``calibrate --write``) and
+    its ONNX twin (:func:`model_pair`): refuse, in one line and before minutes of work, a file that
+    is not a model, a model that cannot be rewritten here (its folder or itself read-only, the onnx
+    or torch package missing)."""
     from fastsam_geo.errors import DependencyError, OutputError
     from fastsam_geo.modelmeta import read_model_meta
     from fastsam_geo.output import guard_output
 
-    p = Path(weights)
-    read_model_meta(p)  # WeightsError: not a .pt / .onnx model
-    need = "onnx" if p.suffix.lower() == ".onnx" else "torch"
-    try:
-        __import__(need)
-    except ImportError:
-        raise DependencyError(
-            f"--write on {p} needs the {need} package to rewrite the model: pip install \"fastsam-geo[torch]\" "
-            "(or calibrate without --write and pass --conf to extract)."
-        ) from None
-    guard_output(p, inputs, overwrite=True)  # its folder can be written (the model is replaced atomically)
-    if not os.access(p, os.W_OK):
-        raise OutputError(f"{p}: the model file is read-only; make it writable (chmod u+w) or drop --write.")
+    read_model_meta(Path(weights))  # WeightsError: not a .pt / .onnx model
+    for p in model_pair(weights):
+        need = "onnx" if p.suffix.lower() == ".onnx" else "torch"
+        try:
+            __import__(need)
+        except ImportError:
+            raise DependencyError(
+                f'--write on {p} needs the {need} package to rewrite the model: pip install "fastsam-geo[torch]" '
+                "(or calibrate without --write and pass --conf to extract)."
+            ) from None
+        guard_output(p, inputs, overwrite=True)  # its folder can be written (the model is replaced atomically)
+        if not os.access(p, os.W_OK):
+            raise OutputError(f"{p}: the model file is read-only; make it writable (chmod u+w) or drop --write.")
 
 
-def store_conf(weights: str | os.PathLike[str], conf: float, tta: int | None = None) -> None:
+def store_conf(weights: str | os.PathLike[str], conf: float, tta: int | None = None) -> list[Path]:
     """Store ``conf`` as the model's threshold in ``weights`` (a ``.pt`` checkpoint or an ``.onnx``
     file; the other metadata stay), and ``tta``, the views it was chosen for (``conf_tta``), when
-    given; else a ``conf_tta`` stored with an earlier threshold goes (it would be said of this one)."""
+    given; else a ``conf_tta`` stored with an earlier threshold goes (it would be said of this one).
+    A ``.pt`` and its ONNX twin (:func:`model_pair`) both get it, and the twin names the rewritten
+    ``.pt`` as its source. Returns the files written."""
     from fastsam_geo.modelmeta import conf_meta, read_model_meta, write_onnx_meta, write_pt_meta
+    from fastsam_geo.weights import sha256_file
 
     new = conf_meta(conf, tta)
     stale = [] if "conf_tta" in new else ["conf_tta"]
-    if Path(weights).suffix.lower() == ".onnx":
-        kept = {k: v for k, v in read_model_meta(weights).items() if k not in stale}
-        write_onnx_meta(weights, {**kept, **new})
-    else:
-        write_pt_meta(weights, new, drop=stale)
+    pair = model_pair(weights)
+    for p in pair:
+        if p.suffix.lower() == ".onnx":
+            kept = {k: v for k, v in read_model_meta(p).items() if k not in stale}
+            if len(pair) == 2:
+                kept["source_sha256"] = sha256_file(pair[0])  # the .pt, rewritten first
+            write_onnx_meta(p, {**kept, **new})
+        else:
+            write_pt_meta(p, new, drop=stale)
+    return pair

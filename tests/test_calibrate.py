@@ -149,3 +149,38 @@ def test_a_missing_footprint_file_fails_before_any_tile_is_segmented(two_scenes)
     (raster, truth), _ = two_scenes
     with pytest.raises(EvaluationError, match=r"/nope\.gpkg: no such truth file"):
         calibrate_conf(TOWN_N, [raster, raster], [truth, "/nope.gpkg"], segmenter=Refuses())
+
+
+def test_write_keeps_a_model_and_its_onnx_twin_together(two_scenes, tmp_path: Path) -> None:
+    """--write on a .pt with its ONNX export beside it wrote the .pt only: its checksum changed, the .onnx no
+    longer counted as its export, and extract ran on torch from then on (about 2.75x slower), the .onnx
+    keeping no threshold. Both get it now, the .onnx naming the rewritten .pt as its source; --write on the
+    .onnx does the same."""
+    import subprocess
+    import sys
+
+    from fastsam_geo.modelmeta import read_model_meta
+    from fastsam_geo.segmenters import onnx_twin
+    from fastsam_geo.weights import sha256_file
+
+    pt, onnx = tmp_path / "mine.pt", tmp_path / "mine.onnx"
+    shutil.copyfile(TOWN_N, pt)
+    shutil.copyfile(TOWN_N.with_suffix(".onnx"), onnx)
+    (raster, truth), _ = two_scenes
+    env = {"PATH": "/usr/bin:/bin", "YOLO_OFFLINE": "1", "HOME": str(tmp_path)}
+    fast = ["--labels", str(truth), "--write", "--tta", "1", "--tile-size", "256", "--gsd", "native"]
+    for model in (pt, onnx):
+        r = subprocess.run(
+            [sys.executable, "-m", "fastsam_geo", "calibrate", str(model), str(raster), *fast],
+            capture_output=True, text=True, env=env, timeout=600,
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        assert f"stored in {pt} and its ONNX twin {onnx}" in r.stdout, r.stdout
+        conf = float(r.stdout.split("best threshold: ")[1].split()[0])
+        assert read_model_meta(pt)["conf"] == read_model_meta(onnx)["conf"] == pytest.approx(conf, abs=0.005)
+        assert onnx_twin(pt, sha256_file(pt)) == onnx
+    r = subprocess.run(
+        [sys.executable, "-m", "fastsam_geo", "info", str(raster), "--weights", str(pt)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert "ONNX Runtime" in r.stdout + r.stderr, r.stdout + r.stderr

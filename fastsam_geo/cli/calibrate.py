@@ -79,7 +79,8 @@ def calibrate(
             "nothing to calibrate on."
         )
     views = f"--tta {tta}" if tta > 1 else "--tta 1 (one view)"
-    click.echo(f"best threshold: {cal.conf:.2f} for {views}" + (f" (stored in {weights})" if write else ""))
+    click.echo(f"best threshold: {cal.conf:.2f} for {views}")
     click.echo(cal.source_table())
     if write:
-        store_conf(weights, cal.conf, cal.tta)
+        written = store_conf(weights, cal.conf, cal.tta)
+        click.echo(f"stored in {' and its ONNX twin '.join(str(p) for p in written)}")
