@@ -294,6 +294,25 @@ def ultralytics_args(
     return kwargs
 
 
+def epoch_cap(limit: int) -> Any:
+    """An ultralytics ``on_fit_epoch_end`` callback that keeps ``epochs`` a cap under a time budget.
+
+    With ``time`` ultralytics re-estimates the number of epochs that fill the budget after each
+    epoch, and stretches its learning-rate schedule to them: ``--epochs 1 --hours 0.01`` ran 15.
+    This callback brings the estimate back to ``limit`` when it is above it (the schedule then
+    ends at ``limit``) and stops after epoch ``limit``.
+    """
+
+    def cap(trainer: Any) -> None:
+        if trainer.epochs > limit:
+            trainer.epochs = trainer.args.epochs = limit
+            trainer._setup_scheduler()
+            trainer.scheduler.last_epoch = trainer.epoch
+        trainer.stop |= trainer.epoch + 1 >= limit
+
+    return cap
+
+
 @contextlib.contextmanager
 def removed_on_failure(work: Path) -> Iterator[None]:
     """Run the block; if it fails, remove what it made of ``work``: the whole folder when the
@@ -393,6 +412,8 @@ def train(
                 f"{label_name(per_raster(labels, len(rasters))[0])}: {ds.images} training crops but no building "
                 "larger than 12 px at this resolution; give larger footprints or a finer --gsd."
             )
+        if time_hours:
+            model.add_callback("on_fit_epoch_end", epoch_cap(epochs))
         t0 = time.perf_counter()
         model.train(
             **ultralytics_args(
@@ -413,7 +434,8 @@ def train(
         best = Path(model.trainer.best if keep == "best" else model.trainer.last)
         if not best.exists():
             best = Path(model.trainer.last)
-        meta = {"gsd_m": gsd, "imgsz": imgsz, "base": str(base), "epochs": int(model.trainer.epochs)}
+        ran = int(model.trainer.epoch) + 1  # the epochs run (with --hours, trainer.epochs is its estimate)
+        meta = {"gsd_m": gsd, "imgsz": imgsz, "base": str(base), "epochs": ran}
         meta.update({k: v for k, v in (("lr0", lr0), ("freeze", freeze)) if v})
         per_source, conf, cal = _write_model(
             best, out, meta, ds, rasters, labels, work, batch=batch, device=device, labels_layer=labels_layer, tta=tta
@@ -421,7 +443,7 @@ def train(
         return TrainResult(
             weights=out,
             seconds=seconds,
-            epochs=int(model.trainer.epochs),
+            epochs=ran,
             dataset=ds,
             per_source=per_source,
             conf=conf,

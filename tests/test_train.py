@@ -264,3 +264,27 @@ def test_freeze_keeps_the_backbone_and_lr0_sets_the_rate(tmp_path: Path) -> None
     assert (run["optimizer"], run["lr0"], run["freeze"]) == ("AdamW", 0.001, 10)
     meta = read_model_meta(out)
     assert (meta["freeze"], meta["lr0"]) == (10, 0.001)
+
+
+@pytest.mark.model
+def test_hours_is_a_budget_and_epochs_a_cap(tmp_path: Path) -> None:
+    """ultralytics' time budget re-estimates the epoch count that fills it: `--epochs 1 --hours 0.01` ran 15
+    epochs and said so. --epochs now caps it, and the model records the epochs that ran."""
+    import subprocess
+    import sys
+
+    from fastsam_geo.modelmeta import read_model_meta
+
+    scene = write_scene(tmp_path / "t.tif", 256, seed=4)
+    base = Path(__file__).resolve().parents[1] / "weights" / "fastsam-geo-town-n.pt"
+    args = ["--epochs", "2", "--hours", "0.02", "--imgsz", "64", "--batch", "2", "--workers", "0", "--tta", "1"]
+    labels = str(tmp_path / "t_buildings.gpkg")
+    r = subprocess.run(
+        [sys.executable, "-m", "fastsam_geo", "train", str(scene.raster), "--labels", labels,
+         "-o", str(tmp_path / "m.pt"), "--base", str(base), *args],
+        capture_output=True, text=True, timeout=600, env={"PATH": "/usr/bin:/bin", "YOLO_OFFLINE": "1"},
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "m.pt: 2 epochs in" in r.stderr, r.stderr
+    rows = (tmp_path / "train_work" / "runs" / "train" / "results.csv").read_text().splitlines()[1:]
+    assert len(rows) == 2 and read_model_meta(tmp_path / "m.pt")["epochs"] == 2, rows

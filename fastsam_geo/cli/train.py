@@ -40,7 +40,12 @@ if TYPE_CHECKING:
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:0, mps.")
 @click.option("--workers", default=2, show_default=True, help="Data-loader workers.")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--hours", type=float, default=None, help="Stop after this many hours (ultralytics' time budget).")
+@click.option(
+    "--hours",
+    type=float,
+    default=None,
+    help="Time budget in hours: ultralytics fits its learning-rate schedule to it; --epochs stays a cap.",
+)
 @click.option(
     "--gsd",
     type=click.FloatRange(min=0.01, max=100.0),
