@@ -233,6 +233,7 @@ def calibrate_conf(
         id(t): load_footprints(t, "truth", labels_layer, allow_empty=True, option="--labels-layer") for t in layers
     }
     truths = [loaded[id(t)] for t in layers]
+    check_labels_reach(rasters, truths)
     if segmenter is None:
         from fastsam_geo.segment import FastSAMSegmenter
         from fastsam_geo.segmenters import resolve_model
@@ -257,6 +258,33 @@ def calibrate_conf(
     if any(s.tp for s in pooled_scores):
         cal.conf = best_threshold(grid, cal.mean_f1)
     return cal
+
+
+def check_labels_reach(rasters: Sequence[str | os.PathLike[str]], truths: Sequence[Any]) -> None:
+    """Refuse, before any tile is segmented, footprints of which none touches its raster's bounds
+    (another place, or a wrong CRS): the calibration would run the model over every tile and
+    find no truth building at any threshold. Rasters without footprints (negatives) are fine."""
+    import rasterio
+    import shapely
+    from rasterio.warp import transform_bounds
+
+    if not any(len(t.geometry) for t in truths):
+        return
+    for raster, truth in zip(rasters, truths, strict=True):
+        if not len(truth.geometry):
+            continue
+        try:
+            with rasterio.open(raster) as ds:
+                bounds = transform_bounds(ds.crs, truth.crs, *ds.bounds, densify_pts=21)
+        except Exception:  # no CRS, unreadable, bounds that do not transform: extract says why
+            return
+        if shapely.intersects(truth.geometry, shapely.box(*bounds)).any():
+            return
+    raise FastSAMGeoError(
+        f"none of the footprints lies on {'its raster' if len(rasters) == 1 else 'their rasters'} "
+        f"({', '.join(str(r) for r in rasters[:3])}{', ...' if len(rasters) > 3 else ''}): another place, "
+        "or footprints in a wrong CRS; give --labels for these rasters."
+    )
 
 
 def model_pair(weights: str | os.PathLike[str]) -> list[Path]:

@@ -1149,6 +1149,14 @@ def test_calibrate_write_checks_the_model_first(work: Path, labels: dict[str, Pa
     assert sha(WEIGHTS) == before
 
 
+def test_calibrate_refuses_footprints_elsewhere_before_segmenting(work: Path, labels: dict[str, Path]) -> None:
+    """Footprints 50 km away: calibrate ran the model over every tile at every threshold, then said no
+    threshold finds a building. Now it says so before the model loads."""
+    args = ["calibrate", WEIGHTS, work / "r.tif", "--labels", labels["far"], "--tta", "1"]
+    line = assert_refused(args, work, "none of the footprints lies on its raster", "r.tif")
+    assert "wrong CRS" in line, line
+
+
 @pytest.mark.parametrize(
     ("extra", "must"),
     [
