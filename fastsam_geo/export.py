@@ -13,9 +13,12 @@ Needs the torch extra (``pip install "fastsam-geo[torch]"``); running the ``.onn
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -74,13 +77,28 @@ def _run_exporter(
     if half:
         kwargs["quantize"] = 16
     try:
-        out = model.export(**kwargs)
+        with _quiet_ultralytics():  # its "Predict: yolo predict model=<scratch copy>" names a folder that goes
+            out = model.export(**kwargs)
     except (AssertionError, RuntimeError, ValueError) as e:  # torch / onnx refusing the settings
         reason = " ".join(str(e).replace(str(pt), str(shown)).split())[:300]
         raise OutputError(f"{shown}: the ONNX export failed ({reason}); try the default --opset and --batch.") from e
     if not out or not Path(out).is_file():
         raise OutputError(f"ultralytics' ONNX exporter wrote no file for {pt} (is onnx/onnxslim installed?)")
     return Path(out)
+
+
+@contextlib.contextmanager
+def _quiet_ultralytics() -> Iterator[None]:
+    """ultralytics' logger at WARNING for the block, unless fastsam-geo logs at DEBUG (``-vv``)."""
+    from ultralytics.utils import LOGGER
+
+    level = LOGGER.level
+    if not logging.getLogger("fastsam_geo").isEnabledFor(logging.DEBUG):
+        LOGGER.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        LOGGER.setLevel(level)
 
 
 def export_onnx(

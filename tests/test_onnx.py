@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -186,6 +187,22 @@ def test_export_cli_guards_its_output(tmp_path: Path) -> None:
         env={**__import__("os").environ, "PYTHONPATH": str(REPO)},
     )
     assert run.returncode == 1 and "--overwrite" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_export_cli_names_no_scratch_folder(tmp_path: Path) -> None:
+    """ultralytics' exporter ends with "Predict: yolo predict model=.fastsam-geo-export-XXXX/...onnx": a
+    scratch copy that is gone when export returns. The command says only what it wrote."""
+    out = tmp_path / "m.onnx"
+    run = subprocess.run(
+        [sys.executable, "-m", "fastsam_geo", "export", str(REPO / "weights" / "fastsam-geo-town-n.pt"), str(out)],
+        capture_output=True,
+        text=True,
+        # as a user runs it: without the YOLO_VERBOSE=False the test session sets
+        env={**{k: v for k, v in os.environ.items() if k != "YOLO_VERBOSE"}, "PYTHONPATH": str(REPO)},
+    )
+    assert run.returncode == 0 and out.is_file(), run.stderr
+    assert ".fastsam-geo-export-" not in run.stdout + run.stderr, run.stdout + run.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
 
 
 def test_onnx_engine_leaves_torch_out(exported: dict[str, Path], tmp_path: Path) -> None:
