@@ -13,6 +13,7 @@ WKB polygons.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import os
 import signal
@@ -108,6 +109,35 @@ def check_address(address: str) -> tuple[str, str, int]:
     return scheme, host, int(port)
 
 
+def check_scheme_usable(address: str, scheme: str) -> None:
+    """Refuse, before Dask tries (10 s and a traceback), a scheme this process cannot use:
+    ``inproc://`` (a scheduler inside this very process), ``tls://`` / ``wss://`` without Dask's
+    TLS certificates in its config, ``ucx://`` without ucx-py.
+
+    >>> check_scheme_usable("tcp://head:8786", "tcp")
+    >>> try:
+    ...     check_scheme_usable("inproc://x", "inproc")
+    ... except ClusterError as e:
+    ...     print(str(e).split(";")[0])
+    Dask scheduler inproc://x: inproc:// names a scheduler inside this same process
+    """
+    why = ""
+    if scheme == "inproc":
+        why = "inproc:// names a scheduler inside this same process; give the address a `dask scheduler` prints"
+    elif scheme in ("tls", "wss"):
+        from distributed.security import Security
+
+        if Security().tls_client_cert is None:
+            why = (
+                f"{scheme}:// needs Dask's TLS certificates (distributed.comm.tls.ca-file, client.cert and "
+                "client.key in the Dask config); set them, or use tcp://"
+            )
+    elif scheme == "ucx" and importlib.util.find_spec("ucp") is None:
+        why = "ucx:// needs ucx-py (pip install ucx-py-cu12), or use tcp://"
+    if why:
+        raise ClusterError(f"Dask scheduler {address}: {why}.")
+
+
 def probe_scheduler(address: str, host: str, port: int, timeout_s: float = PROBE_TIMEOUT_S) -> None:
     """A Dask scheduler greets a new connection at once (its handshake); anything else at
     ``host:port`` (an HTTP server, a silent one) is one ClusterError within ``timeout_s`` + 1 s."""
@@ -165,6 +195,7 @@ def connect(
     silence = quiet_dask(verbose)
     if scheduler:
         scheme, host, port = check_address(scheduler)
+        check_scheme_usable(scheduler, scheme)
         if scheme == "tcp":
             probe_scheduler(scheduler, host, port)
         try:
@@ -173,6 +204,11 @@ def connect(
             raise ClusterError(
                 f"Dask scheduler {scheduler} is unreachable ({type(exc).__name__} after {timeout_s:g} s); "
                 "check the address and that `dask scheduler` runs there."
+            ) from None
+        except Exception as exc:  # the comm layer refusing the address or its settings
+            raise ClusterError(
+                f"Dask scheduler {scheduler}: cannot connect ({type(exc).__name__}: {exc}); "
+                "check the address and Dask's comm settings, or use tcp://HOST:8786."
             ) from None
     with _workers_ignore_sigint():
         cluster = distributed.LocalCluster(

@@ -18,11 +18,15 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from collections.abc import Iterable
 
 from fastsam_geo.errors import OptionError
 
 MIN_TILE_SIZE = 64
+#: The network runs on a whole tile: 8192 px tiles take about 7 GB of input tensors and prototypes
+#: per view at float32; a larger one was a numpy "array is too big" traceback, or gigabytes first.
+MAX_TILE_SIZE = 8192
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
@@ -62,14 +66,44 @@ def check_tiling(tile_size: object, overlap: object) -> None:
     Traceback (most recent call last):
     ...
     fastsam_geo.errors.OptionError: --overlap 128: use 0 to 127 px with --tile-size 256 (less than half a tile), ...
+    >>> check_tiling(10**15, 0)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    fastsam_geo.errors.OptionError: --tile-size 1000000000000000: use at most 8192 px ...
     """
     if not _is_int(tile_size) or tile_size < MIN_TILE_SIZE:  # type: ignore[operator]
         raise OptionError(f"--tile-size {tile_size}: use at least {MIN_TILE_SIZE} px (FastSAM's default is 1024).")
+    if tile_size > MAX_TILE_SIZE:  # type: ignore[operator]
+        raise OptionError(
+            f"--tile-size {tile_size}: use at most {MAX_TILE_SIZE} px (the network runs on a whole tile; "
+            "FastSAM's default is 1024)."
+        )
     if not _is_int(overlap) or not 0 <= overlap < tile_size / 2:  # type: ignore[operator]
         half = (tile_size + 1) // 2 - 1
         raise OptionError(
             f"--overlap {overlap}: use 0 to {half} px with --tile-size {tile_size} (less than half a tile), "
             f"e.g. --overlap {tile_size // 8}."
+        )
+
+
+def check_workers(workers: int, cores: int | None = None) -> None:
+    """``--workers``: 1 to 4 worker processes per core (``cores``: this machine's). More start
+    processes that only wait for a core, each with its own model in memory; a huge number hung
+    while memory grew (a LocalCluster of that many).
+
+    >>> check_workers(2, cores=2)
+    >>> check_workers(99, cores=2)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    fastsam_geo.errors.OptionError: --workers 99: use 1 to 8 (4 per core of this machine's 2); ...
+    """
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    most = 4 * cores
+    if not 1 <= workers <= most:
+        raise OptionError(
+            f"--workers {workers}: use 1 to {most} (4 per core of this machine's {cores}); for more, start a "
+            "Dask cluster and pass --scheduler tcp://HOST:8786."
         )
 
 

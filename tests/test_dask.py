@@ -329,6 +329,40 @@ def test_a_malformed_scheduler_address_is_one_line_and_exit_1(town, tmp_path: Pa
     _one_line_exit_1(proc, "malformed", "tcp://HOST:PORT")
 
 
+@pytest.mark.parametrize(
+    ("address", "needle"),
+    [
+        ("tls://127.0.0.1:1", "TLS certificates"),
+        ("inproc://x", "inside this same process"),
+        ("ucx://127.0.0.1:1", "ucx"),
+    ],
+)
+def test_a_scheme_this_process_cannot_use_is_one_line(town, tmp_path: Path, address: str, needle: str) -> None:
+    """tls:// without certificates, inproc:// and ucx:// without ucx-py: a traceback after 10 s, then Dask's
+    own TimeoutError from Client.__del__."""
+    proc, _ = _extract_at(town, tmp_path, address)
+    _one_line_exit_1(proc, address, needle)
+    assert "Traceback" not in proc.stderr and not (tmp_path / "o.gpkg").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--workers", "99999999999999999999999"], "--workers 99999999999999999999999: use 1 to"),
+        (["--workers", "0"], "--workers 0: use 1 to"),
+        (["--workers", "2", "--scheduler", "tcp://127.0.0.1:9"], "not both"),
+        (["--tile-size", "1000000000000000"], "use at most 8192 px"),
+    ],
+    ids=["workers-huge", "workers-0", "workers-and-scheduler", "tile-size-huge"],
+)
+def test_cluster_sizes_out_of_reach_are_one_line(town, tmp_path: Path, args: list[str], needle: str) -> None:
+    """A huge --workers hung while memory grew (a LocalCluster of that many processes); --workers with
+    --scheduler ignored --workers; a huge --tile-size was a numpy traceback."""
+    proc = _cli("extract", str(town.raster), str(tmp_path / "o.gpkg"), "-w", str(WEIGHTS), *args, timeout=120)
+    _one_line_exit_1(proc, needle)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 def test_an_http_server_is_not_a_scheduler(town, tmp_path: Path) -> None:
     port = _free_port()
     server = subprocess.Popen(

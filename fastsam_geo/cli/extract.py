@@ -68,8 +68,15 @@ def extract(
       fastsam-geo extract 'sheets/*.tif' city.gpkg --mosaic --workers 4
       fastsam-geo extract 'sheets/*.tif' city.gpkg --mosaic --scheduler tcp://head:8786
     """
-    if workers is not None and workers < 1:
-        raise click.BadParameter("--workers must be 1 or more.", param_hint="--workers")
+    if workers is not None:
+        from fastsam_geo.validate import check_workers
+
+        check_workers(workers)
+        if scheduler:
+            raise click.UsageError(
+                "give --workers N (a local Dask cluster of N processes) or --scheduler ADDRESS (a running "
+                "cluster), not both."
+            )
     inputs, output = _split_output(paths, output_opt, "INPUTS")
     _run_extract(
         ctx,
