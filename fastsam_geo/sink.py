@@ -132,6 +132,10 @@ class RunSink:
             self.ledger = Ledger.open(self.plan.output, params)
         elif self.total > 1 and out.resumable:
             self.ledger = Ledger.create(self.plan.output, params)
+        elif out.overwrite:  # an interrupted run's ledger: --overwrite starts again, and it would stay behind
+            stale = ledger_path(self.plan.output)
+            for p in (stale, Path(f"{stale}-journal")):
+                p.unlink(missing_ok=True)
         # one tile (a click): nothing worth resuming, and ~5 ms saved
         self.writer = VectorWriter(self.plan.output, self.plan.crs_wkt, overwrite=out.overwrite, layer=out.layer)
         return self

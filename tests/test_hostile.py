@@ -446,6 +446,19 @@ def test_two_rasters_of_the_same_name_in_two_folders_are_both_kept(work: Path, t
     assert not [p.name for p in work.iterdir() if ".part" in p.name or p.name.endswith(".lock")]
 
 
+def test_overwrite_of_one_tile_drops_an_interrupted_runs_ledger(work: Path) -> None:
+    """--overwrite after an interrupted run: a run of one tile keeps no ledger, and the old one stayed
+    behind (exit 0), so the next run without flags was told to --resume a run that had been replaced."""
+    from fastsam_geo.ledger import Ledger, ledger_path
+
+    out = work / "o.gpkg"
+    Ledger.create(out, {"tile_size": 256}).close()
+    one_tile = ["-w", str(WEIGHTS), "--no-cache", "--tta", "1", "--tile-size", "2048", "--gsd", "native"]
+    r = run_cli("extract", work / "r.tif", out, *one_tile, "--overwrite")
+    assert r.returncode == 0, r.stderr
+    assert not ledger_path(out).exists() and sorted(p.name for p in work.iterdir()) == ["o.gpkg", "r.tif"]
+
+
 def test_resume_after_pixels_changed_in_place_is_refused(work: Path) -> None:
     from fastsam_geo.errors import Cancelled
     from fastsam_geo.pipeline import extract_buildings
