@@ -108,9 +108,16 @@ def _choose(path: Path, sha: str | None, engine: str, tile_size: int | None = No
         return path
     twin = onnx_twin(path, sha)
     if engine == "onnx" and twin is None:
+        beside = path.with_suffix(".onnx")
+        if beside.exists():  # another model's export, or this one's before its weights changed
+            raise WeightsError(
+                f"--engine onnx: {beside.name} beside {path} was not exported from it (its metadata name "
+                f"another source); export it again with: fastsam-geo export {path} {beside} --overwrite "
+                "(or use --engine torch)."
+            )
         raise WeightsError(
-            f"--engine onnx: no ONNX export of {path} beside it ({path.with_suffix('.onnx').name}); "
-            f"make one with: fastsam-geo export {path} {path.with_suffix('.onnx')} (or use --engine torch)."
+            f"--engine onnx: no ONNX export of {path} beside it ({beside.name}); "
+            f"make one with: fastsam-geo export {path} {beside} (or use --engine torch)."
         )
     if twin is not None and engine == "onnx":
         return twin

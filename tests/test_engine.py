@@ -53,6 +53,12 @@ def test_an_onnx_file_that_is_not_the_pts_export_is_no_twin(tmp_path: Path) -> N
     shutil.copy(TOWN_PT, pt)
     shutil.copy(OTHER_ONNX, tmp_path / "mine.onnx")  # records another .pt's sha256 as its source
     assert resolve_model(pt).engine == "torch"
+    # its name is taken: the export it suggests replaces it (without --overwrite it would be refused)
+    with pytest.raises(WeightsError, match=r"--engine onnx: mine\.onnx beside .*mine\.pt was not exported from it"):
+        resolve_model(pt, "onnx")
+    with pytest.raises(WeightsError, match=r"fastsam-geo export .*mine\.pt .*mine\.onnx --overwrite"):
+        resolve_model(pt, "onnx")
+    (tmp_path / "mine.onnx").unlink()
     with pytest.raises(WeightsError, match=r"--engine onnx: no ONNX export of .*mine\.pt.*fastsam-geo export"):
         resolve_model(pt, "onnx")
     shutil.copy(TOWN_ONNX, tmp_path / "mine.onnx")  # the real export: a twin wherever it lies
