@@ -93,8 +93,9 @@ def preflight(output: str | Path, *, overwrite: bool, resume: bool) -> None:
         )
     if resume or overwrite:
         own = f".{glob.escape(Path(output).name)}.*.partial.gpkg"  # "[" or "*" in a name: its own files only
-        for stale in Path(output).parent.glob(own):
-            stale.unlink()
+        for suffix in ("", "-journal", "-wal", "-shm"):  # SQLite's files beside a killed run's staging file
+            for stale in Path(output).parent.glob(own + suffix):
+                stale.unlink()
 
 
 class RunSink:

@@ -948,10 +948,11 @@ def test_overwrite_drops_its_own_staging_files_only(tmp_path: Path) -> None:
     from fastsam_geo.sink import preflight
 
     own, other = tmp_path / ".b[1].gpkg.0a1b2c3d.partial.gpkg", tmp_path / ".b1.gpkg.9e8f7a6b.partial.gpkg"
-    own.write_bytes(b"x")
-    other.write_bytes(b"x")
+    journal = own.with_name(own.name + "-journal")  # left by kill -9 during a write: it stayed behind
+    for p in (own, other, journal):
+        p.write_bytes(b"x")
     preflight(tmp_path / "b[1].gpkg", overwrite=True, resume=False)
-    assert not own.exists() and other.exists()
+    assert not own.exists() and not journal.exists() and other.exists()
 
 
 def test_train_refuses_a_view_count_extract_does_not_take(work: Path, labels: dict[str, Path]) -> None:
