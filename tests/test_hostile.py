@@ -694,6 +694,31 @@ def test_mosaic_of_sheets_with_alpha_in_one_only_is_refused(work: Path) -> None:
     assert_refused(["extract", *sheets, work / "m.gpkg", *FAST, "--mosaic"], work, "alpha", "sheet1.tif")
 
 
+def test_several_inputs_give_each_building_once_in_a_file_that_holds_them(work: Path) -> None:
+    """Without --mosaic every input is extracted on its own: r.tif and ./r.tif gave every building twice,
+    a VRT beside its own sheet too (exit 0 both); several rasters written to .geojson made a GeoPackage
+    under that name; sheets that overlap in --layout merged keep their shared buildings twice, unsaid."""
+    from fastsam_geo.mosaic import write_vrt
+
+    one = run_cli("-q", "extract", work / "r.tif", work / "one.gpkg", *FAST)
+    two = run_cli("extract", work / "r.tif", f"{work}/./r.tif", work / "two.gpkg", *FAST, "--layout", "merged")
+    assert one.returncode == 0 and two.returncode == 0, two.stderr
+    assert "is " in two.stderr and "read once" in two.stderr, two.stderr
+    count = [len(pyogrio.read_dataframe(work / f"{n}.gpkg")) for n in ("one", "two")]
+    assert count[0] == count[1] > 0, count
+    sheets = _sheets(work / "r.tif", work)
+    write_vrt(sheets, work / "all.vrt")
+    assert_refused(["extract", work / "all.vrt", sheets[0], work / "v.gpkg", *FAST], work, "also an input", "all.vrt")
+    assert_refused(["extract", *sheets, work / "s.geojson", *FAST], work, "one GeoPackage", ".gpkg", "--mosaic")
+    with rasterio.open(work / "r.tif") as ds:  # the right sheet again, 40 px wider to the left
+        w = Window(ds.width // 2 - 40, 0, ds.width // 2 + 40, ds.height)
+        prof = {**ds.profile, "width": int(w.width), "height": ds.height, "transform": ds.window_transform(w)}
+        with rasterio.open(work / "wide.tif", "w", **prof) as dst:
+            dst.write(ds.read(window=w))
+    r = run_cli("extract", sheets[0], work / "wide.tif", work / "m.gpkg", *FAST, "--layout", "merged")
+    assert r.returncode == 0 and "overlap" in r.stderr and "--mosaic" in r.stderr, r.stderr
+
+
 def test_a_mosaic_run_resumes(work: Path) -> None:
     """An interrupted --mosaic run goes on with --resume (the VRT is written again, to the same stamp)."""
     import signal

@@ -121,7 +121,9 @@ def _expand_inputs(inputs: list[str]) -> list[str]:
             out.extend(found)
         else:
             out.append(item)
-    return list(dict.fromkeys(out))
+    from .inputset import read_once
+
+    return read_once(out)
 
 
 def _default_overlap(tile_size: object) -> object:

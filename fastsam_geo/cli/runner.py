@@ -128,8 +128,11 @@ def _run_extract(
     from fastsam_geo.locks import output_lock
     from fastsam_geo.output import check_output
 
+    from .inputset import check_input_set
+
     _check_options(kw)
     _guard_inputs(inputs, output, kw)
+    check_input_set(inputs, output, mosaic=mosaic, layout=layout)
     check_output(output, overwrite=True)  # a folder, a missing or read-only folder, an unknown extension
     if not resume:
         check_output(output, kw["overwrite"])
