@@ -21,6 +21,7 @@ from here too).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import warnings
@@ -494,6 +495,21 @@ class RasterSource:
         return Stretch(lo=lo_t, hi=hi_t, gamma=gamma, out=STRETCH_OUT), how
 
     # -------------------------------------------------------------- pixels
+    @staticmethod
+    def _read_pixels(
+        ds: rasterio.io.DatasetReader,
+        bands: list[int],
+        window: Window,
+        src_win: Window,
+        shape: tuple[int, int],
+        resampling: Resampling,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The bands' pixels of ``src_win`` at ``shape`` and where they hold data."""
+        if src_win is window:
+            return ds.read(bands, window=window), ds.dataset_mask(window=window) > 0
+        data = ds.read(bands, window=src_win, out_shape=(len(bands), *shape), resampling=resampling)
+        return data, ds.dataset_mask(window=src_win, out_shape=shape) > 0
+
     def read(self, window: Window) -> tuple[np.ndarray, np.ndarray | None]:
         """RGB pixels (``H x W x 3`` uint8) and nodata (``H x W`` bool, True = no data) of ``window``.
 
@@ -507,13 +523,13 @@ class RasterSource:
         resampling = Resampling.average if self._scale[0] > 1 else Resampling.bilinear
         if self._palette is not None:  # colour-table indices are labels: never averaged
             resampling = Resampling.nearest
+        # GDAL 3.10 reads a VRT's sources on several threads, and a resampled read of the same window
+        # then differed between reads (1-2 of 30 under load, along sheet seams): mosaics gave other
+        # polygons from run to run
+        one_thread = rasterio.Env(VRT_NUM_THREADS=1) if ds.driver == "VRT" else contextlib.nullcontext()
         try:
-            if src_win is window:
-                data = ds.read(uniq, window=window)
-                valid = ds.dataset_mask(window=window) > 0
-            else:
-                data = ds.read(uniq, window=src_win, out_shape=(len(uniq), *shape), resampling=resampling)
-                valid = ds.dataset_mask(window=src_win, out_shape=shape) > 0
+            with one_thread:
+                data, valid = self._read_pixels(ds, uniq, window, src_win, shape, resampling)
         except RasterioIOError as exc:
             reason = gdal_reason(exc)
             raise RasterError(
