@@ -337,6 +337,7 @@ class RasterSource:
         self.path = os.fspath(path)
         self._assigned = parse_crs(assign_crs) if assign_crs else None
         self._ds = _open(self.path)
+        _say_replaced_crs(self.path, self._ds.crs, self._assigned)
         try:
             validate(self._ds, self.path, crs_assigned=self._assigned is not None)
             try:
@@ -554,6 +555,26 @@ class RasterSource:
             rgb[nodata] = 0
             return rgb, nodata
         return rgb, None
+
+
+_REPLACED: set[tuple[str, str]] = set()
+
+
+def _say_replaced_crs(path: str, own: rasterio.crs.CRS | None, assigned: rasterio.crs.CRS | None) -> None:
+    """A warning (once per raster and CRS) when ``--assign-crs`` replaces a CRS the file has: it
+    is meant for rasters without one, and a wrong one moves every building (EPSG:32634 for
+    EPSG:32633: 600 km) with exit 0."""
+    if own is None or assigned is None or own == assigned or (path, str(assigned)) in _REPLACED:
+        return
+    _REPLACED.add((path, str(assigned)))
+    name = own.to_string() if own.is_epsg_code else (own.to_wkt()[:60] + "...")
+    log.warning(
+        "Warning: %s has its own CRS (%s); --assign-crs %s replaces it, as gdal_translate -a_srs does: "
+        "leave it out unless the file's CRS is wrong.",
+        path,
+        name,
+        assigned.to_string(),
+    )
 
 
 def open_raster(path: str | os.PathLike[str], **kwargs: object) -> RasterSource:

@@ -98,3 +98,20 @@ def test_a_raster_in_degrees_is_told_epsg_4326(tmp_path: Path) -> None:
         RasterSource(path)
     with RasterSource(path, assign_crs="EPSG:4326") as src:
         assert src.info.crs.to_epsg() == 4326 and src.info.is_geographic
+
+
+def test_assign_crs_over_the_files_own_crs_is_said(tmp_path: Path) -> None:
+    """--assign-crs replaces a CRS the file has (as gdal_translate -a_srs): EPSG:32634 over EPSG:32633 moved
+    every building 600 km with exit 0 and nothing said. It still runs, and says so once; the same CRS is
+    not worth a word."""
+    raster = _crop(tmp_path / "own.tif", crs=True)
+    args = ["--tile-size", "384", "--overlap", "0", "--tta", "1", "--no-cache"]
+    cmd = [sys.executable, "-m", "fastsam_geo", "extract", str(raster)]
+    other = subprocess.run([*cmd, str(tmp_path / "a.gpkg"), *args, "--assign-crs", "EPSG:32634"],
+                           capture_output=True, text=True, env=ENV, timeout=300)  # fmt: skip
+    assert other.returncode == 0, other.stderr
+    said = [ln for ln in other.stderr.splitlines() if "has its own CRS" in ln]
+    assert len(said) == 1 and "EPSG:32633" in said[0] and "EPSG:32634" in said[0], other.stderr
+    same = subprocess.run([*cmd, str(tmp_path / "b.gpkg"), *args, "--assign-crs", "EPSG:32633"],
+                          capture_output=True, text=True, env=ENV, timeout=300)  # fmt: skip
+    assert same.returncode == 0 and "has its own CRS" not in same.stderr, same.stderr
