@@ -202,9 +202,19 @@ def check_mosaic(paths: Sequence[str | os.PathLike[str]]) -> tuple[list[SheetInf
     if not paths:
         raise RasterError("--mosaic needs at least one raster.")
     sheets = [_info(os.fspath(p)) for p in paths]
+    for s in sheets:  # else the mosaic's VRT, a file the user never named, is what the error names
+        t = s.transform
+        if t.b or t.d or t.e >= 0:
+            raise RasterError(
+                f"{s.path}: sheet is not north-up (rotated or south-up); warp it first, e.g. "
+                f"`gdalwarp {s.path} north_up.tif`."
+            )
     ref = sheets[0]
     if not ref.crs_wkt:
-        raise RasterError(f"{ref.path}: raster has no CRS; a mosaic needs georeferenced sheets.")
+        raise RasterError(
+            f"{ref.path}: raster has no CRS; a mosaic needs georeferenced sheets (--assign-crs reads one raster: "
+            f"give each sheet its CRS, e.g. `gdal_edit.py -a_srs EPSG:32633 {ref.path}`)."
+        )
     for s in sheets[1:]:
         _check_same(ref, s)
     offsets = [grid_offset(ref.transform, s.transform) or (0, 0) for s in sheets]

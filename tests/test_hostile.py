@@ -694,6 +694,21 @@ def test_mosaic_of_sheets_with_alpha_in_one_only_is_refused(work: Path) -> None:
     assert_refused(["extract", *sheets, work / "m.gpkg", *FAST, "--mosaic"], work, "alpha", "sheet1.tif")
 
 
+def test_mosaic_with_a_south_up_sheet_names_the_sheet(work: Path) -> None:
+    """A south-up sheet: the error named the mosaic's hidden VRT (`.m.gpkg.mosaic.vrt`: not north-up,
+    `gdalwarp .m.gpkg.mosaic.vrt ...`), a file the user never gave and that is gone."""
+    from affine import Affine
+
+    sheets = _sheets(work / "r.tif", work)
+    with rasterio.open(sheets[1]) as ds:
+        data, prof, t = ds.read(), ds.profile, ds.transform
+    prof["transform"] = Affine(t.a, 0, t.c, 0, -t.e, t.f + t.e * data.shape[1])
+    with rasterio.open(sheets[1], "w", **prof) as ds:
+        ds.write(data[:, ::-1])
+    line = assert_refused(["extract", *sheets, work / "m.gpkg", *FAST, "--mosaic"], work, "sheet1.tif", "north-up")
+    assert "mosaic.vrt" not in line and "gdalwarp" in line, line
+
+
 def test_several_inputs_give_each_building_once_in_a_file_that_holds_them(work: Path) -> None:
     """Without --mosaic every input is extracted on its own: r.tif and ./r.tif gave every building twice,
     a VRT beside its own sheet too (exit 0 both); several rasters written to .geojson made a GeoPackage
