@@ -307,6 +307,16 @@ def grid_metadata(src: RasterSource) -> dict[str, str]:
     return out
 
 
+def _coord(v: float) -> str:
+    """A map coordinate for a message: to the millimetre, or in %g style when huge (a typo's
+    1e300 was printed with 300 digits).
+
+    >>> _coord(500120.5), _coord(1e300)
+    ('500120.500', '1e+300')
+    """
+    return f"{v:.3f}" if abs(v) < 1e12 else f"{v:.6g}"
+
+
 def route_prompts(prompts: Prompts, grid: TileGrid, specs: list[TileSpec], info: RasterInfo) -> list[TileSpec]:
     """The tiles that point and box prompts need; raises PromptError for a prompt outside the raster.
 
@@ -315,9 +325,9 @@ def route_prompts(prompts: Prompts, grid: TileGrid, specs: list[TileSpec], info:
     """
     inv = ~info.transform
     wanted: set[int] = set()
-    corners = [((p.x, p.y), (p.x, p.y), f"point ({p.x:.3f}, {p.y:.3f})") for p in prompts.points]
+    corners = [((p.x, p.y), (p.x, p.y), f"point ({_coord(p.x)}, {_coord(p.y)})") for p in prompts.points]
     corners += [
-        ((b.xmin, b.ymax), (b.xmax, b.ymin), f"box ({b.xmin:.3f}, {b.ymin:.3f}, {b.xmax:.3f}, {b.ymax:.3f})")
+        ((b.xmin, b.ymax), (b.xmax, b.ymin), f"box ({', '.join(_coord(v) for v in (b.xmin, b.ymin, b.xmax, b.ymax))})")
         for b in prompts.boxes
     ]
     for (x0, y0), (x1, y1), what in corners:

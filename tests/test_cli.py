@@ -159,6 +159,7 @@ def test_verbose_shows_the_traceback(tmp_path: Path) -> None:
         (["--point", "0,0"], "lies outside"),
         (["--box", "0,0,10,10"], "lies outside"),
         (["--point", "12.0,45.0", "--prompt-crs", "EPSG:4326"], "lies outside"),
+        (["--point", "1e300,0"], "point (1e+300, 0.000) in EPSG:"),  # not 300 digits
         (["--text", "building", "--clip-weights", "/nonexistent/clip.pt"], "clip.pt"),
         (["-w", "__TEXT_PT__"], "Cannot load model weights"),
         (["-w", "/nonexistent/FastSAM-x.pt"], "FastSAM-x.pt"),
