@@ -20,7 +20,9 @@ Protocol (version :data:`PROTOCOL`), one JSON object per line each way::
 
 Errors are ``{"id": n, "type": "error", "error": "one line", "kind": "RasterError"}``; ``kind`` is
 the engine's error class (:mod:`fastsam_geo.errors`), ``"Cancelled"`` for a cancelled job,
-``"ProtocolError"`` for a malformed request. Commands:
+``"ProtocolError"`` for a malformed request (a field of another JSON type than it takes is named,
+with what was given and what is expected: ``params.overwrite: expected true or false, got
+"false"``), ``"OptionError"`` for a value ``extract`` refuses too. Commands:
 
 ``hello``
     Who the worker is (protocol, version, pid, Python, default weights); answered at once.
@@ -35,7 +37,7 @@ the engine's error class (:mod:`fastsam_geo.errors`), ``"Cancelled"`` for a canc
     the first click.
 ``cancel``
     Stop job ``params.job`` (default: every queued and running job); the job answers with a
-    ``Cancelled`` error and writes nothing.
+    ``Cancelled`` error and writes nothing (the worker has no resume: send the job again).
 ``shutdown``
     Cancel everything and exit. End of input (the plugin went away) does the same.
 
@@ -46,9 +48,9 @@ Only protocol lines go to stdout: everything else that writes to stdout in this 
 ``print``, ultralytics, C libraries) is sent to stderr, and logging goes to stderr.
 
 This module holds the server (:class:`WorkerServer`, its job thread and reading loop) and the
-``worker`` command; the wire (messages, request checks, JSON lines) is in
-:mod:`fastsam_geo.worker_protocol` and the engine (models, mask cache) in
-:mod:`fastsam_geo.worker_engine`, whose names are re-exported here.
+``worker`` command; the wire (messages, JSON lines) is in :mod:`fastsam_geo.worker_protocol`,
+the checks of a request's fields in :mod:`fastsam_geo.worker_params` and the engine (models,
+mask cache) in :mod:`fastsam_geo.worker_engine`, whose names are re-exported here.
 """
 
 from __future__ import annotations
@@ -76,9 +78,15 @@ from fastsam_geo.worker_engine import (  # noqa: F401  (moved there in issue 22,
     SegmenterFactory,
     _fastsam_factory,
     _Recorded,
+    cancelled_message,
+)
+from fastsam_geo.worker_params import (  # noqa: F401  (moved there, re-exported)
+    _EXTRACT_KEYS,
+    cancel_job,
+    extract_params,
+    prompts_from_json,
 )
 from fastsam_geo.worker_protocol import (  # noqa: F401  (moved there in issue 22, re-exported)
-    _EXTRACT_KEYS,
     CACHE_ENV,
     PROTOCOL,
     CancelFn,
@@ -87,10 +95,8 @@ from fastsam_geo.worker_protocol import (  # noqa: F401  (moved there in issue 2
     ProtocolError,
     _stdin_lines,
     default_cache_dir,
-    extract_params,
     line_writer,
     one_line,
-    prompts_from_json,
     protocol_stdout,
     valid_id,
 )
@@ -180,7 +186,7 @@ class WorkerServer:
             if not isinstance(msg, dict) or not isinstance(msg.get("cmd"), str):
                 raise ProtocolError(f"a request is an object with a 'cmd' string, got {str(msg)[:200]}")
             cmd = msg["cmd"]
-            params = msg.get("params") or {}
+            params = {} if msg.get("params") is None else msg["params"]
             if not isinstance(params, dict):
                 raise ProtocolError(f"params must be an object, got {type(params).__name__}")
             if cmd == "hello":
@@ -200,7 +206,7 @@ class WorkerServer:
                     self.pending[rid] = job
                 self.jobs.put(job)
             elif cmd == "cancel":
-                self.reply(rid, {"cancelled": self.cancel(params.get("job"))})
+                self.reply(rid, {"cancelled": self.cancel(cancel_job(params))})
             elif cmd == "shutdown":
                 self.cancel(None)
                 self.reply(rid, {"bye": True})

@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from fastsam_geo.errors import Cancelled
-from fastsam_geo.worker_protocol import CancelFn, ProgressFn, default_cache_dir, extract_params, prompts_from_json
+from fastsam_geo.worker_params import extract_params, prompts_from_json
+from fastsam_geo.worker_protocol import CancelFn, ProgressFn, default_cache_dir
 
-__all__ = ["Engine", "LazySegmenter", "SegmenterFactory"]
+__all__ = ["Engine", "LazySegmenter", "SegmenterFactory", "cancelled_message"]
 
 log = logging.getLogger("fastsam_geo.worker")
 
@@ -74,6 +75,12 @@ class LazySegmenter:
         """The model's confidence threshold (loads the model)."""
         return getattr(self.inner, "conf", None)
 
+    @property
+    def fixed_shape(self) -> tuple[int, int] | None:
+        """The fixed input ``(height, width)`` of an ONNX export, else None (loads the model): what
+        :func:`fastsam_geo.plan.check_input_size` compares the tiles with, as for ``extract``."""
+        return getattr(self.inner, "fixed_shape", None)
+
 
 class _Recorded:
     """A cached segmenter that reports the weights of the model behind it (for the summary)."""
@@ -109,16 +116,57 @@ class _Recorded:
     def conf(self) -> float | None:
         return getattr(self.model, "conf", None)
 
+    @property
+    def fixed_shape(self) -> tuple[int, int] | None:
+        """The fixed input of the model behind the cache (see :attr:`LazySegmenter.fixed_shape`)."""
+        return getattr(self.model, "fixed_shape", None)
+
 
 SegmenterFactory = Callable[..., Any]
 
 
-def _fastsam_factory(weights: str | None, device: str, conf: float | None, iou: float, tta: int = 1) -> Any:
+def _fastsam_factory(
+    weights: str | None, device: str, conf: float | None, iou: float, tta: int = 1, tile_size: int | None = None
+) -> Any:
     from fastsam_geo.segment import FastSAMSegmenter
     from fastsam_geo.segmenters import resolve_model
 
-    # engine auto, as extract: a .pt's ONNX twin runs on ONNX Runtime when installed
-    return FastSAMSegmenter(resolve_model(weights).path, device=device, conf=conf, iou=iou, tta=tta)
+    # engine auto, as extract: a .pt's ONNX twin runs on ONNX Runtime when installed and its
+    # input takes the tiles (a twin exported for 1024 px keeps 2048 px tiles on the .pt)
+    path = resolve_model(weights, "auto", tile_size).path
+    return FastSAMSegmenter(path, device=device, conf=conf, iou=iou, tta=tta)
+
+
+def _takes(fn: Callable[..., Any], name: str) -> bool:
+    """Whether ``fn`` takes the keyword argument ``name`` (or any keyword).
+
+    >>> _takes(lambda w, tile_size=None: w, "tile_size"), _takes(lambda w, tta=1: w, "tile_size")
+    (True, False)
+    >>> _takes(lambda w, **kw: w, "tile_size")
+    True
+    """
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def cancelled_message(done: int, total: int, output: str, cached: bool) -> str:
+    """What a cancelled ``extract`` job says: the worker has no resume, a job sent again starts
+    over (the tiles already segmented answered from the mask cache when it is on).
+
+    >>> cancelled_message(3, 9, "b.gpkg", True)  # doctest: +NORMALIZE_WHITESPACE
+    'cancelled after 3 of 9 tiles; nothing was written to b.gpkg; send the extract again to start it over
+    (the mask cache keeps the tiles already segmented).'
+    >>> cancelled_message(0, 0, "b.gpkg", False)
+    'cancelled before the first tile finished; nothing was written to b.gpkg; send the extract again to start it over.'
+    """
+    when = f"after {done} of {total} tiles" if total else "before the first tile finished"
+    again = " (the mask cache keeps the tiles already segmented)" if cached and done else ""
+    return f"cancelled {when}; nothing was written to {output}; send the extract again to start it over{again}."
 
 
 def resolved_bands_key(raster: str, p: Mapping[str, Any]) -> str:
@@ -138,14 +186,15 @@ def resolved_bands_key(raster: str, p: Mapping[str, Any]) -> str:
 class Engine:
     """The worker's state: models kept warm, and the everything-mask cache.
 
-    Segmenters are kept in a dict keyed by ``(weights, device, conf, iou, tta)`` and wrapped, per
+    Segmenters are kept in a dict keyed by ``(weights, device, conf, iou, tta, file run)`` and wrapped, per
     run, in a :class:`~fastsam_geo.cache.CachedSegmenter` over one shared
     :class:`~fastsam_geo.cache.MaskCache`, so that re-prompting an area answers from the cache.
 
     Args:
         cache_dir: folder of the on-disk mask cache (default :func:`default_cache_dir`).
         segmenter_factory: ``factory(weights, device, conf, iou, tta=N) -> Segmenter`` (default:
-            :class:`~fastsam_geo.segment.FastSAMSegmenter`); tests plug in a model-free one.
+            :class:`~fastsam_geo.segment.FastSAMSegmenter`); tests plug in a model-free one. A
+            factory that also takes ``tile_size=`` gets the run's (see :meth:`segmenter`).
         memory_items: tiles' masks kept in memory besides the disk.
     """
 
@@ -158,7 +207,8 @@ class Engine:
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.segmenter_factory = segmenter_factory or _fastsam_factory
         self.memory_items = memory_items
-        self.segmenters: dict[tuple[str | None, str, float | None, float, int], Any] = {}
+        self.segmenters: dict[tuple[str | None, str, float | None, float, int, str | None], Any] = {}
+        self._files: dict[tuple[str | None, int], str] = {}
         self.text_scorers: dict[tuple[str, str | None, str], Any] = {}
         self._cache: Any = None
         self._tmp: Path | None = None
@@ -186,17 +236,34 @@ class Engine:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
 
-    def segmenter(self, weights: str | None, device: str, conf: float | None, iou: float, tta: int = 1) -> Any:
-        """The warm segmenter for these settings (loaded on first use; ``conf`` None: the model's)."""
+    def segmenter(
+        self,
+        weights: str | None,
+        device: str,
+        conf: float | None,
+        iou: float,
+        tta: int = 1,
+        tile_size: int | None = None,
+    ) -> Any:
+        """The warm segmenter for these settings (loaded on first use; ``conf`` None: the model's).
+
+        ``tile_size``: the run's tiles, passed to a factory that takes it (the default one: engine
+        auto then runs a ``.pt`` whose ONNX twin's fixed input is smaller than the tiles on torch,
+        as ``extract`` does); the file that runs is then part of the key.
+        """
         if weights:
             from fastsam_geo.weights import resolve_weights
 
             weights = str(resolve_weights(weights))
-        key = (weights, device, None if conf is None else round(float(conf), 6), round(float(iou), 6), int(tta))
+        takes = tile_size is not None and _takes(self.segmenter_factory, "tile_size")
+        extra = {"tile_size": tile_size} if takes else {}
+        runs = self.model_file(weights, tile_size) if takes and tile_size is not None else None
+        threshold = None if conf is None else round(float(conf), 6)
+        key = (weights, device, threshold, round(float(iou), 6), int(tta), runs)
         seg = self.segmenters.get(key)
         if seg is None:
             t0 = time.perf_counter()
-            seg = self.segmenter_factory(weights, device, conf, iou, tta=tta)
+            seg = self.segmenter_factory(weights, device, conf, iou, tta=tta, **extra)
             log.info(
                 "loaded model %s on %s in %.1f s",
                 getattr(seg, "weights_path", weights),
@@ -205,6 +272,15 @@ class Engine:
             )
             self.segmenters[key] = seg
         return seg
+
+    def model_file(self, weights: str | None, tile_size: int) -> str:
+        """The file engine auto runs for ``weights`` and ``tile_size`` px tiles (resolved once)."""
+        key = (weights, tile_size)
+        if key not in self._files:
+            from fastsam_geo.segmenters import resolve_model
+
+            self._files[key] = resolve_model(weights, "auto", tile_size).path
+        return self._files[key]
 
     def text_scorer(self, model: str, weights: str | None, device: str) -> Any:
         """The warm CLIP scorer for these settings."""
@@ -255,7 +331,7 @@ class Engine:
     def warmup(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """Load the model of ``params`` (``weights``, ``device``, ``conf``, ``iou``)."""
         p = extract_params({"raster": "-", **{k: v for k, v in params.items() if k != "raster"}})
-        seg = self.segmenter(p["weights"], p["device"], p["conf"], p["iou"], p["tta"])
+        seg = self.segmenter(p["weights"], p["device"], p["conf"], p["iou"], p["tta"], p["tile_size"])
         return {
             "weights": str(getattr(seg, "weights_path", p["weights"]) or ""),
             "device": str(getattr(seg, "device", p["device"])),
@@ -271,11 +347,8 @@ class Engine:
         raster = str(p["raster"])
         output = p["output"] or str(self.temp_output(job_id))
         prompts = prompts_from_json(p["prompts"])
-        bf = p["building_filter"]
-        if bf is None or isinstance(bf, bool):
-            bfilter = BuildingFilter(enabled=bf is not False)
-        else:
-            bfilter = BuildingFilter(**{k: v for k, v in bf.items() if k in BuildingFilter.__dataclass_fields__})
+        bf = p["building_filter"]  # null, true, false or an object of BuildingFilter's fields (checked)
+        bfilter = BuildingFilter(**bf) if isinstance(bf, dict) else BuildingFilter(enabled=bf is not False)
         text_scorer = None
         if prompts is not None and prompts.mode == "text":
             text_scorer = self.text_scorer(p["clip_model"], p["clip_weights"], p["device"])
@@ -283,41 +356,50 @@ class Engine:
             raise Cancelled("cancelled before it started; nothing was written.")
 
         def load() -> Any:
-            seg = self.segmenter(p["weights"], p["device"], p["conf"], p["iou"], p["tta"])
+            seg = self.segmenter(p["weights"], p["device"], p["conf"], p["iou"], p["tta"], p["tile_size"])
             if hasattr(seg, "batch_size"):
                 seg.batch_size = max(p["batch_size"], 1)
             return seg
 
-        lazy = LazySegmenter(load)  # the raster and the prompts are checked before the model loads
+        lazy = LazySegmenter(load)  # a bad raster is told before the model loads
         segmenter = self.cached(lazy, raster, p) if p["cache"] else lazy
         cache = self.cache if p["cache"] else None
         hits0, misses0 = (cache.hits, cache.misses) if cache is not None else (0, 0)
-        summary = extract_buildings(
-            raster,
-            output,
-            segmenter=segmenter,
-            prompts=prompts,
-            tile_size=p["tile_size"],
-            overlap=p["overlap"],
-            bands=p["bands"],
-            stretch=p["stretch"],
-            gsd=p["gsd"],
-            batch_size=p["batch_size"],
-            conf=p["conf"],
-            iou=p["iou"],
-            tta=p["tta"],
-            building_filter=bfilter,
-            text_scorer=text_scorer,
-            simplify_px=p["simplify_px"],
-            min_area_m2=p["min_area_m2"],
-            regularize=bool(p["regularize"]),
-            overwrite=bool(p["overwrite"]),
-            layer=p["layer"],
-            progress=progress,
-            cancel=cancel,
-            assign_crs=str(p["assign_crs"]) if p["assign_crs"] else None,
-            resumable=False,  # the worker has no resume: a cancelled job leaves nothing beside the output
-        )
+        seen = [0, 0]
+
+        def tile_done(done: int, total: int) -> None:
+            seen[:] = [done, total]
+            progress(done, total)
+
+        try:
+            summary = extract_buildings(
+                raster,
+                output,
+                segmenter=segmenter,
+                prompts=prompts,
+                tile_size=p["tile_size"],
+                overlap=p["overlap"],
+                bands=p["bands"],
+                stretch=p["stretch"],
+                gsd=p["gsd"],
+                batch_size=p["batch_size"],
+                conf=p["conf"],
+                iou=p["iou"],
+                tta=p["tta"],
+                building_filter=bfilter,
+                text_scorer=text_scorer,
+                simplify_px=p["simplify_px"],
+                min_area_m2=p["min_area_m2"],
+                regularize=bool(p["regularize"]),
+                overwrite=bool(p["overwrite"]),
+                layer=p["layer"],
+                progress=tile_done,
+                cancel=cancel,
+                assign_crs=str(p["assign_crs"]) if p["assign_crs"] else None,
+                resumable=False,  # the worker has no resume: a cancelled job leaves nothing beside the output
+            )
+        except Cancelled:  # the pipeline's message says run again with --resume: the worker has none
+            raise Cancelled(cancelled_message(seen[0], seen[1], output, bool(p["cache"]))) from None
         result = summary.as_dict()
         result["layer"] = p["layer"]
         result["cache"] = {

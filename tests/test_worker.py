@@ -361,3 +361,227 @@ def test_a_request_without_conf_gets_the_models_stored_threshold(name: str, tmp_
 
     gsd = float(re.search(r'<MDI key="gsd_m">([0-9.]+)</MDI>', xml).group(1))  # type: ignore[union-attr]
     assert f'<MDI key="conf">{stored:g}</MDI>' in xml and gsd == pytest.approx(0.25, rel=1e-3), xml[:800]
+
+
+# ---------------------------------------------------------------------------- request fields, strictly typed
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("min_area_m2", "nan", 'params.min_area_m2: expected a number (e.g. 2.0), got "nan"'),
+        ("min_area_m2", float("inf"), "params.min_area_m2: expected a finite number (e.g. 2.0), got Infinity"),
+        ("regularize", "false", 'params.regularize: expected true or false, got "false"'),
+        ("overwrite", "false", 'params.overwrite: expected true or false, got "false"'),
+        ("cache", 0, "params.cache: expected true or false, got 0"),
+        ("conf", True, "params.conf: expected a number (e.g. 0.25), got true"),
+        ("tta", 1.9, "params.tta: expected a whole number (e.g. 12), got 1.9"),
+        ("tta", True, "params.tta: expected a whole number (e.g. 12), got true"),
+        ("tile_size", "big", 'params.tile_size: expected a whole number (e.g. 1024), got "big"'),
+        ("tile_size", float("inf"), "params.tile_size: expected a whole number (e.g. 1024), got Infinity"),
+        ("tile_size", 10**300, "params.tile_size: expected a whole number (e.g. 1024), got 1e+300"),
+        ("building_filter", {"min_area": 500}, "params.building_filter: unknown key(s) min_area; known: enabled,"),
+        (
+            "building_filter",
+            {"enabled": "false"},
+            'params.building_filter.enabled: expected true or false, got "false"',
+        ),
+        ("building_filter", [1], "params.building_filter: expected true, false or an object"),
+        ("building_filter", 0, "params.building_filter: expected true, false or an object"),
+        ("prompts", {"points": 5}, "params.prompts.points: expected a list of [x, y, label], got 5"),
+        ("prompts", {"points": [[1, 2, "a"]]}, "params.prompts.points[0][2]: expected 0 (background) or 1"),
+        ("prompts", [1], "params.prompts: expected an object"),
+        ("output", 5, 'params.output: expected a string (e.g. "buildings.gpkg"), got 5'),
+        ("layer", 5, 'params.layer: expected a string (e.g. "buildings"), got 5'),
+        ("bands", "9,9,9", 'params.bands: expected a list of 1 or 3 band numbers from 1 (e.g. [4, 3, 2]), got "9,9,9"'),
+        ("stretch", "bogus", 'params.stretch: expected one of "auto", "none", "percentile", got "bogus"'),
+        ("gsd", True, "params.gsd: true is not a ground resolution"),
+    ],
+)
+def test_extract_params_refuse_a_loose_json_type_naming_the_field(field: str, value: Any, message: str) -> None:
+    """`"false"`, `1.9`, `true` or a misspelt key were read loosely (a wrong answer) or failed in Python's
+    words (`invalid literal for int()`): now one line naming the field, what was given and what is expected."""
+    with pytest.raises(ProtocolError) as info:
+        extract_params({"raster": "a.tif", field: value})
+    assert str(info.value).startswith(message), str(info.value)
+    assert "\n" not in str(info.value) and len(str(info.value)) < 300
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"tile_size": 32}, "params.tile_size 32: use at least 64 px"),
+        ({"tile_size": 256}, "params.overlap 128: use 0 to 127 px with params.tile_size 256"),
+        ({"conf": 5}, "params.conf 5.0: use a value from 0 to 1"),
+        ({"tta": 3}, "params.tta 3: use 1 (off), 2, 4, 8 or 12 views"),
+        ({"device": "quantum"}, "params.device 'quantum': use auto, cpu"),
+        ({"building_filter": {"min_area_m2": 500, "max_area_m2": 10}}, "params.building_filter.min_area_m2 500 is"),
+        ({"building_filter": {"min_rectangularity": 2}}, "params.building_filter.min_rectangularity 2.0: use a value"),
+        ({"min_area_m2": -1}, "params.min_area_m2 -1: use an area of 0 m² or more"),
+    ],
+)
+def test_extract_params_refuse_what_extract_refuses_before_the_job_is_queued(
+    params: dict[str, Any], message: str
+) -> None:
+    from fastsam_geo.errors import OptionError
+
+    with pytest.raises(OptionError) as info:
+        extract_params({"raster": "a.tif", **params})
+    assert str(info.value).startswith(message), str(info.value)
+    # the filter's areas are checked only when it is on, as extract --no-filter does
+    extract_params({"raster": "a.tif", "building_filter": {"enabled": False, "min_area_m2": 500, "max_area_m2": 10}})
+
+
+def test_a_huge_number_is_shown_in_g_style() -> None:
+    """A 300-digit integer (Python's JSON reader takes them) failed as "int too large to convert to float",
+    or was printed digit by digit: messages show %g."""
+    with pytest.raises(PromptError, match=r"Point \(inf, 0\.0\)"):
+        prompts_from_json({"points": [[10**400, 0]]})
+    with pytest.raises(ProtocolError) as info:
+        extract_params({"raster": "a.tif", "overlap": -(10**300)})
+    assert "got -1e+300" in str(info.value) and len(str(info.value)) < 120
+
+
+def test_bad_requests_get_one_line_naming_the_field_and_the_worker_serves_on(tmp_path: Path) -> None:
+    """The worker process: each bad request is answered with one line naming its field, nothing goes to
+    stderr as a traceback (`building_filter: [1]` logged an AttributeError's), and the worker answers on."""
+    bad = [
+        {"cmd": "extract", "params": {"raster": "a.tif", "building_filter": [1]}},
+        {"cmd": "extract", "params": {"raster": "a.tif", "building_filter": 0}},
+        {"cmd": "extract", "params": {"raster": "a.tif", "tile_size": "big"}},
+        {"cmd": "extract", "params": {"raster": "a.tif", "tile_size": float("inf")}},
+        {"cmd": "extract", "params": {"raster": "a.tif", "prompts": {"points": 5}}},
+        {"cmd": "extract", "params": {"raster": "a.tif", "output": 5}},
+        {"cmd": "extract", "params": {"raster": "a.tif", "layer": 5}},
+        {"cmd": "extract", "params": {"raster": "a.tif", "bands": "9,9,9"}},
+        {"cmd": "warmup", "params": {"tile_size": "q"}},
+        {"cmd": "cancel", "params": {"job": [1]}},
+        {"cmd": "cancel", "params": {"jobs": 1}},  # a misspelt key cancelled every job
+    ]
+    fields = ["building_filter", "building_filter", "tile_size", "tile_size", "prompts.points", "output", "layer"]
+    fields += ["bands", "tile_size", "job", "params"]
+    lines = [json.dumps({"id": i, **req}) for i, req in enumerate(bad)]
+    proc = _worker("--cache-dir", str(tmp_path / "cache"))
+    out, err = proc.communicate("\n".join([*lines, '{"id": "h", "cmd": "hello"}', ""]), timeout=120)
+    replies = {r["id"]: r for r in map(json.loads, out.splitlines())}
+    assert proc.returncode == 0 and "Traceback" not in err, err
+    for i, field in enumerate(fields):
+        r = replies[i]
+        assert r["type"] == "error" and r["kind"] == "ProtocolError", r
+        assert r["error"].startswith(f"params.{field}" if field != "params" else "params: unknown key(s) jobs"), r
+    assert replies["h"]["type"] == "result"
+
+
+def test_a_good_job_after_bad_ones_gives_the_same_buildings(scene, truth_engine: Engine, tmp_path: Path) -> None:
+    """`"overwrite": "false"` replaced an existing output (a non-empty string is truthy) and
+    `"regularize": "false"` squared the outlines: refused now, and the output is left as it was."""
+    # what the panel and Processing send is read as before
+    p = extract_params(
+        {
+            "raster": "a.tif",
+            "output": "b.gpkg",
+            "overwrite": True,
+            "weights": None,
+            "device": "cpu",
+            "batch_size": 1,
+            "tile_size": 512,
+            "overlap": 64,
+            "conf": None,
+            "iou": 0.7,
+            "prompts": {"points": [[500010.5, 4999990, 1], [500020, 4999980.25, 0]], "crs": None},
+            "building_filter": {"enabled": True, "min_area_m2": 12, "max_area_m2": 20000.0},
+            "simplify_px": 1,
+            "regularize": False,
+            "tta": 8,
+            "gsd": 0.3,
+        }
+    )
+    assert (p["tile_size"], p["tta"], p["conf"], p["gsd"], p["simplify_px"]) == (512, 8, None, 0.3, 1.0)
+    assert p["building_filter"] == {"enabled": True, "min_area_m2": 12.0, "max_area_m2": 20000.0}
+    assert extract_params({"raster": "a.tif", "building_filter": False})["building_filter"] is False
+    rec = Recorder()
+    server = WorkerServer(rec, truth_engine)
+    out = tmp_path / "a.gpkg"
+    params = {"raster": str(scene.raster), "output": str(out), "tile_size": 512, "overlap": 64}
+    server.handle({"id": 1, "cmd": "extract", "params": params})
+    first = rec.wait_for(1)
+    assert first["type"] == "result", first
+    stamp = out.stat().st_mtime_ns
+    for rid, extra in enumerate(
+        [{"overwrite": "false"}, {"overwrite": "true", "regularize": "false"}, {"building_filter": {"enabled": "no"}}],
+        start=2,
+    ):
+        server.handle({"id": rid, "cmd": "extract", "params": {**params, **extra}})
+        assert rec.wait_for(rid)["kind"] == "ProtocolError"
+    assert out.stat().st_mtime_ns == stamp
+    server.handle({"id": 9, "cmd": "extract", "params": {**params, "output": str(tmp_path / "b.gpkg")}})
+    again = rec.wait_for(9)
+    assert again["type"] == "result" and again["result"]["buildings"] == first["result"]["buildings"]
+    server.handle({"id": 10, "cmd": "extract", "params": []})
+    assert rec.wait_for(10)["error"] == "params must be an object, got list"
+    server.close()
+
+
+def test_a_cancelled_job_says_the_worker_has_no_resume(scene, truth_engine: Engine, tmp_path: Path) -> None:
+    """The pipeline's message told the panel to "run again with --resume", which the worker has not."""
+    rec = Recorder()
+    server = WorkerServer(rec, truth_engine)
+    (tmp_path / "slow.pt").write_bytes(b"not used")
+    params = {
+        "raster": str(scene.raster),
+        "output": str(tmp_path / "c.gpkg"),
+        "tile_size": 256,
+        "overlap": 32,
+        "weights": str(tmp_path / "slow.pt"),  # the fixture's factory makes a slow segmenter for it
+    }
+    server.handle({"id": 1, "cmd": "extract", "params": params})
+    rec.wait_for(1, kinds=("progress",))
+    server.handle({"id": 2, "cmd": "cancel", "params": {"job": 1}})
+    err = rec.wait_for(1)
+    assert err["kind"] == "Cancelled", err
+    assert "--resume" not in err["error"] and "send the extract again to start it over" in err["error"], err
+    assert err["error"].startswith("cancelled after ") and str(tmp_path / "c.gpkg") in err["error"]
+    assert not (tmp_path / "c.gpkg").exists()
+    server.close()
+
+
+def test_the_worker_refuses_tiles_larger_than_a_fixed_size_onnx_as_extract_does(scene, tmp_path: Path) -> None:
+    """The check of the ONNX model's fixed input did not see the model behind the worker's wrappers:
+    2048 px tiles were shrunk to the 1024 px graph (2x coarser, 115 buildings instead of 118)."""
+    from fastsam_geo.errors import TilingError
+    from fastsam_geo.pipeline import extract_buildings
+    from fastsam_geo.worker import one_line
+
+    onnx = REPO / "weights" / "fastsam-geo-n.onnx"
+    if not onnx.is_file():
+        pytest.skip(f"{onnx} is absent")
+    common = {"weights": str(onnx), "tile_size": 2048, "overlap": 256, "tta": 1}
+    with pytest.raises(TilingError) as api:
+        extract_buildings(scene.raster, tmp_path / "api.gpkg", **common)  # type: ignore[arg-type]
+    engine = Engine(cache_dir=tmp_path / "cache")
+    for cache in (True, False):  # behind the mask cache, and without it
+        out = tmp_path / f"w{cache}.gpkg"
+        params = {"raster": str(scene.raster), "output": str(out), "cache": cache, **common}
+        with pytest.raises(TilingError) as worker:
+            engine.extract(1, params, lambda done, total: None, lambda: False)
+        assert one_line(worker.value) == one_line(api.value) and not out.exists()
+
+
+def test_engine_auto_runs_the_pt_when_its_twin_is_smaller_than_the_tiles(tmp_path: Path) -> None:
+    """extract keeps a .pt on torch when its ONNX twin's fixed input is smaller than the tiles; the worker
+    ran the twin (tiles shrunk): the default factory now gets the tile size, and the file is in the key."""
+    from fastsam_geo.segmenters import resolve_model
+    from fastsam_geo.worker_engine import _fastsam_factory, _takes
+
+    assert _takes(_fastsam_factory, "tile_size")
+    made: list[int | None] = []
+
+    def factory(weights, device, conf, iou, tta=1, tile_size=None):  # type: ignore[no-untyped-def]
+        made.append(tile_size)
+        return object()
+
+    engine = Engine(cache_dir=tmp_path / "cache", segmenter_factory=factory)
+    small, large, smaller = (engine.segmenter(None, "cpu", None, 0.7, 1, tile_size=t) for t in (1024, 2048, 512))
+    assert made[:2] == [1024, 2048]
+    for t in (1024, 2048):
+        assert engine.model_file(None, t) == resolve_model(None, "auto", t).path
+    if engine.model_file(None, 2048) != engine.model_file(None, 1024):  # the default .pt with a 1024 px twin
+        assert small is not large and small is smaller and made == [1024, 2048]
