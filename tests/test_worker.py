@@ -144,17 +144,23 @@ def test_extract_progress_result_then_the_cache_answers(scene, truth_engine: Eng
     server.close()
 
 
-def test_cancel_stops_the_running_job(scene, truth_engine: Engine, tmp_path: Path) -> None:
-    rec = Recorder()
-    server = WorkerServer(rec, truth_engine)
-    params = {
+def _slow_job(scene: Any, tmp_path: Path) -> dict[str, Any]:
+    """Parameters of an extract job on ``scene`` that runs slowly (the fixture's factory makes a slow
+    segmenter for weights named slow.pt), into ``tmp_path/c.gpkg``."""
+    (tmp_path / "slow.pt").write_bytes(b"not used")
+    return {
         "raster": str(scene.raster),
         "output": str(tmp_path / "c.gpkg"),
         "tile_size": 256,
         "overlap": 32,
-        "weights": str(tmp_path / "slow.pt"),  # the fixture's factory makes a slow segmenter for it
+        "weights": str(tmp_path / "slow.pt"),
     }
-    (tmp_path / "slow.pt").write_bytes(b"not used")
+
+
+def test_cancel_stops_the_running_job(scene, truth_engine: Engine, tmp_path: Path) -> None:
+    rec = Recorder()
+    server = WorkerServer(rec, truth_engine)
+    params = _slow_job(scene, tmp_path)
     server.handle({"id": 7, "cmd": "extract", "params": params})
     rec.wait_for(7, kinds=("progress",))
     t0 = time.monotonic()
@@ -524,14 +530,7 @@ def test_a_cancelled_job_says_the_worker_has_no_resume(scene, truth_engine: Engi
     """The pipeline's message told the panel to "run again with --resume", which the worker has not."""
     rec = Recorder()
     server = WorkerServer(rec, truth_engine)
-    (tmp_path / "slow.pt").write_bytes(b"not used")
-    params = {
-        "raster": str(scene.raster),
-        "output": str(tmp_path / "c.gpkg"),
-        "tile_size": 256,
-        "overlap": 32,
-        "weights": str(tmp_path / "slow.pt"),  # the fixture's factory makes a slow segmenter for it
-    }
+    params = _slow_job(scene, tmp_path)
     server.handle({"id": 1, "cmd": "extract", "params": params})
     rec.wait_for(1, kinds=("progress",))
     server.handle({"id": 2, "cmd": "cancel", "params": {"job": 1}})
