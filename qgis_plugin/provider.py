@@ -8,11 +8,14 @@ toolbox, the Graphical Modeler, ``processing.run`` and ``qgis_process``. Progres
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import tempfile
 from typing import Any
 
 from qgis.core import (
     QgsCoordinateTransform,
+    QgsCsException,
     QgsFeatureRequest,
     QgsProcessingAlgorithm,
     QgsProcessingContext,
@@ -29,6 +32,7 @@ from qgis.core import (
     QgsProcessingParameterVectorDestination,
     QgsProcessingProvider,
     QgsProviderRegistry,
+    QgsRasterLayer,
     QgsVectorFileWriter,
     QgsVectorLayer,
 )
@@ -47,6 +51,62 @@ from .engine import WorkerCancelled, WorkerError
 from .utils import DEFAULT_TTA, KEY_BATCH_SIZE, TTA_VIEWS, crs_name, crs_to_assign, icon, setting
 
 ENGINE_FORMATS = (".gpkg", ".geojson", ".fgb")
+
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+"""The devices the CLI's ``--device`` takes (besides ``cuda:N``)."""
+
+
+def _abs_path(path: str) -> str:
+    """``path`` made absolute against the current folder (as QGIS's own algorithms read and write
+    it), not the worker's; GDAL virtual paths and provider URIs are left as they are."""
+    if not path or os.path.isabs(path) or path.startswith("/vsi") or re.match(r"^[A-Za-z][\w+.-]+:", path):
+        return path
+    return os.path.abspath(path)
+
+
+def _layer_path(layer: Any) -> str | None:
+    """The absolute file of a vector layer (None: not a file)."""
+    path = QgsProviderRegistry.instance().decodeUri(layer.providerType(), layer.source()).get("path")
+    return _abs_path(str(path)) if path else None
+
+
+def _raster_path(layer: Any) -> str:
+    """The GDAL path of a raster layer for the engine: absolute, with its /vsi prefix and suffix kept."""
+    parts = QgsProviderRegistry.instance().decodeUri("gdal", layer.source())
+    path = str(parts.get("path") or layer.source())
+    prefix, suffix = str(parts.get("vsiPrefix") or ""), str(parts.get("vsiSuffix") or "")
+    if prefix and not path.startswith("/vsi"):
+        return f"{prefix}{_abs_path(path)}{suffix}"
+    return _abs_path(path)
+
+
+def _layer_crs_to_assign(layer: Any, raster: str, feedback: QgsProcessingFeedback) -> str | None:
+    """The CRS the engine must assign to the raster file: the layer's when the file has none or when
+    it was set on the layer (Layer > Set CRS) over the file's own; None when they agree."""
+    try:
+        assign_crs = crs_to_assign(layer, raster)
+    except ValueError as exc:
+        raise QgsProcessingException(str(exc)) from None
+    if assign_crs:
+        feedback.pushInfo(f"{raster} has no CRS in its file: the layer's, {crs_name(layer.crs())}, is used.")
+        return assign_crs
+    own = QgsRasterLayer(raster, "file", "gdal").crs()
+    crs = layer.crs()
+    if own.isValid() and crs.isValid() and own != crs:
+        feedback.pushInfo(f"The layer's CRS, {crs_name(crs)}, is used over the one in {raster}, {crs_name(own)}.")
+        return crs.authid() or crs.toWkt()
+    return None
+
+
+def _same_file(a: str, b: str) -> bool:
+    """Whether paths ``a`` and ``b`` name the same file (existing or not)."""
+    try:
+        if os.path.exists(a) and os.path.exists(b):
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return os.path.realpath(a) == os.path.realpath(b)
 
 
 class FastSAMGeoProvider(QgsProcessingProvider):
@@ -204,42 +264,115 @@ class ExtractBuildingsAlgorithm(QgsProcessingAlgorithm):
     def _prompts(
         self, parameters: dict[str, Any], context: QgsProcessingContext, dst_crs: Any, feedback: QgsProcessingFeedback
     ) -> dict[str, Any] | None:
+        """The prompts for the engine (None: everything mode).
+
+        Raises:
+            QgsProcessingException: a POINTS or BOXES layer is given but yields no usable prompt, a
+                box is empty, or a prompt cannot be transformed to the raster's CRS.
+        """
         text = (self.parameterAsString(parameters, self.TEXT, context) or "").strip()
         if text:
             return {"text": text}
-        points: list[list[float]] = []
-        boxes: list[list[float]] = []
-        tc = context.transformContext()
-        source = self.parameterAsSource(parameters, self.POINTS, context)
-        if source is not None:
-            ct = QgsCoordinateTransform(source.sourceCrs(), dst_crs, tc)
-            idx = _label_field(source.fields())
-            if idx < 0:
-                feedback.pushInfo("The point layer has no 'label' field: every point is a building (label 1).")
-            for f in source.getFeatures(QgsFeatureRequest()):
-                geom = f.geometry()
-                if geom.isNull():
-                    continue
-                geom.transform(ct)
-                label = _label(f.attribute(idx)) if idx >= 0 else 1
-                for v in geom.vertices():
-                    points.append([v.x(), v.y(), label])
-        source = self.parameterAsSource(parameters, self.BOXES, context)
-        if source is not None:
-            ct = QgsCoordinateTransform(source.sourceCrs(), dst_crs, tc)
-            for f in source.getFeatures(QgsFeatureRequest()):
-                geom = f.geometry()
-                if geom.isNull():
-                    continue
-                geom.transform(ct)
-                r = geom.boundingBox()
-                if r.width() > 0 and r.height() > 0:
-                    boxes.append([r.xMinimum(), r.yMinimum(), r.xMaximum(), r.yMaximum()])
-        if not points and not boxes:
+        points = self._point_prompts(parameters, context, dst_crs, feedback)
+        boxes = self._box_prompts(parameters, context, dst_crs)
+        if points is None and boxes is None:
             return None
-        return {"points": points, "boxes": boxes, "crs": None}
+        return {"points": points or [], "boxes": boxes or [], "crs": None}
+
+    def _layer_label(self, parameters: dict[str, Any], name: str, context: QgsProcessingContext) -> str:
+        """How a prompt layer is named in messages (its file, else its name)."""
+        layer = self.parameterAsVectorLayer(parameters, name, context)
+        if layer is not None:
+            path = _layer_path(layer)
+            return f"{name} ({path or layer.name()})"
+        return f"{name} ({parameters.get(name)})"
+
+    def _transformed(self, geom: Any, ct: Any, what: str) -> Any:
+        """``geom`` transformed by ``ct``; a QgsProcessingException naming ``what`` when it cannot be."""
+        try:
+            geom.transform(ct)
+        except QgsCsException as exc:
+            raise QgsProcessingException(
+                f"{what} cannot be transformed to the raster's CRS ({exc}): check the layer's CRS and coordinates."
+            ) from None
+        return geom
+
+    def _point_prompts(
+        self, parameters: dict[str, Any], context: QgsProcessingContext, dst_crs: Any, feedback: QgsProcessingFeedback
+    ) -> list[list[float]] | None:
+        """The POINTS layer's points in ``dst_crs`` (None: no layer given)."""
+        source = self.parameterAsSource(parameters, self.POINTS, context)
+        if source is None:
+            return None
+        label_of = self._layer_label(parameters, self.POINTS, context)
+        ct = QgsCoordinateTransform(source.sourceCrs(), dst_crs, context.transformContext())
+        idx = _label_field(source.fields())
+        if idx < 0:
+            feedback.pushInfo("The point layer has no 'label' field: every point is a building (label 1).")
+        points: list[list[float]] = []
+        for f in source.getFeatures(QgsFeatureRequest()):
+            geom = f.geometry()
+            if geom.isNull() or geom.isEmpty():
+                continue
+            where = f"{label_of}: point {geom.asWkt(6)} (feature {f.id()})"
+            geom = self._transformed(geom, ct, where)
+            label = _label(f.attribute(idx)) if idx >= 0 else 1
+            for v in geom.vertices():
+                points.append([v.x(), v.y(), label])
+        if not points:
+            raise QgsProcessingException(f"{label_of} has no features with a geometry: no point prompt to use.")
+        return points
+
+    def _box_prompts(
+        self, parameters: dict[str, Any], context: QgsProcessingContext, dst_crs: Any
+    ) -> list[list[float]] | None:
+        """The bounding boxes of the BOXES layer's polygons in ``dst_crs`` (None: no layer given)."""
+        source = self.parameterAsSource(parameters, self.BOXES, context)
+        if source is None:
+            return None
+        label_of = self._layer_label(parameters, self.BOXES, context)
+        ct = QgsCoordinateTransform(source.sourceCrs(), dst_crs, context.transformContext())
+        boxes: list[list[float]] = []
+        for f in source.getFeatures(QgsFeatureRequest()):
+            geom = f.geometry()
+            if geom.isNull() or geom.isEmpty():
+                continue
+            where = f"{label_of}: box of feature {f.id()}"
+            r = self._transformed(geom, ct, where).boundingBox()
+            if not (r.width() > 0 and r.height() > 0):
+                corners = " ".join(f"{c:.10g}" for c in (r.xMinimum(), r.yMinimum(), r.xMaximum(), r.yMaximum()))
+                raise QgsProcessingException(f"{where} is empty ({corners}): draw a box with a width and height.")
+            boxes.append([r.xMinimum(), r.yMinimum(), r.xMaximum(), r.yMaximum()])
+        if not boxes:
+            raise QgsProcessingException(f"{label_of} has no features with a geometry: no box prompt to use.")
+        return boxes
 
     # ------------------------------------------------------------------ run
+    def _device(self, parameters: dict[str, Any], context: QgsProcessingContext) -> str:
+        """The DEVICE parameter, checked as the CLI checks ``--device``."""
+        device = (self.parameterAsString(parameters, self.DEVICE, context) or "auto").strip()
+        base, _, num = device.lower().partition(":")
+        if device.lower() in DEVICES or (base == "cuda" and num.isdigit()):
+            return device
+        raise QgsProcessingException(f"DEVICE {device!r}: use auto, cpu, cuda, cuda:N (e.g. cuda:0) or mps.")
+
+    def _check_output(
+        self, parameters: dict[str, Any], context: QgsProcessingContext, output: str, inputs: list[str | None]
+    ) -> None:
+        """Refuse an OUTPUT in a missing folder, or one that is also an input (raster, prompts, weights)."""
+        folder = os.path.dirname(output)
+        if folder and not os.path.isdir(folder):
+            raise QgsProcessingException(f"OUTPUT {output}: the folder {folder} does not exist.")
+        named = {self.INPUT: inputs[0], self.WEIGHTS: inputs[1]}
+        for name in (self.POINTS, self.BOXES):
+            layer = self.parameterAsVectorLayer(parameters, name, context) if parameters.get(name) else None
+            named[name] = _layer_path(layer) if layer is not None else None
+        for name, path in named.items():
+            if path and _same_file(path, output):
+                raise QgsProcessingException(
+                    f"OUTPUT {output} is also an input ({name}): choose another output file, it would be overwritten."
+                )
+
     def processAlgorithm(
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> dict[str, Any]:
@@ -248,27 +381,20 @@ class ExtractBuildingsAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException(self.invalidRasterError(parameters, self.INPUT))
         if layer.providerType() != "gdal":
             raise QgsProcessingException(f"{layer.name()} is not a GDAL raster file (provider {layer.providerType()}).")
-        raster = str(QgsProviderRegistry.instance().decodeUri("gdal", layer.source()).get("path") or layer.source())
-        try:
-            assign_crs = crs_to_assign(layer, raster)
-        except ValueError as exc:
-            raise QgsProcessingException(str(exc)) from None
-        if assign_crs:
-            feedback.pushInfo(f"{raster} has no CRS in its file: the layer's, {crs_name(layer.crs())}, is used.")
+        raster = _raster_path(layer)
+        assign_crs = _layer_crs_to_assign(layer, raster, feedback)
+        device = self._device(parameters, context)
+        weights = self.parameterAsFile(parameters, self.WEIGHTS, context) or None
+        weights = _abs_path(weights) if weights else None
         prompts = self._prompts(parameters, context, layer.crs(), feedback)
-        output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
-        ext = os.path.splitext(output)[1].lower()
-        temp_dir = None
-        engine_output = output
-        if ext not in ENGINE_FORMATS:
-            temp_dir = tempfile.mkdtemp(prefix="fastsam-geo-processing-")
-            engine_output = os.path.join(temp_dir, "buildings.gpkg")
+        output = _abs_path(self.parameterAsOutputLayer(parameters, self.OUTPUT, context))
+        self._check_output(parameters, context, output, [raster, weights])
         params = {
             "raster": raster,
-            "output": engine_output,
+            "output": output,
             "overwrite": True,
-            "weights": self.parameterAsFile(parameters, self.WEIGHTS, context) or None,
-            "device": (self.parameterAsString(parameters, self.DEVICE, context) or "auto").strip(),
+            "weights": weights,
+            "device": device,
             "batch_size": setting(KEY_BATCH_SIZE, 1, int),
             "tile_size": self.parameterAsInt(parameters, self.TILE_SIZE, context),
             "overlap": self.parameterAsInt(parameters, self.OVERLAP, context),
@@ -282,34 +408,47 @@ class ExtractBuildingsAlgorithm(QgsProcessingAlgorithm):
         params["tta"] = self.TTA_VIEWS[self.parameterAsEnum(parameters, self.TTA, context)]
         mode = "everything" if prompts is None else ("text" if "text" in prompts else "points/boxes")
         feedback.pushInfo(f"Extracting buildings from {raster} ({mode}); the engine runs in a worker process.")
-        try:
-            client = connection.client()
-            hello = client.start()
-            feedback.pushInfo(f"Engine: fastsam-geo {hello.get('version')} on {client.python} (pid {hello.get('pid')})")
-            result = client.request(
-                "extract",
-                params,
-                progress=lambda done, total: feedback.setProgress(100.0 * done / max(total, 1)),
-                cancel=feedback.isCanceled,
-            )
-        except WorkerCancelled:
-            feedback.reportError("Cancelled; nothing was written.")
-            return {}
-        except (WorkerError, TimeoutError) as exc:
-            raise QgsProcessingException(str(exc)) from exc
-        if temp_dir is not None:
-            self._convert(result, output, context, feedback)
+        result = self._extract(params, output, context, feedback)
         cache = result.get("cache") or {}
         feedback.pushInfo(
             f"{result.get('buildings', 0)} buildings from {result.get('tiles_processed', 0)} tiles in "
             f"{result.get('seconds', 0):.1f} s ({cache.get('hits', 0)} tiles from the mask cache); "
             f"weights {result.get('weights')} (sha256 {str(result.get('weights_sha256'))[:12]}…)"
         )
-        if temp_dir is not None:
-            import shutil
-
-            shutil.rmtree(temp_dir, ignore_errors=True)
         return {self.OUTPUT: output, self.BUILDINGS: int(result.get("buildings", 0))}
+
+    def _extract(
+        self, params: dict[str, Any], output: str, context: QgsProcessingContext, feedback: QgsProcessingFeedback
+    ) -> dict[str, Any]:
+        """Run the engine's extract in the worker (through a temporary GeoPackage for the formats the
+        engine does not write, removed whatever happens); the worker's result."""
+        temp_dir = None
+        if os.path.splitext(output)[1].lower() not in ENGINE_FORMATS:
+            temp_dir = tempfile.mkdtemp(prefix="fastsam-geo-processing-")
+            params = {**params, "output": os.path.join(temp_dir, "buildings.gpkg")}
+        try:
+            try:
+                client = connection.client()
+                hello = client.start()
+                feedback.pushInfo(
+                    f"Engine: fastsam-geo {hello.get('version')} on {client.python} (pid {hello.get('pid')})"
+                )
+                result = client.request(
+                    "extract",
+                    params,
+                    progress=lambda done, total: feedback.setProgress(100.0 * done / max(total, 1)),
+                    cancel=feedback.isCanceled,
+                )
+            except WorkerCancelled:
+                raise QgsProcessingException("Cancelled; nothing was written.") from None
+            except (WorkerError, TimeoutError) as exc:
+                raise QgsProcessingException(str(exc)) from exc
+            if temp_dir is not None:
+                self._convert(result, output, context, feedback)
+            return result
+        finally:
+            if temp_dir is not None:
+                shutil.rmtree(temp_dir, ignore_errors=True)
 
     def _convert(
         self, result: dict[str, Any], output: str, context: QgsProcessingContext, feedback: QgsProcessingFeedback

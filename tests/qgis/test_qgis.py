@@ -299,3 +299,155 @@ def test_panel_reports_misses_replaces_layers_and_takes_the_layer_crs(
     result = run_script("check_dock.py", str(nocrs), env={"FASTSAM_GEO_CACHE": str(mask_cache)}, timeout=900)
     assert "selected nothing" in result["nothing_message"]
     assert result["left_after_cancel"] == []
+
+
+@pytest.fixture
+def qgis_process_env(qgis_python: str, engine_ready: None, mask_cache: Path, tmp_path: Path) -> dict[str, str]:
+    """An environment for ``/usr/bin/qgis_process.bin`` with the plugin enabled from its folder in a
+    clean profile, and TMPDIR a folder of its own (``tmp_path / "tmp"``)."""
+    exe = "/usr/bin/qgis_process.bin"
+    if not Path(exe).exists():
+        pytest.skip(f"{exe} is not installed")
+    plugins, home, tmp = tmp_path / "plugins", tmp_path / "home", tmp_path / "tmp"
+    for folder in (plugins, home, tmp):
+        folder.mkdir()
+    (plugins / "fastsam_geo_plugin").symlink_to(REPO / "qgis_plugin", target_is_directory=True)
+    home.chmod(0o700)
+    env = {
+        **os.environ,
+        "HOME": str(home),
+        "XDG_RUNTIME_DIR": str(home),
+        "QGIS_PLUGINPATH": str(plugins),
+        "QT_QPA_PLATFORM": "offscreen",
+        "YOLO_OFFLINE": "1",
+        "FASTSAM_GEO_CACHE": str(mask_cache),
+        "TMPDIR": str(tmp),
+    }
+    for key in VENV_ONLY_VARIABLES:
+        env.pop(key, None)
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if not p.startswith(str(REPO)))
+    r = subprocess.run([exe, "plugins", "enable", "fastsam_geo_plugin"], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return env
+
+
+def _qgis_process(env: dict[str, str], *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """``qgis_process.bin run fastsam_geo:extract_buildings -- ARGS`` (one view, the CPU, the default
+    model unless FSG_WEIGHTS)."""
+    extra = ["TTA=0"] + ([f"WEIGHTS={WEIGHTS}"] if WEIGHTS and not any(a.startswith("WEIGHTS=") for a in args) else [])
+    if not any(a.startswith("DEVICE=") for a in args):
+        extra.append("DEVICE=cpu")
+    cmd = ["/usr/bin/qgis_process.bin", "run", "fastsam_geo:extract_buildings", "--", *args, *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
+
+
+@pytest.mark.model
+def test_qgis_process_refuses_prompt_layers_without_a_usable_prompt(
+    qgis_process_env: dict[str, str], tmp_path: Path
+) -> None:
+    """An empty point layer, points without a geometry, a box of zero height and a point that cannot
+    be transformed (latitude 91.5) fail naming the layer, instead of falling back to everything mode."""
+    utm = {"type": "name", "properties": {"name": "urn:ogc:def:crs:EPSG::32633"}}
+    flat = [[[500100, 4649800], [500150, 4649800], [500100, 4649800]]]
+    layers = {
+        "p_empty.geojson": ("POINTS", {"crs": utm, "features": []}, "no features with a geometry"),
+        "p_null.geojson": (
+            "POINTS",
+            {"features": [{"type": "Feature", "properties": {"label": 1}, "geometry": None}]},
+            "no features with a geometry",
+        ),
+        "b_flat.geojson": (
+            "BOXES",
+            {
+                "crs": utm,
+                "features": [
+                    {"type": "Feature", "properties": {}, "geometry": {"type": "Polygon", "coordinates": flat}}
+                ],
+            },
+            "is empty",
+        ),
+        "p_lat91.geojson": (
+            "POINTS",
+            {
+                "features": [
+                    {
+                        "type": "Feature",
+                        "properties": {"label": 1},
+                        "geometry": {"type": "Point", "coordinates": [15.001, 91.5]},
+                    }
+                ]
+            },
+            "cannot be transformed",
+        ),
+    }
+    for name, (param, collection, message) in layers.items():
+        path = tmp_path / name
+        path.write_text(json.dumps({"type": "FeatureCollection", **collection}))
+        out = tmp_path / f"out_{name}.gpkg"
+        r = _qgis_process(qgis_process_env, f"INPUT={SAMPLE}", f"{param}={path}", f"OUTPUT={out}")
+        log = r.stdout + r.stderr
+        assert r.returncode != 0 and message in log and str(path) in log, (name, log[-3000:])
+        assert "Traceback" not in log and not out.exists(), (name, log[-3000:])
+
+
+@pytest.mark.model
+def test_qgis_process_resolves_relative_paths_and_refuses_overwriting_inputs(
+    qgis_process_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Relative INPUT, OUTPUT and WEIGHTS are read and written in the caller's folder, not the
+    worker's (TMPDIR: a planted weights file there is not loaded); an OUTPUT that is also the
+    point layer's file is refused and the prompt file is left as it was."""
+    work = tmp_path / "wd"
+    work.mkdir()
+    shutil.copyfile(SAMPLE, work / "s.tif")
+    r = _qgis_process(qgis_process_env, "INPUT=s.tif", "OUTPUT=rel.gpkg", cwd=work)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert (work / "rel.gpkg").is_file() and not (tmp_path / "tmp" / "rel.gpkg").exists()
+    (tmp_path / "tmp" / "planted.onnx").write_bytes(b"not a model")
+    r = _qgis_process(qgis_process_env, "INPUT=s.tif", "OUTPUT=w.gpkg", "WEIGHTS=planted.onnx", cwd=work)
+    assert r.returncode != 0 and str(work / "planted.onnx") in r.stdout + r.stderr, (r.stdout + r.stderr)[-3000:]
+    points = work / "pc.geojson"
+    points.write_text(
+        json.dumps(
+            {
+                "type": "FeatureCollection",
+                "crs": {"type": "name", "properties": {"name": "urn:ogc:def:crs:EPSG::32633"}},
+                "features": [
+                    {
+                        "type": "Feature",
+                        "properties": {"label": 1},
+                        "geometry": {"type": "Point", "coordinates": [500200, 4649700]},
+                    }
+                ],
+            }
+        )
+    )
+    before = points.read_bytes()
+    r = _qgis_process(qgis_process_env, "INPUT=s.tif", "POINTS=pc.geojson", f"OUTPUT={points}", cwd=work)
+    assert r.returncode != 0 and "is also an input" in r.stdout + r.stderr, (r.stdout + r.stderr)[-3000:]
+    assert points.read_bytes() == before
+
+
+@pytest.mark.model
+def test_qgis_process_checks_device_and_output_folder_and_removes_its_temp_folders(
+    qgis_process_env: dict[str, str], tmp_path: Path
+) -> None:
+    """DEVICE is checked as the CLI checks --device; a .shp into a missing folder fails before the
+    extraction; a worker error on the way to a .shp leaves no fastsam-geo-processing-* folder."""
+    r = _qgis_process(qgis_process_env, f"INPUT={SAMPLE}", f"OUTPUT={tmp_path / 'd.gpkg'}", "DEVICE=;rm")
+    assert r.returncode != 0 and "DEVICE ';rm'" in r.stdout + r.stderr, (r.stdout + r.stderr)[-3000:]
+    r = _qgis_process(qgis_process_env, f"INPUT={SAMPLE}", f"OUTPUT={tmp_path / 'missing' / 'x.shp'}")
+    assert r.returncode != 0 and "does not exist" in r.stdout + r.stderr, (r.stdout + r.stderr)[-3000:]
+    assert "Extracting buildings" not in r.stdout + r.stderr
+    r = _qgis_process(qgis_process_env, f"INPUT={SAMPLE}", f"OUTPUT={tmp_path / 'x.shp'}", "WEIGHTS=/nonexistent.onnx")
+    assert r.returncode != 0, (r.stdout + r.stderr)[-3000:]
+    assert list((tmp_path / "tmp").glob("fastsam-geo-processing-*")) == []
+
+
+@pytest.mark.model
+def test_processing_takes_the_layer_crs_and_vsizip_rasters(
+    qgis_python: str, engine_ready: None, mask_cache: Path
+) -> None:
+    """A raster layer whose CRS was set in QGIS over the file's is read in the layer's CRS (the
+    output too); a ``/vsizip/`` raster keeps its prefix."""
+    run_script("check_provider_layers.py", env={"FASTSAM_GEO_CACHE": str(mask_cache)}, timeout=300)

@@ -54,6 +54,7 @@ from qgis.core import (
     QgsFeature,
     QgsGeometry,
     QgsPointXY,
+    QgsProcessingException,
     QgsProcessingFeedback,
     QgsProject,
     QgsRasterLayer,
@@ -69,7 +70,12 @@ class RecordingFeedback(QgsProcessingFeedback):
     def __init__(self) -> None:
         super().__init__()
         self.values: list[float] = []
+        self.errors: list[str] = []
         self.progressChanged.connect(self.values.append)
+
+    def reportError(self, error: str, fatalError: bool = False) -> None:
+        self.errors.append(error)
+        super().reportError(error, fatalError)
 
 
 class CancelAtFirstProgress(RecordingFeedback):
@@ -220,20 +226,29 @@ def main() -> None:
     t0 = time.monotonic()
     params = {
         "INPUT": cold_copy(tmp, "cancel_processing"),
-        "OUTPUT": str(tmp / "cancelled.gpkg"),
+        "OUTPUT": str(tmp / "cancelled.shp"),  # through a temporary GeoPackage, removed on cancel too
         "DEVICE": "cpu",
         "TILE_SIZE": 256,
         "OVERLAP": 32,
     }
     if WEIGHTS:
         params["WEIGHTS"] = WEIGHTS
-    res = processing.run("fastsam_geo:extract_buildings", params, feedback=fb)
+    try:
+        res: object = processing.run("fastsam_geo:extract_buildings", params, feedback=fb)
+    except QgsProcessingException as exc:  # a cancelled run fails (qgis_process exits non-zero)
+        res = exc
     secs = time.monotonic() - t0
     RESULT["processing_cancel_s"] = round(secs, 2)
+    left = sorted(p.name for p in Path(tempfile.gettempdir()).glob("fastsam-geo-processing-*"))
     check(
-        "processing cancel via feedback: stops, writes nothing",
-        fb.isCanceled() and "OUTPUT" not in res and not (tmp / "cancelled.gpkg").exists() and max(fb.values) < 100,
-        f"{res}, progress {fb.values[-3:]}, {secs:.1f} s",
+        "processing cancel via feedback: stops with an error, writes nothing, leaves no temporary folder",
+        fb.isCanceled()
+        and isinstance(res, QgsProcessingException)
+        and any("Cancelled" in e for e in [str(res), *fb.errors])
+        and not (tmp / "cancelled.shp").exists()
+        and max(fb.values) < 100
+        and not left,
+        f"{res}, errors {fb.errors[-2:]}, progress {fb.values[-3:]}, {secs:.1f} s, left {left}",
     )
 
     # ---------------------------------------------------------------- a Graphical Modeler model
