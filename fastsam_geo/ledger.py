@@ -36,6 +36,17 @@ def ledger_path(output: str | os.PathLike[str]) -> Path:
     return out.with_name(f".{out.name}.resume.sqlite")
 
 
+def discard_ledger(output: str | os.PathLike[str]) -> None:
+    """Delete the ledger of a run writing ``output`` and its SQLite journal, where they exist."""
+    _unlink_db(ledger_path(output))
+
+
+def _unlink_db(path: Path) -> None:
+    """Delete an SQLite file and its journal, where they exist."""
+    for p in (path, Path(f"{path}-journal")):
+        p.unlink(missing_ok=True)
+
+
 WHOLE_HASH_BYTES = 64 << 20
 """Files up to this size are hashed whole for the stamp; larger ones in samples."""
 
@@ -159,14 +170,11 @@ class Ledger:
     def create(cls, output: str | os.PathLike[str], params: Mapping[str, Any]) -> Ledger:
         """Start a new ledger for ``output`` (replacing an old one)."""
         path = ledger_path(output)
-        for p in (path, Path(f"{path}-journal")):
-            if p.exists():
-                p.unlink()
+        discard_ledger(output)
         try:
             return cls._create(path, params)
         except (sqlite3.Error, OSError) as exc:
-            for p in (path, Path(f"{path}-journal")):
-                p.unlink(missing_ok=True)
+            discard_ledger(output)
             raise _write_error(exc, path) from None
 
     @classmethod
@@ -228,9 +236,7 @@ class Ledger:
     def remove(self) -> None:
         """Close and delete the ledger (the run is committed)."""
         self.close()
-        for p in (self.path, Path(f"{self.path}-journal")):
-            if p.exists():
-                p.unlink()
+        _unlink_db(self.path)
 
     # ------------------------------------------------------------------ records
     def record(

@@ -24,7 +24,7 @@ import shapely
 
 from fastsam_geo import __version__
 from fastsam_geo.errors import OutputError, RasterError
-from fastsam_geo.ledger import Ledger, NoLedger, ledger_path
+from fastsam_geo.ledger import Ledger, NoLedger, discard_ledger, ledger_path
 from fastsam_geo.merge import MergedObjects, TileMerger
 from fastsam_geo.output import TILE_COLUMNS, VectorWriter, check_output, keep_area
 from fastsam_geo.plan import RunPlan
@@ -134,9 +134,7 @@ class RunSink:
         elif self.total > 1 and out.resumable:
             self.ledger = Ledger.create(self.plan.output, params)
         elif out.overwrite:  # an interrupted run's ledger: --overwrite starts again, and it would stay behind
-            stale = ledger_path(self.plan.output)
-            for p in (stale, Path(f"{stale}-journal")):
-                p.unlink(missing_ok=True)
+            discard_ledger(self.plan.output)
         # one tile (a click): nothing worth resuming, and ~5 ms saved
         self.writer = VectorWriter(self.plan.output, self.plan.crs_wkt, overwrite=out.overwrite, layer=out.layer)
         return self
