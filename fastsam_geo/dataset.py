@@ -171,15 +171,18 @@ def repaired(gdf: gpd.GeoDataFrame, name: str) -> gpd.GeoDataFrame:
     >>> out = repaired(gpd.GeoDataFrame(geometry=[bow], crs="EPSG:32633"), "t.gpkg")
     >>> bool(out.is_valid.all()), float(out.area.sum())
     (True, 50.0)
+    >>> spur = shapely.from_wkt("POLYGON ((0 0, 10 0, 10 10, 0 10, 0 0, 20 5, 30 0, 30 10, 20 5, 0 0))")
+    >>> float(repaired(gpd.GeoDataFrame(geometry=[spur], crs="EPSG:32633"), "t.gpkg").area.sum())  # both parts
+    150.0
     """
     geoms = gdf.geometry.values
     bad = ~(gdf.geometry.isna().to_numpy() | shapely.is_valid(geoms))
     if not bad.any():
         return gdf
-    fixed = shapely.make_valid(geoms[bad])
-    polys = [MultiPolygon([p for p in shapely.get_parts(g) if p.geom_type == "Polygon"]) for g in fixed]
+    from fastsam_geo.evalchecks import polygonal
+
     out = gdf.copy()
-    out.loc[bad, out.geometry.name] = [p.geoms[0] if len(p.geoms) == 1 else p for p in polys]
+    out.loc[bad, out.geometry.name] = [polygonal(g) for g in shapely.make_valid(geoms[bad])]
     if name not in _REPAIRED:  # train reads its labels more than once: say it once
         _REPAIRED.add(name)
         log.warning(

@@ -180,13 +180,13 @@ def polygons_only(frame: Features, name: str, role: str) -> Features:
     collections = shapely.get_type_id(geoms) == 7
     if collections.any():  # a valid collection of polygons is a footprint: its polygons count
         geoms = geoms.copy()
-        geoms[collections] = [_polygonal(g) for g in geoms[collections]]
+        geoms[collections] = [polygonal(g) for g in geoms[collections]]
     bad = ~shapely.is_valid(geoms)
     if bad.any():
         geoms = geoms.copy()
         fixed = shapely.make_valid(geoms[bad])
         # make_valid may return a collection with lines or points: keep the polygonal parts
-        geoms[bad] = [_polygonal(g) for g in fixed]
+        geoms[bad] = [polygonal(g) for g in fixed]
         log.warning(
             "Warning: %s: %d invalid %s polygon(s) (e.g. self-intersecting) repaired with make_valid; "
             "fix them in the file to silence this.",
@@ -209,8 +209,15 @@ def polygons_only(frame: Features, name: str, role: str) -> Features:
     return frame
 
 
-def _polygonal(geom: BaseGeometry) -> BaseGeometry:
-    """The polygon parts of a geometry (a Polygon, a MultiPolygon or an empty polygon)."""
+def polygonal(geom: BaseGeometry) -> BaseGeometry:
+    """The polygon parts of a geometry (a Polygon, a MultiPolygon or an empty polygon), what is kept
+    of ``shapely.make_valid``'s answer (it may hold lines and points beside the polygons).
+
+    >>> from shapely.geometry import GeometryCollection, LineString, MultiPolygon, box
+    >>> two = MultiPolygon([box(0, 0, 1, 1), box(2, 0, 3, 1)])
+    >>> polygonal(GeometryCollection([two, LineString([(0, 0), (5, 5)])])).wkt
+    'MULTIPOLYGON (((1 0, 1 1, 0 1, 0 0, 1 0)), ((3 0, 3 1, 2 1, 2 0, 3 0)))'
+    """
     parts = [p for p in shapely.get_parts(geom) if p.geom_type in ("Polygon", "MultiPolygon")]
     if not parts:
         return shapely.Polygon()
