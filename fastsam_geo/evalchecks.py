@@ -217,8 +217,13 @@ def polygonal(geom: BaseGeometry) -> BaseGeometry:
     >>> two = MultiPolygon([box(0, 0, 1, 1), box(2, 0, 3, 1)])
     >>> polygonal(GeometryCollection([two, LineString([(0, 0), (5, 5)])])).wkt
     'MULTIPOLYGON (((1 0, 1 1, 0 1, 0 0, 1 0)), ((3 0, 3 1, 2 1, 2 0, 3 0)))'
+    >>> polygonal(GeometryCollection([GeometryCollection([box(0, 0, 1, 1)])])).wkt   # nested
+    'POLYGON ((1 0, 1 1, 0 1, 0 0, 1 0))'
     """
-    parts = [p for p in shapely.get_parts(geom) if p.geom_type in ("Polygon", "MultiPolygon")]
-    if not parts:
+    parts = shapely.get_parts(geom)
+    while any(p.geom_type == "GeometryCollection" for p in parts):  # collections inside collections
+        parts = shapely.get_parts(parts)
+    polys = [q for p in parts if p.geom_type in ("Polygon", "MultiPolygon") for q in shapely.get_parts(p)]
+    if not polys:
         return shapely.Polygon()
-    return parts[0] if len(parts) == 1 else shapely.MultiPolygon([q for p in parts for q in shapely.get_parts(p)])
+    return polys[0] if len(polys) == 1 else shapely.MultiPolygon(polys)

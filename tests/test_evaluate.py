@@ -652,3 +652,14 @@ def test_polygons_inside_a_geometry_collection_are_scored(tmp_path: Path) -> Non
     two = GeometryCollection([TRUTH[0], TRUTH[1]])
     s = evaluate(frame(TRUTH[:2]), frame([two]))
     assert (s.tp, s.fp, s.fn) == (1, 1, 0)  # one footprint of two parts
+
+
+def test_polygons_inside_nested_geometry_collections_are_scored(tmp_path: Path) -> None:
+    """A collection inside a collection (as some editors and make_valid write) keeps its polygons."""
+    from shapely.geometry import GeometryCollection
+
+    nested = GeometryCollection([GeometryCollection([TRUTH[3]]), LineString([(X0, Y0), (X0 + 5, Y0)])])
+    truth = tmp_path / "truth.gpkg"
+    frame([*TRUTH[:3], nested, TRUTH[4]]).to_file(truth, layer="buildings")
+    s = evaluate(frame(TRUTH), truth)
+    assert (s.tp, s.fp, s.fn, s.f1) == (5, 0, 0, 1.0)
