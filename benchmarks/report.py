@@ -676,6 +676,7 @@ def render(r: dict[str, Any]) -> str:
         L.append(f"Not measured: {gpu.get('note') or _failed(gpu)}.")
     L += _onnx_section(b.get("onnx"))
     L += _tta_section(b.get("tta"))
+    L += _refine_section(b.get("refine"))
     L += _install_section(b.get("install"))
     L += _dask_section(b.get("dask"))
     L.append("")
@@ -988,6 +989,33 @@ def _tta_section(x: dict[str, Any] | None) -> list[str]:
         for r in x["rows"]
     ]
     L.append(_table(["views", "run s", "s per tile", "time vs 1 view", "F1", "mean IoU"], rows))
+    return L
+
+
+def _refine_section(x: dict[str, Any] | None) -> list[str]:
+    """Raw and refined outlines, 1 and 12 views (benchmarks/bench_refine.py)."""
+    if not x:
+        return []
+    L = ["", "## Refined outlines (`fastsam_geo.refine`)", ""]
+    if _failed(x):
+        return [*L, f"Failed: {_failed(x)}."]
+    L.append(
+        f"The default model on a synthetic {x['scene']['size']} px town ({x['scene']['buildings']} buildings), "
+        f"median of {x['rounds']} rounds, settings interleaved; no mask cache."
+    )
+    L.append("")
+    rows = [
+        [
+            r["tta"],
+            "refined" if r["refine"] else "raw",
+            f"{r['seconds']['median']:.2f}",
+            f"{r['ratio_to_raw']:.3f} x",
+            r["f1"],
+            r["mean_iou"],
+        ]
+        for r in x["rows"]
+    ]
+    L.append(_table(["views", "outlines", "run s", "time vs raw", "F1", "mean IoU"], rows))
     return L
 
 

@@ -40,6 +40,7 @@ BENCHMARKS: dict[str, tuple[str, int]] = {
     "gpu": ("bench_gpu.py", 900),
     "onnx": ("bench_onnx.py", 900),
     "tta": ("bench_tta.py", 900),
+    "refine": ("bench_refine.py", 900),
     "install": ("bench_install.py", 2400),
     "dask": ("bench_dask.py", 3600),  # 2 rounds of 5 runs on a 4096 px town, then the serial part
 }

@@ -85,8 +85,8 @@ class ThresholdReplay:
         out = []
         for tile in tiles:
             seen = self._seen[self._key(tile)]
-            if isinstance(seen, ViewMasks):
-                out.append(fuse_at(seen, self.conf))
+            if isinstance(seen, ViewMasks):  # fused and finished as segment() does
+                out.append(self.segmenter.finish(fuse_at(seen, self.conf), tile))  # type: ignore[attr-defined]
             else:
                 out.append(seen.subset(seen.scores >= self.conf))
         return out

@@ -36,6 +36,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from fastsam_geo.masks import InstanceMasks
+from fastsam_geo.refine import OUTLINE, refine_masks
 from fastsam_geo.tiling import Tile, pad_floor
 from fastsam_geo.tta import (
     CANDIDATE_FACTOR,
@@ -347,10 +348,11 @@ def mask_settings(
     min_area_px: int = 0,
     half: bool = False,
     tta: int = 1,
+    refine: bool = True,
 ) -> dict[str, Any]:
     """The settings that decide a tile's everything masks, with :class:`FastSAMSegmenter`'s
     defaults: what cache keys are built from (``cache.key_fn_for``). ``tta`` is only named when
-    views are fused (above 1), so masks cached without it keep their keys.
+    views are fused (above 1); ``outline`` says how masks are finished (:mod:`fastsam_geo.refine`).
 
     >>> mask_settings("ab", conf=0.25, iou=0.7)["max_det"]
     1000
@@ -366,6 +368,7 @@ def mask_settings(
         "imgsz": imgsz,
         "min_area_px": int(min_area_px),
         **({"tta": int(tta)} if tta != 1 else {}),
+        "outline": OUTLINE if refine else "raw",
     }
 
 
@@ -409,15 +412,15 @@ class FastSAMSegmenter:
         max_det: most objects kept per tile (ultralytics' default of 300 caps dense city tiles).
         imgsz: network input size; None runs each batch at its tiles' own size (rounded up to
             the stride, 32), padding smaller tiles, and a tile narrower than its grid's tiles (a
-            raster smaller than a tile, ``tile.pad_to``) to the grid's tile size, as a
-            full tile; an int resizes every tile to fit
-            ``imgsz x imgsz``. An ONNX file exported with a fixed size runs at that size.
+            raster smaller than a tile, ``tile.pad_to``) to the grid's tile size, as a full tile;
+            an int resizes every tile to fit ``imgsz x imgsz``. ONNX: the export's fixed size.
         threads: CPU threads (None: every core this process may use, :func:`cpu_threads`).
         min_area_px: masks smaller than this many pixels are dropped.
         tta: views of each tile (1, 2, 4 or 8: flips and quarter turns; 12: the 8 and four
             flips 1.6 times coarser, which only add large roofs) whose objects are fused, see
             :mod:`fastsam_geo.tta`; 1 (the default) runs the tile as it is. Costs ``tta``
             forward passes per tile.
+        refine: snap each final mask's outline to the tile's edges (:mod:`fastsam_geo.refine`).
 
     Attributes:
         weights_path: the file that was loaded.
@@ -457,6 +460,7 @@ class FastSAMSegmenter:
         threads: int | None = None,
         min_area_px: int = 0,
         tta: int = 1,
+        refine: bool = True,
     ) -> None:
         self.views = views(tta)  # ValueError for a count --tta does not take
         self.coarse_views = coarse_views(tta)
@@ -473,6 +477,7 @@ class FastSAMSegmenter:
         self.max_det = int(max_det)
         self.imgsz = imgsz
         self.min_area_px = int(min_area_px)
+        self.refine = bool(refine)
         self.model_calls = 0
         self.weights_path = resolve_weights(weights)
         self.model_meta: dict[str, Any] = {}
@@ -507,6 +512,7 @@ class FastSAMSegmenter:
                 min_area_px=self.min_area_px,
                 half=self.half,
                 tta=self.tta,
+                refine=self.refine,
             ),
         }
 
@@ -552,8 +558,14 @@ class FastSAMSegmenter:
         ``tta`` above 1, each tile's views fused (:func:`fastsam_geo.tta.fuse_at`: the views'
         objects fused and, at 12, the large objects only the coarse views found added)."""
         if self.tta == 1:
-            return self._segment_views(tiles)
-        return [fuse_at(seen, self.conf) for seen in self.view_masks(tiles)]
+            found = self._segment_views(tiles)
+        else:
+            found = [fuse_at(seen, self.conf) for seen in self.view_masks(tiles)]
+        return [self.finish(m, t) for m, t in zip(found, tiles, strict=True)]
+
+    def finish(self, masks: InstanceMasks, tile: Tile) -> InstanceMasks:
+        """``tile``'s final masks: outlines snapped to its edges unless ``refine`` is off."""
+        return refine_masks(masks, _check_image(tile), tile.nodata) if self.refine else masks
 
     def view_masks(self, tiles: Sequence[Tile]) -> list[ViewMasks]:
         """Each tile's masks from each of its views, mapped back onto the tile, at the views'

@@ -229,7 +229,8 @@ def test_detection_checkpoint_is_rejected(tmp_path) -> None:
 @pytest.fixture(scope="module")
 def segmenter(random_fastsam_s) -> FastSAMSegmenter:
     # random weights score every anchor near the head's bias (~0.003-0.012): conf must be tiny
-    return FastSAMSegmenter(random_fastsam_s, device="cpu", conf=0.001, batch_size=4, threads=2)
+    # refine=False: the masks as assembled, compared with ultralytics' own below (tests/test_refine.py: refined)
+    return FastSAMSegmenter(random_fastsam_s, device="cpu", conf=0.001, batch_size=4, threads=2, refine=False)
 
 
 @pytest.mark.model
@@ -317,7 +318,7 @@ def test_batches_and_padded_edge_tile_at_1024(segmenter, town) -> None:
     edge_nodata[-40:] = True
     tiles = [make_tile(town), make_tile(np.ascontiguousarray(town[24:]), row=24, nodata=edge_nodata)]
     seg = FastSAMSegmenter(
-        segmenter.weights_path, device="cpu", conf=0.001, max_det=100, batch_size=2, threads=2
+        segmenter.weights_path, device="cpu", conf=0.001, max_det=100, batch_size=2, threads=2, refine=False
     )
     raws: list = []
 
