@@ -62,6 +62,7 @@ def build_options(
     resumable: bool = True,
     engine: str = "auto",
     tta: int = DEFAULT_TTA,
+    refine: bool = True,
 ) -> ExtractOptions:
     """The typed options of :func:`extract_buildings`'s keywords.
 
@@ -75,7 +76,9 @@ def build_options(
         bfilter = BuildingFilter(enabled=building_filter is not False)
     return ExtractOptions(
         tiling=TilingOptions(tile_size, overlap, tuple(bands) if bands is not None else None, stretch, gsd, assign_crs),
-        model=ModelOptions(None if weights is None else os.fspath(weights), device, batch_size, conf, iou, engine, tta),
+        model=ModelOptions(
+            None if weights is None else os.fspath(weights), device, batch_size, conf, iou, engine, tta, refine
+        ),
         select=SelectOptions(prompts, bfilter, simplify_px, min_area_m2, regularize, match_iou),
         output=OutputOptions(
             overwrite, resume, layer, None if cache_dir is None else os.fspath(cache_dir), cache_only, resumable
@@ -120,6 +123,7 @@ def extract_buildings(
     resumable: bool = True,
     engine: str = "auto",
     tta: int = DEFAULT_TTA,
+    refine: bool = True,
 ) -> ExtractSummary:
     """Extract building polygons from ``raster`` into ``output`` (.gpkg, .geojson, .fgb).
 
@@ -164,6 +168,8 @@ def extract_buildings(
             the 8 and four flips read coarser, :mod:`fastsam_geo.tta`; default 12); 1: the tile as
             it is. ``tta`` forward passes a tile.
             A ``segmenter`` given fuses its own views (``FastSAMSegmenter(tta=...)``).
+        refine: snap each mask's outline to the image's edges (:mod:`fastsam_geo.refine`; default
+            True); False: the model's masks as assembled. A ``segmenter`` given decides for itself.
 
     Returns:
         An :class:`ExtractSummary`.
@@ -197,6 +203,7 @@ def extract_buildings(
         resumable=resumable,
         engine=engine,
         tta=tta,
+        refine=refine,
     )
     job = RasterJob(raster, output, progress, tuple(sheets))
     (summary,) = extract_rasters(

@@ -23,6 +23,7 @@ from fastsam_geo.errors import PromptError
 from fastsam_geo.ledger import raster_stamp
 from fastsam_geo.output import area_m2
 from fastsam_geo.raster import RasterInfo, RasterSource, display_path, gdal_path, vrt_sources
+from fastsam_geo.refine import OUTLINE
 from fastsam_geo.tiling import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, TileGrid, TileSpec
 from fastsam_geo.tta import DEFAULT_TTA
 
@@ -70,6 +71,7 @@ class ModelOptions:
     iou: float = 0.7
     engine: str = "auto"  # auto: the ONNX twin of a .pt when onnxruntime is installed; onnx; torch
     tta: int = DEFAULT_TTA  # views of each tile fused (fastsam_geo.tta); 1: the tile as it is
+    refine: bool = True  # outlines snapped to the image's edges (fastsam_geo.refine)
 
 
 @dataclass(frozen=True)
@@ -185,6 +187,7 @@ class RunPlan:
             "conf": o.model.conf,
             "iou": o.model.iou,
             **({"tta": o.model.tta} if o.model.tta != 1 else {}),
+            "outline": OUTLINE if o.model.refine else "raw",
             "building_filter": asdict(o.select.building_filter),
             "match_iou": o.select.match_iou,
             **({"assign_crs": o.tiling.assign_crs} if o.tiling.assign_crs else {}),
@@ -244,6 +247,9 @@ def resolve_gsd(options: ExtractOptions, segmenter: Any = None, model: ResolvedM
     tta = getattr(inner, "tta", None) if segmenter is not None else None
     if isinstance(tta, int) and tta != options.model.tta:  # a segmenter given: the views it fuses
         options = replace(options, model=replace(options.model, tta=tta))
+    refine = getattr(inner, "refine", None) if segmenter is not None else None
+    if isinstance(refine, bool) and refine != options.model.refine:  # ...and whether it refines outlines
+        options = replace(options, model=replace(options.model, refine=refine))
     if options.model.conf is None:
         conf = getattr(inner, "conf", None) if segmenter is not None else (model.conf if model else None)
         options = replace(options, model=replace(options.model, conf=DEFAULT_CONF if conf is None else float(conf)))

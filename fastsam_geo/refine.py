@@ -19,7 +19,6 @@ unchanged (0.593).
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 
 from fastsam_geo.masks import InstanceMasks
@@ -35,10 +34,17 @@ OUTLINE = f"guided r{RADIUS} eps{EPS:g}"
 """How masks are finished, as named in cache keys and output metadata."""
 
 
-def _box(a: np.ndarray, radius: int) -> np.ndarray:
-    """Mean over a ``(2 radius + 1)`` square window (edges reflected)."""
+def box_mean(a: np.ndarray, radius: int) -> np.ndarray:
+    """Mean of ``a`` over the ``(2 radius + 1)`` square window around each pixel, the edges
+    mirrored (numpy only, from an integral image: the light install has no OpenCV).
+
+    >>> box_mean(np.array([[0, 0, 9, 9]], np.float32), 1).tolist()
+    [[0.0, 3.0, 6.0, 9.0]]
+    """
     k = 2 * radius + 1
-    return cv2.boxFilter(a, -1, (k, k), borderType=cv2.BORDER_REFLECT)
+    integral = np.pad(np.pad(a, radius, mode="symmetric").astype(np.float64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    sums = integral[k:, k:] - integral[:-k, k:] - integral[k:, :-k] + integral[:-k, :-k]
+    return (sums / (k * k)).astype(np.float32)
 
 
 def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -> np.ndarray:
@@ -52,21 +58,21 @@ def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -
     >>> (guided_filter(guide, mask, 2, 1e-4) > 0.5).astype(int)[0].tolist()
     [0, 0, 0, 0, 1, 1, 1, 1]
     """
-    mean_i, mean_p = _box(guide, radius), _box(src, radius)
-    var_i = _box(guide * guide, radius) - mean_i * mean_i
-    cov_ip = _box(guide * src, radius) - mean_i * mean_p
+    mean_i, mean_p = box_mean(guide, radius), box_mean(src, radius)
+    var_i = box_mean(guide * guide, radius) - mean_i * mean_i
+    cov_ip = box_mean(guide * src, radius) - mean_i * mean_p
     a = cov_ip / (var_i + eps)
     b = mean_p - a * mean_i
-    return _box(a, radius) * guide + _box(b, radius)
+    return box_mean(a, radius) * guide + box_mean(b, radius)
 
 
 def luminance(image: np.ndarray) -> np.ndarray:
-    """An ``H x W x 3`` uint8 RGB image as float32 brightness in 0-1.
+    """An ``H x W x 3`` uint8 RGB image as float32 brightness in 0-1 (Rec. 601 weights).
 
     >>> luminance(np.full((1, 1, 3), 255, np.uint8)).round(3).tolist()
     [[1.0]]
     """
-    return cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
+    return (np.asarray(image, np.float32) @ np.asarray([0.299, 0.587, 0.114], np.float32)) / 255.0
 
 
 def _refine_one(

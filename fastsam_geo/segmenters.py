@@ -168,7 +168,13 @@ class CacheOnly:
     """
 
     def __init__(
-        self, raster: str | os.PathLike[str], model: ResolvedModel, conf: float, iou: float, tta: int = 1
+        self,
+        raster: str | os.PathLike[str],
+        model: ResolvedModel,
+        conf: float,
+        iou: float,
+        tta: int = 1,
+        refine: bool = True,
     ) -> None:
         from fastsam_geo.segment import mask_settings
 
@@ -176,7 +182,7 @@ class CacheOnly:
         self.weights_path = Path(model.path)
         self.weights_sha256 = model.sha256
         self.engine = model.engine
-        self.metadata = mask_settings(model.sha256 or model.path, conf=conf, iou=iou, tta=tta)
+        self.metadata = mask_settings(model.sha256 or model.path, conf=conf, iou=iou, tta=tta, refine=refine)
 
     def segment(self, tiles: Sequence[Tile]) -> list[InstanceMasks]:
         """Refuses: a tile reached here is not in the cache."""
@@ -232,7 +238,7 @@ def make_segmenter(
     """The FastSAM segmenter of ``resolved`` with ``model``'s settings (or the cache-only one)."""
     conf = model.conf if model.conf is not None else resolved.conf
     if cache_only:
-        return CacheOnly(raster, resolved, conf, model.iou, model.tta)  # type: ignore[return-value]
+        return CacheOnly(raster, resolved, conf, model.iou, model.tta, model.refine)  # type: ignore[return-value]
     from fastsam_geo.segment import FastSAMSegmenter
 
     return FastSAMSegmenter(
@@ -243,6 +249,7 @@ def make_segmenter(
         iou=model.iou,
         threads=threads,
         tta=model.tta,
+        refine=model.refine,
     )
 
 

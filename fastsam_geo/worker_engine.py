@@ -313,7 +313,8 @@ class Engine:
                 # the threshold the model applies (a request's null means the model's own)
                 confs = (getattr(inner, "conf", None), p["conf"], DEFAULT_CONF)
                 fingerprint["conf"] = next(c for c in confs if c is not None)
-                fingerprint["extra"] = {k: meta.get(k) for k in ("max_det", "min_area_px", "half", "tta") if k in meta}
+                named = ("max_det", "min_area_px", "half", "tta", "outline")
+                fingerprint["extra"] = {k: meta.get(k) for k in named if k in meta}
                 fingerprint["bands"] = resolved_bands_key(raster, p)  # as extract keys them: the cache is shared
             return cache_key(
                 stamp,

@@ -110,3 +110,28 @@ def test_default_model_outlines_fit_better_refined(tmp_path: Path) -> None:
         scores[refine] = evaluate(out, truth)
     assert scores[True].tp >= scores[False].tp
     assert scores[True].mean_iou > scores[False].mean_iou + 0.001
+
+
+@pytest.mark.model
+def test_cli_refines_by_default_and_no_refine_keeps_the_models_masks(tmp_path: Path) -> None:
+    """`fastsam-geo extract` as a user runs it: refined outlines by default, `--no-refine` the raw masks;
+    each output says which in its metadata, and the refined one fits the truth better."""
+    import os
+    import subprocess
+    import sys
+
+    from fastsam_geo.evaluate import evaluate
+    from fastsam_geo.output import read_run_tables
+
+    raster = ROOT / "sample_tiles" / "town_s7_1024.tif"
+    env = {**os.environ, "YOLO_OFFLINE": "1"}
+    iou = {}
+    for name, flag in (("refined", []), ("raw", ["--no-refine"])):
+        out = tmp_path / f"{name}.gpkg"
+        cmd = [sys.executable, "-m", "fastsam_geo", "-q", "extract", str(raster), str(out), "--tta", "1", "--no-cache"]
+        r = subprocess.run([*cmd, *flag], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+        assert r.returncode == 0, r.stderr
+        meta, _ = read_run_tables(out)
+        assert meta["outline"] == (OUTLINE if name == "refined" else "raw")
+        iou[name] = evaluate(out, raster.with_name("town_s7_1024_buildings.gpkg")).mean_iou
+    assert iou["refined"] > iou["raw"]

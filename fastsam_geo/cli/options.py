@@ -203,6 +203,12 @@ def _polygon_options() -> list[Callable[..., Any]]:
             "--regularize", is_flag=True, help="Square the outlines (right angles; holes kept; bad fits refused)."
         ),
         click.option("--simplify", default=1.0, show_default=True, help="Simplification tolerance in pixels."),
+        click.option(
+            "--refine/--no-refine",
+            default=True,
+            show_default=True,
+            help="Snap each mask's outline to the image's edges (a guided filter); --no-refine: the model's masks.",
+        ),
     ]
 
 

@@ -241,6 +241,7 @@ def _extract_options(kw: dict[str, Any], *, cache_only: bool, use_cache: bool) -
         assign_crs=kw["assign_crs"],
         engine=kw["engine"],
         tta=kw["tta"],
+        refine=kw["refine"],
     )
     return options, scorer
 
