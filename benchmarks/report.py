@@ -965,58 +965,52 @@ def _onnx_section(x: dict[str, Any] | None) -> list[str]:
     return L
 
 
-def _tta_section(x: dict[str, Any] | None) -> list[str]:
-    """Views of each tile fused, 1 to 8 (benchmarks/bench_tta.py)."""
+def _rows_section(x: dict[str, Any] | None, title: str, how: str, header: list[str], row: Any) -> list[str]:
+    """A synthetic-town benchmark's section: title, the scene and ``how`` it ran, a table of ``row(r)`` per row."""
     if not x:
         return []
-    L = ["", "## Test-time augmentation (`--tta`)", ""]
+    L = ["", f"## {title}", ""]
     if _failed(x):
         return [*L, f"Failed: {_failed(x)}."]
-    L.append(
-        f"The default model on a synthetic {x['scene']['size']} px town ({x['scene']['buildings']} buildings, "
-        f"read at its working resolution), median of {x['rounds']} rounds, view counts interleaved; no mask cache."
-    )
-    L.append("")
-    rows = [
-        [
+    scene = f"a synthetic {x['scene']['size']} px town ({x['scene']['buildings']} buildings)"
+    intro = f"The default model on {scene}, median of {x['rounds']} rounds, {how}; no mask cache."
+    return [*L, intro, "", _table(header, [row(r) for r in x["rows"]])]
+
+
+def _tta_section(x: dict[str, Any] | None) -> list[str]:
+    """Views of each tile fused, 1 to 12 (benchmarks/bench_tta.py)."""
+    return _rows_section(
+        x,
+        "Test-time augmentation (`--tta`)",
+        "read at its working resolution, view counts interleaved",
+        ["views", "run s", "s per tile", "time vs 1 view", "F1", "mean IoU"],
+        lambda r: [
             r["tta"],
             f"{r['seconds']['median']:.2f}",
             r["seconds_per_tile"],
             f"{r['ratio_to_1']:.2f} x",
             r["f1"],
             r["mean_iou"],
-        ]
-        for r in x["rows"]
-    ]
-    L.append(_table(["views", "run s", "s per tile", "time vs 1 view", "F1", "mean IoU"], rows))
-    return L
+        ],
+    )
 
 
 def _refine_section(x: dict[str, Any] | None) -> list[str]:
     """Raw and refined outlines, 1 and 12 views (benchmarks/bench_refine.py)."""
-    if not x:
-        return []
-    L = ["", "## Refined outlines (`fastsam_geo.refine`)", ""]
-    if _failed(x):
-        return [*L, f"Failed: {_failed(x)}."]
-    L.append(
-        f"The default model on a synthetic {x['scene']['size']} px town ({x['scene']['buildings']} buildings), "
-        f"median of {x['rounds']} rounds, settings interleaved; no mask cache."
-    )
-    L.append("")
-    rows = [
-        [
+    return _rows_section(
+        x,
+        "Refined outlines (`--refine`)",
+        "settings interleaved",
+        ["views", "outlines", "run s", "time vs raw", "F1", "mean IoU"],
+        lambda r: [
             r["tta"],
             "refined" if r["refine"] else "raw",
             f"{r['seconds']['median']:.2f}",
             f"{r['ratio_to_raw']:.3f} x",
             r["f1"],
             r["mean_iou"],
-        ]
-        for r in x["rows"]
-    ]
-    L.append(_table(["views", "outlines", "run s", "time vs raw", "F1", "mean IoU"], rows))
-    return L
+        ],
+    )
 
 
 def _install_section(x: dict[str, Any] | None) -> list[str]:
