@@ -25,6 +25,10 @@ import shapely
 
 from fastsam_geo.errors import OutputError
 
+#: Settings added to the resume ledger after it was first written, with the value that every run
+#: before them had: a ledger without ``outline`` was written with the model's raw masks.
+BEFORE_KEYS: dict[str, Any] = {"outline": "raw"}
+
 
 def ledger_path(output: str | os.PathLike[str]) -> Path:
     """Where the ledger of a run writing ``output`` lives.
@@ -206,7 +210,7 @@ class Ledger:
         except (sqlite3.DatabaseError, TypeError):
             conn.close()
             raise OutputError(f"{path}: resume ledger is unreadable; run again with --overwrite.") from None
-        old, new = json.loads(saved), json.loads(json.dumps(dict(params), sort_keys=True))
+        old, new = {**BEFORE_KEYS, **json.loads(saved)}, json.loads(json.dumps(dict(params), sort_keys=True))
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         if diff == ["raster_stamp"]:  # only the pixels changed: say so
             conn.close()

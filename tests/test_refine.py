@@ -135,3 +135,16 @@ def test_cli_refines_by_default_and_no_refine_keeps_the_models_masks(tmp_path: P
         assert meta["outline"] == (OUTLINE if name == "refined" else "raw")
         iou[name] = evaluate(out, raster.with_name("town_s7_1024_buildings.gpkg")).mean_iou
     assert iou["refined"] > iou["raw"]
+
+
+def test_a_run_interrupted_before_refined_outlines_resumes_only_raw(tmp_path: Path) -> None:
+    """A resume ledger written before outlines were refined holds raw masks: `--resume --no-refine`
+    carries it on, a refined resume is refused in one line naming the setting."""
+    from fastsam_geo.errors import OutputError
+    from fastsam_geo.ledger import Ledger
+
+    out = tmp_path / "b.gpkg"
+    Ledger.create(out, {"tile_size": 512}).close()  # as a run before stop 34 wrote it: no "outline"
+    Ledger.open(out, {"tile_size": 512, "outline": "raw"}).close()
+    with pytest.raises(OutputError, match=r"other settings \(outline\)"):
+        Ledger.open(out, {"tile_size": 512, "outline": OUTLINE})
