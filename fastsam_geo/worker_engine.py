@@ -126,7 +126,13 @@ SegmenterFactory = Callable[..., Any]
 
 
 def _fastsam_factory(
-    weights: str | None, device: str, conf: float | None, iou: float, tta: int = 1, tile_size: int | None = None
+    weights: str | None,
+    device: str,
+    conf: float | None,
+    iou: float,
+    tta: int = 1,
+    tile_size: int | None = None,
+    refine: bool = True,
 ) -> Any:
     from fastsam_geo.segment import FastSAMSegmenter
     from fastsam_geo.segmenters import resolve_model
@@ -134,7 +140,7 @@ def _fastsam_factory(
     # engine auto, as extract: a .pt's ONNX twin runs on ONNX Runtime when installed and its
     # input takes the tiles (a twin exported for 1024 px keeps 2048 px tiles on the .pt)
     path = resolve_model(weights, "auto", tile_size).path
-    return FastSAMSegmenter(path, device=device, conf=conf, iou=iou, tta=tta)
+    return FastSAMSegmenter(path, device=device, conf=conf, iou=iou, tta=tta, refine=refine)
 
 
 def _takes(fn: Callable[..., Any], name: str) -> bool:
@@ -244,22 +250,26 @@ class Engine:
         iou: float,
         tta: int = 1,
         tile_size: int | None = None,
+        refine: bool = True,
     ) -> Any:
         """The warm segmenter for these settings (loaded on first use; ``conf`` None: the model's).
 
         ``tile_size``: the run's tiles, passed to a factory that takes it (the default one: engine
         auto then runs a ``.pt`` whose ONNX twin's fixed input is smaller than the tiles on torch,
-        as ``extract`` does); the file that runs is then part of the key.
+        as ``extract`` does); the file that runs is then part of the key. ``refine`` False (raw
+        outlines) is passed to a factory that takes it.
         """
         if weights:
             from fastsam_geo.weights import resolve_weights
 
             weights = str(resolve_weights(weights))
         takes = tile_size is not None and _takes(self.segmenter_factory, "tile_size")
-        extra = {"tile_size": tile_size} if takes else {}
+        extra: dict[str, Any] = {"tile_size": tile_size} if takes else {}
+        if not refine and _takes(self.segmenter_factory, "refine"):
+            extra["refine"] = False
         runs = self.model_file(weights, tile_size) if takes and tile_size is not None else None
         threshold = None if conf is None else round(float(conf), 6)
-        key = (weights, device, threshold, round(float(iou), 6), int(tta), runs)
+        key = (weights, device, threshold, round(float(iou), 6), int(tta), runs, bool(refine))
         seg = self.segmenters.get(key)
         if seg is None:
             t0 = time.perf_counter()
@@ -332,7 +342,7 @@ class Engine:
     def warmup(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """Load the model of ``params`` (``weights``, ``device``, ``conf``, ``iou``)."""
         p = extract_params({"raster": "-", **{k: v for k, v in params.items() if k != "raster"}})
-        seg = self.segmenter(p["weights"], p["device"], p["conf"], p["iou"], p["tta"], p["tile_size"])
+        seg = self.segmenter(p["weights"], p["device"], p["conf"], p["iou"], p["tta"], p["tile_size"], p["refine"])
         return {
             "weights": str(getattr(seg, "weights_path", p["weights"]) or ""),
             "device": str(getattr(seg, "device", p["device"])),
@@ -357,7 +367,7 @@ class Engine:
             raise Cancelled("cancelled before it started; nothing was written.")
 
         def load() -> Any:
-            seg = self.segmenter(p["weights"], p["device"], p["conf"], p["iou"], p["tta"], p["tile_size"])
+            seg = self.segmenter(p["weights"], p["device"], p["conf"], p["iou"], p["tta"], p["tile_size"], p["refine"])
             if hasattr(seg, "batch_size"):
                 seg.batch_size = max(p["batch_size"], 1)
             return seg
@@ -387,6 +397,7 @@ class Engine:
                 conf=p["conf"],
                 iou=p["iou"],
                 tta=p["tta"],
+                refine=bool(p["refine"]),
                 building_filter=bfilter,
                 text_scorer=text_scorer,
                 simplify_px=p["simplify_px"],

@@ -309,6 +309,7 @@ _EXTRACT_READERS: dict[str, Callable[[str, Any], Any]] = {
     "conf": partial(_number, example=0.25),
     "iou": partial(_number, example=0.7),
     "tta": partial(_int, example=12),
+    "refine": _bool,
     "prompts": _prompts_spec,
     "building_filter": _building_filter,
     "simplify_px": partial(_number, example=1.0),
@@ -337,6 +338,7 @@ _EXTRACT_DEFAULTS: dict[str, Any] = {
     "stretch": "auto",
     "conf": None,
     "iou": 0.7,
+    "refine": True,
     "prompts": None,
     "building_filter": None,
     "simplify_px": 1.0,
@@ -360,6 +362,7 @@ def extract_params(params: Mapping[str, Any]) -> dict[str, Any]:
     ``overlap`` (128), ``bands`` (band numbers read as RGB, e.g. [4, 3, 2]), ``stretch``
     ("auto"), ``conf`` (null: the model's stored threshold), ``iou`` (0.7),
     ``tta`` (12: views of each tile fused, 1, 2, 4, 8 or 12, see :mod:`fastsam_geo.tta`),
+    ``refine`` (true: outlines snapped to the image's edges, :mod:`fastsam_geo.refine`),
     ``prompts`` (see :func:`prompts_from_json`), ``building_filter`` (``{"enabled": true,
     "min_area_m2": 8, "max_area_m2": 20000}``), ``simplify_px`` (1.0), ``min_area_m2`` (2.0),
     ``regularize`` (false), ``overwrite`` (false), ``layer`` ("buildings"), ``clip_model``,

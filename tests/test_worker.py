@@ -341,6 +341,27 @@ def test_masks_the_cli_cached_answer_the_worker(scene, random_fastsam_s: Path, t
 
 
 @pytest.mark.model
+def test_refine_false_gives_raw_outlines_as_extract_no_refine_does(
+    scene, random_fastsam_s: Path, tmp_path: Path
+) -> None:
+    """`"refine": false` is `extract --no-refine`: the output says `outline: raw`, and its masks are
+    cached apart from the refined ones (the second request runs the model again)."""
+    from fastsam_geo.output import read_run_tables
+    from fastsam_geo.refine import OUTLINE
+
+    engine = Engine(cache_dir=tmp_path / "cache")
+    base = {"raster": str(scene.raster), "weights": str(random_fastsam_s), "device": "cpu", "conf": 0.9, "tta": 1}
+    outlines, model_tiles = [], []
+    for name, refine in (("refined", None), ("raw", False)):
+        params = {**base, "refine": refine, "output": str(tmp_path / f"{name}.gpkg")}
+        result = engine.extract(1, params, lambda done, total: None, lambda: False)
+        outlines.append(read_run_tables(tmp_path / f"{name}.gpkg")[0]["outline"])
+        model_tiles.append(result["cache"]["model_tiles"])
+    assert outlines == [OUTLINE, "raw"]
+    assert model_tiles[1] == model_tiles[0] > 0
+
+
+@pytest.mark.model
 @pytest.mark.parametrize("name", ["fastsam-geo-n.pt", "fastsam-geo-n.onnx"])
 def test_a_request_without_conf_gets_the_models_stored_threshold(name: str, tmp_path: Path) -> None:
     """QGIS sends no ``conf`` unless the user sets one: the bundled model's calibrated threshold applies."""
@@ -400,6 +421,7 @@ def test_a_request_without_conf_gets_the_models_stored_threshold(name: str, tmp_
         ("bands", "9,9,9", 'params.bands: expected a list of 1 or 3 band numbers from 1 (e.g. [4, 3, 2]), got "9,9,9"'),
         ("stretch", "bogus", 'params.stretch: expected one of "auto", "none", "percentile", got "bogus"'),
         ("gsd", True, "params.gsd: true is not a ground resolution"),
+        ("refine", "no", 'params.refine: expected true or false, got "no"'),
     ],
 )
 def test_extract_params_refuse_a_loose_json_type_naming_the_field(field: str, value: Any, message: str) -> None:
