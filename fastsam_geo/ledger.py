@@ -26,7 +26,7 @@ import shapely
 from fastsam_geo.errors import OutputError
 
 #: Settings added to the resume ledger after it was first written, with the value that every run
-#: before them had: a ledger without ``outline`` was written with the model's raw masks.
+#: before them had (a ledger, or a caller, without ``outline`` means the model's raw masks).
 BEFORE_KEYS: dict[str, Any] = {"outline": "raw"}
 
 
@@ -210,7 +210,8 @@ class Ledger:
         except (sqlite3.DatabaseError, TypeError):
             conn.close()
             raise OutputError(f"{path}: resume ledger is unreadable; run again with --overwrite.") from None
-        old, new = {**BEFORE_KEYS, **json.loads(saved)}, json.loads(json.dumps(dict(params), sort_keys=True))
+        old = {**BEFORE_KEYS, **json.loads(saved)}
+        new = {**BEFORE_KEYS, **json.loads(json.dumps(dict(params), sort_keys=True))}
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         if diff == ["raster_stamp"]:  # only the pixels changed: say so
             conn.close()
