@@ -24,10 +24,11 @@ import numpy as np
 import shapely
 
 from fastsam_geo.errors import OutputError
+from fastsam_geo.refine import RAW
 
 #: Settings added to the resume ledger after it was first written, with the value that every run
 #: before them had (a ledger, or a caller, without ``outline`` means the model's raw masks).
-BEFORE_KEYS: dict[str, Any] = {"outline": "raw"}
+BEFORE_KEYS: dict[str, Any] = {"outline": RAW}
 
 
 def ledger_path(output: str | os.PathLike[str]) -> Path:

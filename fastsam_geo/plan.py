@@ -23,7 +23,7 @@ from fastsam_geo.errors import PromptError
 from fastsam_geo.ledger import raster_stamp
 from fastsam_geo.output import area_m2
 from fastsam_geo.raster import RasterInfo, RasterSource, display_path, gdal_path, vrt_sources
-from fastsam_geo.refine import OUTLINE
+from fastsam_geo.refine import outline_name
 from fastsam_geo.tiling import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, TileGrid, TileSpec
 from fastsam_geo.tta import DEFAULT_TTA
 
@@ -187,7 +187,7 @@ class RunPlan:
             "conf": o.model.conf,
             "iou": o.model.iou,
             **({"tta": o.model.tta} if o.model.tta != 1 else {}),
-            "outline": OUTLINE if o.model.refine else "raw",
+            "outline": outline_name(o.model.refine),
             "building_filter": asdict(o.select.building_filter),
             "match_iou": o.select.match_iou,
             **({"assign_crs": o.tiling.assign_crs} if o.tiling.assign_crs else {}),
@@ -239,17 +239,15 @@ def resolve_gsd(options: ExtractOptions, segmenter: Any = None, model: ResolvedM
     ``gsd`` when given, else the segmenter's, else the model's (``model``, resolved once by
     :func:`~fastsam_geo.segmenters.resolve_model`). A ``model.conf`` of None becomes the
     segmenter's threshold, else the model's (else 0.25). A segmenter that says how many views it
-    fuses (``tta``) sets ``model.tta``."""
+    fuses (``tta``) or whether it refines outlines (``refine``) sets ``model.tta`` / ``model.refine``."""
     from fastsam_geo.errors import RasterError
     from fastsam_geo.modelmeta import DEFAULT_CONF, parse_gsd, working_gsd
 
     inner = getattr(segmenter, "segmenter", segmenter)
-    tta = getattr(inner, "tta", None) if segmenter is not None else None
-    if isinstance(tta, int) and tta != options.model.tta:  # a segmenter given: the views it fuses
-        options = replace(options, model=replace(options.model, tta=tta))
-    refine = getattr(inner, "refine", None) if segmenter is not None else None
-    if isinstance(refine, bool) and refine != options.model.refine:  # ...and whether it refines outlines
-        options = replace(options, model=replace(options.model, refine=refine))
+    for name, kind in (("tta", int), ("refine", bool)):  # a segmenter given decides these itself
+        value = getattr(inner, name, None) if segmenter is not None else None
+        if isinstance(value, kind) and value != getattr(options.model, name):
+            options = replace(options, model=replace(options.model, **{name: value}))
     if options.model.conf is None:
         conf = getattr(inner, "conf", None) if segmenter is not None else (model.conf if model else None)
         options = replace(options, model=replace(options.model, conf=DEFAULT_CONF if conf is None else float(conf)))

@@ -36,7 +36,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from fastsam_geo.masks import InstanceMasks
-from fastsam_geo.refine import OUTLINE, refine_masks
+from fastsam_geo.refine import outline_name, refine_masks
 from fastsam_geo.tiling import Tile, pad_floor
 from fastsam_geo.tta import (
     CANDIDATE_FACTOR,
@@ -368,7 +368,7 @@ def mask_settings(
         "imgsz": imgsz,
         "min_area_px": int(min_area_px),
         **({"tta": int(tta)} if tta != 1 else {}),
-        "outline": OUTLINE if refine else "raw",
+        "outline": outline_name(refine),
     }
 
 

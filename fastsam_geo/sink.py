@@ -29,7 +29,7 @@ from fastsam_geo.merge import MergedObjects, TileMerger
 from fastsam_geo.output import TILE_COLUMNS, VectorWriter, check_output, keep_area
 from fastsam_geo.plan import RunPlan
 from fastsam_geo.raster import display_path
-from fastsam_geo.refine import OUTLINE
+from fastsam_geo.refine import outline_name
 from fastsam_geo.tilework import TileResult
 from fastsam_geo.vectorize import polygon_parts, simplify
 
@@ -247,7 +247,7 @@ class RunSink:
             "conf": str(o.model.conf),
             "iou": str(o.model.iou),
             "tta": str(o.model.tta),
-            "outline": OUTLINE if o.model.refine else "raw",
+            "outline": outline_name(o.model.refine),
             **plan.grid_metadata,
             "building_filter": json.dumps(asdict(o.select.building_filter)),
             "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
